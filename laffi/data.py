@@ -1,0 +1,209 @@
+"""SQuAD 2.0 data: load and validate the official JSON format, write it back, split by article, sample.
+
+Stdlib only (no torch/transformers), so validating or splitting data stays fast and works without a GPU stack.
+Every bad input raises `LaffiError` with one line naming the file and the JSON path of the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from laffi.errors import LaffiError
+from laffi.records import Question, read_json, write_json
+
+SQUAD_VERSION = "v2.0"
+BUNDLED_NAME = "squad_v2_excerpt.json"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_squad(path: str | Path) -> list[Question]:
+    """Load and validate a SQuAD 2.0 file (official format). Unknown keys such as `plausible_answers` are ignored."""
+    path = Path(path)
+    doc = read_json(path, "SQuAD 2.0 JSON")  # already one-line errors for missing / non-UTF-8 / non-JSON files
+    if not isinstance(doc, dict):
+        raise LaffiError(f"{path}: expected a JSON object at the top level, got {_kind(doc)}")
+    # A missing version is tolerated (hand-made files); a different one means another format (e.g. SQuAD 1.1).
+    if "version" in doc and doc["version"] != SQUAD_VERSION:
+        raise LaffiError(f'{path}: version: expected "{SQUAD_VERSION}", got {_short(doc["version"])}')
+    articles_ = _field(doc, "data", list, path, "")
+    questions: list[Question] = []
+    seen: dict[str, str] = {}  # question id -> JSON path where it first appeared, to name both places on a clash
+    for a, article in enumerate(articles_):
+        questions.extend(_load_article(article, path, f"data[{a}]", seen))
+    if not questions:
+        # An empty dataset would only fail later, and more obscurely, in training or evaluation.
+        raise LaffiError(f"{path}: data: contains no questions")
+    return questions
+
+
+def _load_article(article: Any, path: Path, where: str, seen: dict[str, str]) -> list[Question]:
+    _expect(article, dict, path, where)
+    title = _field(article, "title", str, path, where) if "title" in article else ""
+    out = []
+    for p, para in enumerate(_field(article, "paragraphs", list, path, where)):
+        pwhere = f"{where}.paragraphs[{p}]"
+        _expect(para, dict, path, pwhere)
+        context = _nonempty(para, "context", path, pwhere)
+        for q, qa in enumerate(_field(para, "qas", list, path, pwhere)):
+            out.append(_load_question(qa, title, context, path, f"{pwhere}.qas[{q}]", seen))
+    return out
+
+
+def _load_question(qa: Any, title: str, context: str, path: Path, where: str, seen: dict[str, str]) -> Question:
+    _expect(qa, dict, path, where)
+    qid = _nonempty(qa, "id", path, where)
+    if qid in seen:
+        raise LaffiError(f"{path}: {where}.id: duplicate id {_short(qid)} (first at {seen[qid]}.id)")
+    seen[qid] = where
+    question = _nonempty(qa, "question", path, where)
+    answers = _field(qa, "answers", list, path, where)
+    texts, starts = [], []
+    for i, ans in enumerate(answers):
+        text, start = _load_answer(ans, context, path, f"{where}.answers[{i}]")
+        texts.append(text)
+        starts.append(start)
+    # Older or hand-made files may omit the flag; "no answers" is then the only sensible reading.
+    impossible = _field(qa, "is_impossible", bool, path, where) if "is_impossible" in qa else not answers
+    if impossible and answers:
+        # Question's invariant is "answers empty when impossible"; official files keep those in plausible_answers.
+        raise LaffiError(f"{path}: {where}.answers: is_impossible is true but answers is not empty")
+    if not impossible and not answers:
+        raise LaffiError(f"{path}: {where}.answers: empty, but is_impossible is false")
+    return Question(qid, title, context, question, texts, starts, impossible)
+
+
+def _load_answer(ans: Any, context: str, path: Path, where: str) -> tuple[str, int]:
+    _expect(ans, dict, path, where)
+    text = _nonempty(ans, "text", path, where)
+    start = _field(ans, "answer_start", int, path, where)
+    if start < 0 or start + len(text) > len(context):
+        raise LaffiError(
+            f"{path}: {where}.answer_start: {start} puts the answer outside the context ({len(context)} chars)"
+        )
+    # The pool's answers all match their span exactly, so a mismatch means a corrupted or mis-edited file.
+    if context[start : start + len(text)] != text:
+        found = _short(context[start : start + len(text)])
+        raise LaffiError(f"{path}: {where}.text: {_short(text)} does not match the context at {start} ({found})")
+    return text, start
+
+
+# ---------------------------------------------------------------------------------------------- field checks
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value as JSON (one line: newlines come out escaped), truncated, for error messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expect(value: Any, typ: type, path: Path, where: str) -> None:
+    # bool is a subclass of int in Python, but `true` is never a valid answer_start.
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        label = f"{where}: " if where else ""
+        raise LaffiError(f"{path}: {label}expected {_KINDS[typ]}, got {_kind(value)}")
+
+
+def _field(obj: dict, key: str, typ: type, path: Path, where: str) -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in obj:
+        raise LaffiError(f"{path}: {name}: missing")
+    _expect(obj[key], typ, path, name)
+    return obj[key]
+
+
+def _nonempty(obj: dict, key: str, path: Path, where: str) -> str:
+    value = _field(obj, key, str, path, where)
+    if not value.strip():
+        raise LaffiError(f"{path}: {where}.{key}: empty")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_squad(questions: list[Question], path: str | Path) -> None:
+    """Write questions in the official format, atomically.
+
+    Consecutive questions sharing a title form one article, and consecutive ones sharing a context one paragraph.
+    Grouping runs (rather than all questions of a title) keeps the order exactly, so load(write(x)) == x always.
+    """
+    data: list[dict[str, Any]] = []
+    for q in questions:
+        if not data or data[-1]["title"] != q.title:
+            data.append({"title": q.title, "paragraphs": []})
+        paras = data[-1]["paragraphs"]
+        if not paras or paras[-1]["context"] != q.context:
+            paras.append({"context": q.context, "qas": []})
+        paras[-1]["qas"].append(_question_dict(q))
+    write_json(path, {"version": SQUAD_VERSION, "data": data})
+
+
+def _question_dict(q: Question) -> dict[str, Any]:
+    answers = [{"text": t, "answer_start": s} for t, s in zip(q.answers, q.answer_starts)]
+    return {"id": q.id, "question": q.question, "answers": answers, "is_impossible": q.is_impossible}
+
+
+# ---------------------------------------------------------------------------------------------- splitting
+
+
+def articles(questions: list[Question]) -> list[str]:
+    """Article titles in first-seen order."""
+    return list(dict.fromkeys(q.title for q in questions))
+
+
+def split_by_article(questions: list[Question], eval_articles: int, seed: int) -> tuple[list[Question], list[Question]]:
+    """(train, eval): `eval_articles` whole articles drawn with `seed` go to eval, the rest to train.
+
+    Paragraphs of one article share facts, so splitting by question would leak evaluation answers into training.
+    """
+    titles = articles(questions)
+    if eval_articles < 0:
+        raise LaffiError(f"eval_articles must be >= 0, got {eval_articles}")
+    if len(titles) < eval_articles + 1:
+        raise LaffiError(
+            f"cannot hold out {eval_articles} article(s): the data has {len(titles)}, and training needs at least one"
+        )
+    held = set(random.Random(seed).sample(titles, eval_articles))
+    train = [q for q in questions if q.title not in held]
+    evaluation = [q for q in questions if q.title in held]
+    return train, evaluation
+
+
+def sample_questions(questions: list[Question], n: int | None, seed: int) -> list[Question]:
+    """A seeded sample of `n` questions (all when n is None or too large), kept in the input's order."""
+    if n is not None and n < 0:
+        raise LaffiError(f"number of questions must be >= 0, got {n}")
+    if n is None or n >= len(questions):
+        return list(questions)
+    # Sorting the drawn indices keeps the file order, so outputs line up with the data file and diff cleanly.
+    picked = sorted(random.Random(seed).sample(range(len(questions)), n))
+    return [questions[i] for i in picked]
+
+
+# ---------------------------------------------------------------------------------------------- locations
+
+
+def bundled_data_path() -> Path:
+    """The shipped 3-article SQuAD 2.0 excerpt (see laffi/resources/README.md for source and licence)."""
+    return Path(str(files("laffi") / "resources" / BUNDLED_NAME))
+
+
+def resolve_data_path(spec: str) -> Path:
+    """Map a --data value to a file: "bundled" (or empty) is the shipped excerpt, anything else a path."""
+    if spec in ("", "bundled"):
+        return bundled_data_path()
+    return Path(spec)

