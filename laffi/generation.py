@@ -6,9 +6,10 @@ of turn. Results come back in the caller's order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from laffi import prompts
 from laffi.records import Generation, JsonlAppender, Question, iter_chunks, read_jsonl

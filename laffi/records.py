@@ -10,9 +10,10 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from laffi.errors import LaffiError
 
@@ -202,7 +203,7 @@ class JsonlAppender:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc: Any) -> None:

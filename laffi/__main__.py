@@ -1,0 +1,3 @@
+from laffi.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""`laffi run`: every stage of the LaFFi loop from one config, each cached under the run directory.
+
+Layout of a run directory:
+    config.yaml                   the resolved config
+    data/train.json, eval.json    the article split and question samples (official SQuAD format)
+    base/train_answers.json       the base model's own answers on the training questions (what LaFFi gets feedback on)
+    feedback/train.jsonl          feedback records on those answers
+    <method>/adapter/             a PEFT adapter per fine-tuned method
+    <method>/eval_answers.json    answers on the held-out questions (base: no adapter)
+    results.json, results.md      scores of every method and of the "abstain on every question" baseline
+
+A stage is skipped when its `.stage.json` holds the same key (a hash of its input files and settings) and its
+output exists; otherwise it runs again. `answer` and `train` resume from their partial state after an interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laffi import stages
+from laffi.config import RunConfig, TrainConfig
+from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
+from laffi.metrics import abstain_predictions, squad_v2_scores
+from laffi.records import atomic_write_text, read_json, write_json
+from laffi.reports import results_table
+
+Log = Callable[[str], None]
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of every file under a directory (names and bytes), for cache keys."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def stage_key(**inputs: Any) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached(stage_dir: Path, key: str, output: Path) -> bool:
+    marker = stage_dir / ".stage.json"
+    return output.exists() and marker.exists() and read_json(marker).get("key") == key
+
+
+def begin(stage_dir: Path, key: str) -> None:
+    """Start (or resume) a stage: partial state from a run with other inputs is thrown away."""
+    marker = stage_dir / ".stage.json"
+    if marker.exists() and read_json(marker).get("key") != key:
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"key": key, "done": False})
+
+
+def finish(stage_dir: Path, key: str) -> None:
+    write_json(stage_dir / ".stage.json", {"key": key, "done": True})
+
+
+def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    train_file, eval_file = split_stage(cfg, out, log)
+    train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
+    fine_tuned = [m for m in cfg.methods if m != "base"]
+    feedback_file = None
+    if any("laffi" in m for m in fine_tuned):
+        answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
+        feedback_file = feedback_stage(cfg, out, train_qs, answers, log)
+    results: dict[str, Any] = {"abstain": squad_v2_scores(eval_qs, abstain_predictions(eval_qs))}
+    for method in cfg.methods:
+        adapter = None
+        if method != "base":
+            adapter = train_stage(cfg, out, method, train_file, feedback_file, log, progress)
+        preds = answer_stage(cfg, out / method, "eval_answers.json", eval_qs, eval_file, adapter, log, progress)
+        results[method] = squad_v2_scores(eval_qs, stages.read_predictions(preds))
+    summary = {
+        "train_questions": len(train_qs),
+        "eval_questions": len(eval_qs),
+        "train_articles": articles(train_qs),
+        "eval_articles": articles(eval_qs),
+        "scores": results,
+    }
+    write_json(out / "results.json", summary)
+    table = results_table(results)
+    atomic_write_text(out / "results.md", table + "\n")
+    return summary
+
+
+def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:
+    src = resolve_data_path(cfg.data.path)
+    stage_dir = out / "data"
+    key = stage_key(data=file_hash(src), settings=asdict(cfg.data))
+    train_file, eval_file = stage_dir / "train.json", stage_dir / "eval.json"
+    if cached(stage_dir, key, eval_file):
+        return train_file, eval_file
+    begin(stage_dir, key)
+    questions = load_squad(src)
+    train_all, eval_all = split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)
+    train_qs = sample_questions(train_all, cfg.data.train_questions or None, cfg.data.split_seed)
+    eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)
+    write_squad(train_qs, train_file)
+    write_squad(eval_qs, eval_file)
+    finish(stage_dir, key)
+    log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
+        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
+    return train_file, eval_file
+
+
+def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, data_file: Path, adapter: Path | None,
+                 log: Log, progress: bool) -> Path:  # fmt: skip
+    output = stage_dir / name
+    key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=asdict(cfg.answer),
+                    adapter=file_hash(adapter) if adapter else None)  # fmt: skip
+    if cached(stage_dir / f".{name}", key, output):
+        log(f"answer: {output} is up to date")
+        return output
+    begin(stage_dir / f".{name}", key)
+    stages.answer(questions, output, cfg.model, cfg.answer, adapter=str(adapter) if adapter else None,
+                  generations_out=output.with_suffix(".generations.jsonl"), progress=progress)  # fmt: skip
+    finish(stage_dir / f".{name}", key)
+    return output
+
+
+def feedback_stage(cfg: RunConfig, out: Path, questions: list, answers: Path, log: Log) -> Path:
+    stage_dir = out / "feedback"
+    output = stage_dir / "train.jsonl"
+    key = stage_key(answers=file_hash(answers), annotate=asdict(cfg.annotate))
+    if cached(stage_dir, key, output):
+        return output
+    begin(stage_dir, key)
+    records = stages.annotate(questions, stages.read_predictions(answers), output, cfg.annotate)
+    finish(stage_dir, key)
+    correct = sum(r.verdict == "correct" for r in records)
+    log(f"feedback: {len(records)} records, {correct} answers judged correct")
+    return output
+
+
+def method_train_config(cfg: RunConfig, method: str) -> TrainConfig:
+    return TrainConfig(**{**asdict(cfg.train), "method": method})
+
+
+def train_stage(cfg: RunConfig, out: Path, method: str, train_file: Path, feedback_file: Path | None, log: Log,
+                progress: bool) -> Path:  # fmt: skip
+    stage_dir = out / method
+    output = stage_dir / "adapter"
+    tcfg = method_train_config(cfg, method)
+    needs_feedback = "laffi" in method
+    key = stage_key(data=file_hash(train_file), feedback=file_hash(feedback_file) if needs_feedback else None,
+                    model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
+    if cached(stage_dir / ".train", key, output):
+        log(f"train: {output} is up to date")
+        return output
+    begin(stage_dir / ".train", key)
+    feedback = stages.read_feedback(feedback_file) if needs_feedback and feedback_file else None
+    info = stages.train(load_squad(train_file), feedback, output, cfg.model, tcfg, cfg.answer.shots, progress)
+    finish(stage_dir / ".train", key)
+    log(f"train {method}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
+    return output

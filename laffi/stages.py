@@ -1,0 +1,120 @@
+"""The pipeline's stages as library functions over files: answer, annotate, train, score.
+
+The CLI commands and the run/experiment orchestrator both call these, so a stage behaves the same whichever way it is
+started. Each writes its output atomically; `answer` resumes from a partial JSONL beside its output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
+from laffi.data import load_squad
+from laffi.errors import LaffiError
+from laffi.records import FeedbackRecord, Generation, Question, read_json, read_jsonl, write_json, write_jsonl
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial.jsonl")
+
+
+def answer(
+    questions: list[Question],
+    out: Path,
+    model: ModelConfig,
+    settings: AnswerConfig,
+    adapter: str | None = None,
+    generations_out: Path | None = None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash."""
+    from tqdm.auto import tqdm
+
+    from laffi.generation import DecodeSettings, answer_questions
+    from laffi.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model.name)
+    lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
+    partial = partial_path(out)
+    with tqdm(total=len(questions), desc=f"answer {out.name}", unit="q", disable=not progress) as bar:
+        gens = answer_questions(
+            lm, tokenizer, questions, settings.shots,
+            DecodeSettings(settings.max_new_tokens, settings.batch_size),
+            partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
+        )  # fmt: skip
+    preds = {g.id: g.answer for g in gens}
+    if generations_out is not None:
+        write_jsonl(generations_out, gens)
+    write_json(out, preds)
+    partial.unlink(missing_ok=True)
+    return preds
+
+
+def read_generations(out: Path) -> list[Generation]:
+    return read_jsonl(out, Generation)
+
+
+def read_predictions(path: Path, questions: list[Question] | None = None) -> dict[str, str]:
+    """Official-format predictions `{id: text}`; with `questions`, ids unknown to the data are an error."""
+    preds = read_json(path, "predictions")
+    if not isinstance(preds, dict):
+        raise LaffiError(f"{path}: expected a JSON object {{question_id: answer_text}}, got {type(preds).__name__}")
+    for qid, text in preds.items():
+        if not isinstance(text, str):
+            raise LaffiError(f"{path}: '{qid}': answer must be a string, got {type(text).__name__}")
+    if questions is not None:
+        known = {q.id for q in questions}
+        unknown = [qid for qid in preds if qid not in known]
+        if unknown:
+            raise LaffiError(f"{path}: '{unknown[0]}': unknown question id ({len(unknown)} unknown in all)")
+    return preds
+
+
+def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig) -> list[FeedbackRecord]:
+    """Feedback on every question that has a prediction, written as JSONL records."""
+    from laffi.feedback import reference
+
+    if cfg.annotator != "reference":
+        raise LaffiError(f"annotator: '{cfg.annotator}' is not available (known: reference)")
+    records = [reference.annotate(q, preds[q.id], cfg.correct_threshold) for q in questions if q.id in preds]
+    if not records:
+        raise LaffiError(f"{out}: no question has a prediction to annotate")
+    write_jsonl(out, records)
+    return records
+
+
+def read_feedback(path: Path) -> list[FeedbackRecord]:
+    records = read_jsonl(path, FeedbackRecord)
+    for no, r in enumerate(records, start=1):
+        if r.verdict not in ("correct", "incorrect"):
+            raise LaffiError(f"{path}: record {no} ('{r.id}'): verdict must be 'correct' or 'incorrect'")
+        if not r.feedback.strip():
+            raise LaffiError(f"{path}: record {no} ('{r.id}'): empty feedback")
+    return records
+
+
+def train(
+    questions: list[Question],
+    feedback: list[FeedbackRecord] | None,
+    out: Path,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    shots: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from laffi.models import load_tokenizer
+    from laffi.training import build_examples
+    from laffi.training import train as run_training
+
+    tokenizer = load_tokenizer(model.name)
+    examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed)
+    return run_training(model.name, model.dtype, examples, cfg, out, progress=progress)
+
+
+def score(data: Path, predictions: Path) -> dict[str, Any]:
+    from laffi.metrics import squad_v2_scores
+
+    questions = load_squad(data)
+    preds = read_predictions(predictions)
+    return squad_v2_scores(questions, preds, source=str(predictions))

@@ -1,0 +1,65 @@
+"""`laffi run` on the tiny random model: every stage, the results table, and the stage cache."""
+
+import json
+
+import pytest
+
+from laffi.config import load_run_config
+from laffi.experiments import run_pipeline
+
+
+@pytest.fixture()
+def run_cfg(tmp_path, tiny_model_dir, excerpt_questions):
+    from laffi.data import write_squad
+
+    # Two questions from each of the three articles: one is held out for evaluation.
+    by_title = {}
+    for q in excerpt_questions:
+        by_title.setdefault(q.title, []).append(q)
+    data = tmp_path / "data.json"
+    write_squad([q for qs in by_title.values() for q in qs[:2]], data)
+    return load_run_config(None, [
+        f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi, laffi+sft]", "answer.max_new_tokens=3", "train.max_steps=1", "train.lora_r=2",
+        "train.batch_size=2", "train.micro_batch_size=2",
+    ])  # fmt: skip
+
+
+def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
+    logs = []
+    summary = run_pipeline(run_cfg, log=logs.append, progress=False)
+    run = tmp_path / "run"
+    assert summary["train_questions"] == 4 and summary["eval_questions"] == 2
+    assert set(summary["train_articles"]).isdisjoint(summary["eval_articles"])
+    assert list(summary["scores"]) == ["abstain", "base", "sft", "laffi", "laffi+sft"]
+    # The table's numbers are the scores of the files on disk.
+    from laffi import stages
+
+    for method in ["base", "sft", "laffi", "laffi+sft"]:
+        again = stages.score(run / "data" / "eval.json", run / method / "eval_answers.json")
+        assert again == summary["scores"][method]
+    assert summary["scores"]["abstain"]["NoAns_f1"] == 100.0
+    assert json.loads((run / "results.json").read_text()) == summary
+    table = (run / "results.md").read_text()
+    assert "| abstain (every question) |" in table and "| laffi+sft |" in table
+    feedback = [json.loads(line) for line in (run / "feedback" / "train.jsonl").read_text().splitlines()]
+    assert len(feedback) == 4
+
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    logs.clear()
+    assert run_pipeline(run_cfg, log=logs.append, progress=False) == summary
+    changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t and p.name not in ("results.json", "results.md")]
+    assert changed == [] and any("up to date" in m for m in logs)
+
+
+def test_changed_setting_reruns_only_what_depends_on_it(run_cfg, tmp_path):
+    run_pipeline(run_cfg, log=lambda m: None, progress=False)
+    run = tmp_path / "run"
+    base_answers = (run / "base" / "eval_answers.json").stat().st_mtime_ns
+    sft_adapter = (run / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    run_cfg.annotate.correct_threshold = 0.5  # changes the feedback, so the laffi adapters, not sft
+    logs = []
+    run_pipeline(run_cfg, log=logs.append, progress=False)
+    assert (run / "base" / "eval_answers.json").stat().st_mtime_ns == base_answers
+    assert (run / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == sft_adapter
+    assert any(m.startswith("train laffi:") for m in logs)
