@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,7 @@ def _err(msg: str) -> None:
     typer.echo(f"laffi: error: {msg}", err=True)
 
 
-def _overrides(config: Optional[Path], sets: list[str], section: str) -> object:
+def _overrides(config: Path | None, sets: list[str], section: str) -> object:
     from laffi.config import load_run_config
 
     return getattr(load_run_config(config, sets), section) if section else load_run_config(config, sets)
@@ -40,14 +39,14 @@ def answer(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),
     out: Path = typer.Option(..., help="Predictions file to write: {question_id: answer}, '' = abstain."),
     model: str = typer.Option("bundled", help=MODEL_HELP),
-    adapter: Optional[Path] = typer.Option(None, help="PEFT adapter directory to apply."),
+    adapter: Path | None = typer.Option(None, help="PEFT adapter directory to apply."),
     shots: int = typer.Option(2, min=0, max=4, help="Few-shot examples in the prompt (2+ include an unanswerable)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Answer only the first N questions of the file."),
+    limit: int | None = typer.Option(None, min=1, help="Answer only the first N questions of the file."),
     batch_size: int = typer.Option(8, min=1, help="Questions decoded together."),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest answer generated, in tokens."),
     dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
     require_in_context: bool = typer.Option(False, help="Abstain when the answer is not a span of the passage."),
-    generations: Optional[Path] = typer.Option(None, help="Also write raw generations (JSONL) here."),
+    generations: Path | None = typer.Option(None, help="Also write raw generations (JSONL) here."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted)."""
     from laffi import stages
@@ -88,11 +87,11 @@ def train(
     method: str = typer.Option(..., help="sft, laffi or laffi+sft."),
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file of the training questions."),
     out: Path = typer.Option(..., help="Adapter directory to write."),
-    feedback: Optional[Path] = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
+    feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
     model: str = typer.Option("bundled", help=MODEL_HELP),
     dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
-    shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt that SFT examples use (as at answer time)."),
-    config: Optional[Path] = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
+    shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
+    config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl)."""
@@ -136,13 +135,14 @@ def run(
 
     cfg = load_run_config(config, set_)
     summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"\nHeld-out articles: {', '.join(summary['eval_articles'])}; "
-               f"{summary['train_questions']} training / {summary['eval_questions']} evaluation questions.\n")  # fmt: skip
+    held_out = ", ".join(summary["eval_articles"])
+    typer.echo(f"\nHeld-out articles: {held_out}; {summary['train_questions']} training / "
+               f"{summary['eval_questions']} evaluation questions.\n")  # fmt: skip
     typer.echo(results_table(summary["scores"]))
     typer.echo(f"\nresults: {Path(cfg.out_dir) / 'results.json'}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except LaffiError as e:

@@ -153,7 +153,7 @@ def write_squad(questions: list[Question], path: str | Path) -> None:
 
 
 def _question_dict(q: Question) -> dict[str, Any]:
-    answers = [{"text": t, "answer_start": s} for t, s in zip(q.answers, q.answer_starts)]
+    answers = [{"text": t, "answer_start": s} for t, s in zip(q.answers, q.answer_starts, strict=True)]
     return {"id": q.id, "question": q.question, "answers": answers, "is_impossible": q.is_impossible}
 
 

@@ -68,7 +68,7 @@ def generate(
                 pad_token_id=pad_id,
             )
         texts_out = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        for i, text in zip(idx, texts_out):
+        for i, text in zip(idx, texts_out, strict=True):
             outputs[i] = text.strip()
         if on_batch is not None:
             on_batch(list(idx), [outputs[i] for i in idx])
@@ -87,7 +87,9 @@ def answer_questions(
 ) -> list[Generation]:
     """Answer every question with the few-shot QA prompt. With `partial`, finished answers are appended there as
     they come, and a re-run skips them (resume after a crash)."""
-    done = {g.id: g for g in read_jsonl(partial, Generation, tolerate_torn_tail=True)} if partial and partial.exists() else {}
+    done = {}
+    if partial and partial.exists():
+        done = {g.id: g for g in read_jsonl(partial, Generation, tolerate_torn_tail=True)}
     todo = [q for q in questions if q.id not in done]
     if progress:
         progress(len(questions) - len(todo))
@@ -95,7 +97,7 @@ def answer_questions(
     appender = JsonlAppender(partial) if partial else None
 
     def keep(indices: list[int], raws: list[str]) -> None:
-        for i, raw in zip(indices, raws):
+        for i, raw in zip(indices, raws, strict=True):
             q = todo[i]
             g = Generation(id=q.id, raw=raw, answer=prompts.parse_answer(raw, q.context, require_in_context))
             done[q.id] = g

@@ -99,7 +99,8 @@ def squad_v2_scores(questions: list[Question], preds: dict[str, str], source: st
             raise LaffiError(f"{source}: prediction for '{qid}' must be a string, got {type(text).__name__}")
     missing = [q.id for q in questions if q.id not in preds]
     if missing:
-        raise LaffiError(f"{source}: no prediction for {len(missing)} of {len(questions)} questions (e.g. '{missing[0]}')")
+        n = len(questions)
+        raise LaffiError(f"{source}: no prediction for {len(missing)} of {n} questions (e.g. '{missing[0]}')")
     if not questions:
         raise LaffiError(f"{source}: no questions to score")
     exact, f1 = raw_scores(questions, preds)
