@@ -22,7 +22,7 @@ def test_bundled_model_loop(tmp_path, excerpt_questions):
     main(["annotate", "--data", str(data), "--predictions", str(preds), "--out", str(fb)])
     adapter = tmp_path / "adapter"
     main(["train", "--method", "laffi+sft", "--data", str(data), "--feedback", str(fb), "--out", str(adapter),
-          "--set", "train.max_steps=2", "--set", "train.micro_batch_size=2"])  # fmt: skip
+          "--set", "train.max_steps=2", "--set", "train.batch_size=4", "--set", "train.micro_batch_size=2"])  # fmt: skip
     log = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(0 < e["loss"] < 20 for e in log)
     tuned = tmp_path / "tuned.json"

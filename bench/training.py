@@ -1,0 +1,115 @@
+"""Side-by-side: TRL's SFTTrainer vs laffi's training loop on the same LoRA work. Not a timed test.
+
+Both train the bundled model (bf16 weights, LoRA fp32) on the same tokenized LaFFi examples from the pool, with the
+same LoRA settings, batch and micro-batch sizes, learning rate and number of steps. Each runs in its own process, so
+peak RSS is its own. Prints non-padding tokens/s, the ratio, peak RSS and the final loss of both.
+
+    .venv/bin/python bench/training.py --examples 64 --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+
+
+def examples(n: int):
+    from laffi.data import load_squad, sample_questions
+    from laffi.feedback import reference
+    from laffi.models import load_tokenizer
+    from laffi.training import build_examples
+
+    qs = sample_questions(load_squad(POOL), n, seed=0)
+    feedback = [reference.annotate(q, "") for q in qs]  # feedback on abstentions: realistic for the base model
+    return build_examples("laffi", qs, feedback, load_tokenizer("bundled"), shots=2, seed=0)
+
+
+def run_laffi(args, out: Path) -> dict:
+    from laffi.config import TrainConfig
+    from laffi.training import train
+
+    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0)
+    exs = examples(args.examples)
+    start = time.perf_counter()
+    info = train("bundled", "bfloat16", exs, cfg, out, progress=False)
+    return {"seconds": time.perf_counter() - start, "final_loss": info["final_loss"]}
+
+
+def run_trl(args, out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from laffi.config import TrainConfig
+    from laffi.models import load_model, load_tokenizer
+    from laffi.training import lora_config, tokenize_example
+
+    tok = load_tokenizer("bundled")
+    rows = [tokenize_example(e, tok, 1024) for e in examples(args.examples)]
+    cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
+    sft_args = SFTConfig(
+        output_dir=str(out), per_device_train_batch_size=args.micro,
+        gradient_accumulation_steps=args.batch // args.micro,
+        learning_rate=cfg.learning_rate, max_steps=args.steps, lr_scheduler_type="linear", logging_steps=1,
+        save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=1024, completion_only_loss=True,
+        disable_tqdm=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = load_model("bundled", dtype="bfloat16", trainable=True)
+    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=lora_config(cfg))  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {"seconds": time.perf_counter() - start, "final_loss": float(losses[-1])}
+
+
+def tokens_trained(args) -> int:
+    """Non-padding tokens the steps consume (both sides see the same examples per step count)."""
+    from laffi.models import load_tokenizer
+    from laffi.training import tokenize_example
+
+    tok = load_tokenizer("bundled")
+    lengths = [len(tokenize_example(e, tok, 1024)["input_ids"]) for e in examples(args.examples)]
+    per_example = sum(lengths) / len(lengths)
+    return int(per_example * args.batch * args.steps)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--examples", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--micro", type=int, default=4)
+    p.add_argument("--which", choices=["laffi", "trl"])
+    p.add_argument("--out", default="/tmp/laffi-bench-training")
+    args = p.parse_args()
+    if args.which:  # child process: one side only
+        result = (run_laffi if args.which == "laffi" else run_trl)(args, Path(args.out) / args.which)
+        result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(result))
+        return
+    tokens = tokens_trained(args)
+    results = {}
+    for which in ("trl", "laffi"):
+        cmd = [sys.executable, __file__, "--which", which, *sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[which] = json.loads(proc.stdout.splitlines()[-1])
+    for which, r in results.items():
+        print(f"{which:6s} {tokens / r['seconds']:7.1f} tokens/s  peak RSS {r['peak_rss_gib']:.2f} GiB  "
+              f"final loss {r['final_loss']:.4f}  ({r['seconds']:.1f} s for {args.steps} steps)")
+    print(f"ratio laffi / trl: {results['trl']['seconds'] / results['laffi']['seconds']:.2f}x "
+          f"(~{tokens} non-padding tokens, {args.steps} steps of {args.batch} examples, micro-batch {args.micro})")
+
+
+if __name__ == "__main__":
+    main()
