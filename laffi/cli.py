@@ -47,15 +47,23 @@ def answer(
     dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
     require_in_context: bool = typer.Option(False, help="Abstain when the answer is not a span of the passage."),
     generations: Path | None = typer.Option(None, help="Also write raw generations (JSONL) here."),
+    revise: bool = typer.Option(False, help="Then predict feedback on each answer with the same (LaFFi) adapter and "
+                                "take the right answer it states when it judges the answer incorrect."),
+    rounds: int = typer.Option(1, min=1, max=10, help="Revision rounds (with --revise)."),
+    feedback_max_new_tokens: int = typer.Option(160, min=1, help="Longest predicted feedback (with --revise)."),
 ) -> None:
-    """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted)."""
+    """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
+
+    With --revise, each question's history (first answer, predicted feedback, final answer) goes to
+    OUT with the suffix .revisions.jsonl."""
     from laffi import stages
     from laffi.config import AnswerConfig, ModelConfig
     from laffi.data import load_squad, resolve_data_path
 
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     cfg = AnswerConfig(shots=shots, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       require_in_context=require_in_context)  # fmt: skip
+                       require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
+                       feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
                           generations_out=generations)  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)

@@ -49,6 +49,9 @@ class AnswerConfig:
     max_new_tokens: int = _f(32, "Longest answer generated, in tokens.", min=1)
     require_in_context: bool = _f(False, "Abstain when the answer is not a span of the passage (after SQuAD "
                                   "normalisation): SQuAD answers always are.")
+    revise_rounds: int = _f(0, "Rounds of answer -> predicted feedback -> revised answer (needs a LaFFi adapter). The "
+                            "'laffi+revise' method uses max(1, this).", min=0, max=10)
+    feedback_max_new_tokens: int = _f(160, "Longest predicted feedback in a revision round, in tokens.", min=1)
 
 
 @dataclass
@@ -81,13 +84,14 @@ class TrainConfig:
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,
           "train": TrainConfig}  # fmt: skip
-METHODS = ("base", "sft", "laffi", "laffi+sft")
+METHODS = ("base", "sft", "laffi", "laffi+sft", "laffi+revise")
 
 
 @dataclass
 class RunConfig:
     out_dir: str = _f("runs/demo", "Run directory: every stage's output is cached here and reused.")
-    methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table: base, sft, laffi, laffi+sft.")
+    methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table: base, sft, laffi, laffi+sft, "
+                            "laffi+revise (the laffi adapter answers, then revises with its own predicted feedback).")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model settings."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data and split settings."})
     answer: AnswerConfig = field(default_factory=AnswerConfig, metadata={"help": "Answer generation settings."})

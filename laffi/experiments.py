@@ -19,14 +19,14 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from laffi import stages
-from laffi.config import RunConfig, TrainConfig
+from laffi.config import AnswerConfig, RunConfig, TrainConfig
 from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.metrics import abstain_predictions, squad_v2_scores
 from laffi.records import atomic_write_text, read_json, write_json
@@ -73,18 +73,25 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     train_file, eval_file = split_stage(cfg, out, log)
     train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
-    fine_tuned = [m for m in cfg.methods if m != "base"]
+    fine_tuned = [m for m in cfg.methods if m != "base"]  # laffi+revise needs the laffi adapter, so feedback too
     feedback_file = None
     if any("laffi" in m for m in fine_tuned):
         answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
         feedback_file = feedback_stage(cfg, out, train_qs, answers, log)
     results: dict[str, Any] = {"abstain": squad_v2_scores(eval_qs, abstain_predictions(eval_qs))}
+    revision = {}
     for method in cfg.methods:
-        adapter = None
-        if method != "base":
+        adapter, answer_cfg = None, replace(cfg.answer, revise_rounds=0)
+        if method == "laffi+revise":
+            adapter = train_stage(cfg, out, "laffi", train_file, feedback_file, log, progress)
+            answer_cfg = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds))
+        elif method != "base":
             adapter = train_stage(cfg, out, method, train_file, feedback_file, log, progress)
-        preds = answer_stage(cfg, out / method, "eval_answers.json", eval_qs, eval_file, adapter, log, progress)
+        preds = answer_stage(cfg, out / method, "eval_answers.json", eval_qs, eval_file, adapter, log, progress,
+                             answer_cfg)  # fmt: skip
         results[method] = squad_v2_scores(eval_qs, stages.read_predictions(preds))
+        if answer_cfg.revise_rounds:
+            revision[method] = revision_summary(eval_qs, preds)
     summary = {
         "train_questions": len(train_qs),
         "eval_questions": len(eval_qs),
@@ -92,6 +99,8 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
         "eval_articles": articles(eval_qs),
         "scores": results,
     }
+    if revision:
+        summary["revision"] = revision
     write_json(out / "results.json", summary)
     table = results_table(results)
     atomic_write_text(out / "results.md", table + "\n")
@@ -119,18 +128,48 @@ def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:
 
 
 def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, data_file: Path, adapter: Path | None,
-                 log: Log, progress: bool) -> Path:  # fmt: skip
+                 log: Log, progress: bool, answer_cfg: AnswerConfig | None = None) -> Path:  # fmt: skip
     output = stage_dir / name
-    key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=asdict(cfg.answer),
+    answer_cfg = answer_cfg or replace(cfg.answer, revise_rounds=0)
+    settings = asdict(answer_cfg)
+    if not answer_cfg.revise_rounds:  # revision settings don't change plain answers: keep them out of the key
+        settings.pop("revise_rounds")
+        settings.pop("feedback_max_new_tokens")
+    key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None)  # fmt: skip
     if cached(stage_dir / f".{name}", key, output):
         log(f"answer: {output} is up to date")
         return output
     begin(stage_dir / f".{name}", key)
-    stages.answer(questions, output, cfg.model, cfg.answer, adapter=str(adapter) if adapter else None,
+    stages.answer(questions, output, cfg.model, answer_cfg, adapter=str(adapter) if adapter else None,
                   generations_out=output.with_suffix(".generations.jsonl"), progress=progress)  # fmt: skip
     finish(stage_dir / f".{name}", key)
     return output
+
+
+def revision_summary(questions: list, preds_file: Path) -> dict[str, Any]:
+    """How often revision changed an answer, and how often the change helped or hurt (SQuAD F1 of the question)."""
+    from laffi.metrics import score_one
+    from laffi.records import Revision, read_jsonl
+
+    by_id = {q.id: q for q in questions}
+    revisions = read_jsonl(stages.revisions_path(preds_file), Revision)
+    changed = [r for r in revisions if r.final_answer != r.first_answer]
+    delta = [score_one(by_id[r.id], r.final_answer)[1] - score_one(by_id[r.id], r.first_answer)[1] for r in changed]
+    timing = read_json(stages.timing_path(preds_file))
+    n = timing["questions"]
+    out = {
+        "questions": len(revisions),
+        "changed": len(changed),
+        "helped": sum(d > 0 for d in delta),
+        "hurt": sum(d < 0 for d in delta),
+        "verdicts_first_round": {v: sum(r.verdicts[:1] == [v] for r in revisions)
+                                 for v in ("correct", "incorrect", "unparsed")},  # fmt: skip
+        "questions_per_second_answer_only": n / timing["answer_seconds"],
+        "questions_per_second_with_revision": n / (timing["answer_seconds"] + timing["revise_seconds"]),
+        "timing_resumed": timing["resumed"],
+    }
+    return out
 
 
 def feedback_stage(cfg: RunConfig, out: Path, questions: list, answers: Path, log: Log) -> Path:

@@ -1,4 +1,4 @@
-"""Batched greedy decoding, and the `answer` stage built on it (resumable, with progress).
+"""Batched greedy decoding, and the answer and revise loops built on it (resumable, with progress).
 
 Prompts are sorted by length before batching so each batch pads little, and every sequence stops at the model's end
 of turn. Results come back in the caller's order.
@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from laffi import prompts
-from laffi.records import Generation, JsonlAppender, Question, iter_chunks, read_jsonl
+from laffi.metrics import normalize_answer
+from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
+
+Progress = Callable[[int], None]
 
 
 @dataclass
@@ -75,6 +78,43 @@ def generate(
     return outputs
 
 
+def generate_records(
+    model: Any,
+    tokenizer: Any,
+    jobs: list[tuple[str, str]],
+    settings: DecodeSettings,
+    parse: Callable[[str, str], str],
+    partial: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Generation]:
+    """Generate for each `(id, prompt)` job and parse the output with `parse(id, raw)`.
+
+    With `partial`, each finished record is appended there at once and a re-run skips what it holds (resume)."""
+    done: dict[str, Generation] = {}
+    if partial and partial.exists():
+        done = {g.id: g for g in read_jsonl(partial, Generation, tolerate_torn_tail=True)}
+    todo = [(qid, text) for qid, text in jobs if qid not in done]
+    if progress:
+        progress(len(jobs) - len(todo))
+    appender = JsonlAppender(partial) if partial else None
+
+    def keep(indices: list[int], raws: list[str]) -> None:
+        for i, raw in zip(indices, raws, strict=True):
+            qid = todo[i][0]
+            done[qid] = Generation(id=qid, raw=raw, answer=parse(qid, raw))
+            if appender:
+                appender.append(done[qid])
+        if progress:
+            progress(len(indices))
+
+    try:
+        generate(model, tokenizer, [text for _, text in todo], settings, on_batch=keep)
+    finally:
+        if appender:
+            appender.close()
+    return done
+
+
 def answer_questions(
     model: Any,
     tokenizer: Any,
@@ -83,32 +123,74 @@ def answer_questions(
     settings: DecodeSettings,
     partial: Path | None = None,
     require_in_context: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Generation]:
-    """Answer every question with the few-shot QA prompt. With `partial`, finished answers are appended there as
-    they come, and a re-run skips them (resume after a crash)."""
-    done = {}
-    if partial and partial.exists():
-        done = {g.id: g for g in read_jsonl(partial, Generation, tolerate_torn_tail=True)}
-    todo = [q for q in questions if q.id not in done]
-    if progress:
-        progress(len(questions) - len(todo))
-    texts = [prompts.render(prompts.qa_messages(q, shots), tokenizer) for q in todo]
-    appender = JsonlAppender(partial) if partial else None
+    """Answer every question with the few-shot QA prompt (resumable through `partial`)."""
+    by_id = {q.id: q for q in questions}
+    jobs = [(q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer)) for q in questions]
 
-    def keep(indices: list[int], raws: list[str]) -> None:
-        for i, raw in zip(indices, raws, strict=True):
-            q = todo[i]
-            g = Generation(id=q.id, raw=raw, answer=prompts.parse_answer(raw, q.context, require_in_context))
-            done[q.id] = g
-            if appender:
-                appender.append(g)
-        if progress:
-            progress(len(indices))
+    def parse(qid: str, raw: str) -> str:
+        return prompts.parse_answer(raw, by_id[qid].context, require_in_context)
 
-    try:
-        generate(model, tokenizer, texts, settings, on_batch=keep)
-    finally:
-        if appender:
-            appender.close()
+    done = generate_records(model, tokenizer, jobs, settings, parse, partial, progress)
     return [done[q.id] for q in questions]
+
+
+def revise_answers(
+    model: Any,
+    tokenizer: Any,
+    questions: list[Question],
+    first: list[Generation],
+    rounds: int,
+    settings: DecodeSettings,
+    partial: Path | None = None,
+    require_in_context: bool = False,
+    progress: Progress | None = None,
+) -> list[Revision]:
+    """Answer -> predicted feedback -> revised answer, for up to `rounds` rounds.
+
+    Each round asks the model (with the LaFFi training prompt) for feedback on its current answer. When the predicted
+    verdict is "incorrect" and the feedback states a different right answer (parsed by `prompts.parse_feedback`, the
+    parser the training targets were written for), that answer replaces the current one; otherwise the question is
+    settled and leaves later rounds. Round r resumes from `partial` + ".round<r>".
+    """
+    by_id = {q.id: q for q in questions}
+    history = {g.id: Revision(id=g.id, first_answer=g.answer, final_answer=g.answer) for g in first}
+    active = [q.id for q in questions]
+    for r in range(1, rounds + 1):
+        if not active:
+            break
+        jobs = [(qid, prompts.render(prompts.feedback_messages(by_id[qid], history[qid].final_answer), tokenizer))
+                for qid in active]  # fmt: skip
+
+        def parse(qid: str, raw: str) -> str:
+            return revised_answer(raw, history[qid].final_answer, by_id[qid].context, require_in_context)[1]
+
+        round_partial = partial.with_name(f"{partial.name}.round{r}") if partial else None
+        done = generate_records(model, tokenizer, jobs, settings, parse, round_partial, progress)
+        still_active = []
+        for qid in active:
+            verdict, new = revised_answer(done[qid].raw, history[qid].final_answer, by_id[qid].context,
+                                          require_in_context)  # fmt: skip
+            h = history[qid]
+            h.feedback.append(done[qid].raw)
+            h.verdicts.append(verdict)
+            h.answers.append(new)
+            if new != h.final_answer:
+                h.final_answer = new
+                still_active.append(qid)
+        active = still_active
+    return [history[q.id] for q in questions]
+
+
+def revised_answer(feedback: str, current: str, context: str, require_in_context: bool = False) -> tuple[str, str]:
+    """(verdict, answer after this feedback). Only an "incorrect" verdict with a stated, different answer changes it."""
+    verdict, stated = prompts.parse_feedback(feedback)
+    if verdict is None:
+        return "unparsed", current
+    if verdict == "correct" or stated is None:
+        return verdict, current
+    new = prompts.parse_answer(f'"{stated}"', context, require_in_context) if stated else ""
+    if normalize_answer(new) == normalize_answer(current) and bool(new) == bool(current):
+        return verdict, current
+    return verdict, new

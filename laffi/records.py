@@ -43,6 +43,18 @@ class Generation:
 
 
 @dataclass
+class Revision:
+    """Answer, then predict feedback on it, then revise: one question's history over the rounds."""
+
+    id: str
+    first_answer: str
+    feedback: list[str] = field(default_factory=list)  # the feedback the model predicted, one per round
+    verdicts: list[str] = field(default_factory=list)  # "correct", "incorrect" or "unparsed", one per round
+    answers: list[str] = field(default_factory=list)  # the answer after each round
+    final_answer: str = ""
+
+
+@dataclass
 class FeedbackRecord:
     """Natural-language feedback on one predicted answer. Human, LLM and reference annotators all write this."""
 

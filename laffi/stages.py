@@ -6,6 +6,7 @@ started. Each writes its output atomically; `answer` resumes from a partial JSON
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +32,51 @@ def answer(
     """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash."""
     from tqdm.auto import tqdm
 
-    from laffi.generation import DecodeSettings, answer_questions
+    from laffi.generation import DecodeSettings, answer_questions, revise_answers
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model.name)
     lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
     partial = partial_path(out)
+    resumed = partial.exists()
+    start = time.perf_counter()
     with tqdm(total=len(questions), desc=f"answer {out.name}", unit="q", disable=not progress) as bar:
         gens = answer_questions(
             lm, tokenizer, questions, settings.shots,
             DecodeSettings(settings.max_new_tokens, settings.batch_size),
             partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
         )  # fmt: skip
+    timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
     preds = {g.id: g.answer for g in gens}
+    revisions = []
+    if settings.revise_rounds > 0:
+        start = time.perf_counter()
+        with tqdm(desc=f"revise {out.name}", unit="q", disable=not progress) as bar:
+            revisions = revise_answers(
+                lm, tokenizer, questions, gens, settings.revise_rounds,
+                DecodeSettings(settings.feedback_max_new_tokens, settings.batch_size),
+                partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
+            )  # fmt: skip
+        timing["revise_seconds"] = time.perf_counter() - start
+        preds = {r.id: r.final_answer for r in revisions}
     if generations_out is not None:
         write_jsonl(generations_out, gens)
+    if revisions:
+        write_jsonl(revisions_path(out), revisions)
+    write_json(timing_path(out), timing)
     write_json(out, preds)
-    partial.unlink(missing_ok=True)
+    for leftover in out.parent.glob(f"{partial.name}*"):
+        leftover.unlink()
     return preds
+
+
+def revisions_path(out: Path) -> Path:
+    return out.with_suffix(".revisions.jsonl")
+
+
+def timing_path(out: Path) -> Path:
+    """Seconds spent answering (and revising); "resumed" marks a run whose first part ran in an earlier process."""
+    return out.with_suffix(".timing.json")
 
 
 def read_generations(out: Path) -> list[Generation]:

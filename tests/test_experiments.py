@@ -20,8 +20,8 @@ def run_cfg(tmp_path, tiny_model_dir, excerpt_questions):
     write_squad(sorted(picked.values(), key=excerpt_questions.index), data)
     return load_run_config(None, [
         f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
-        "methods=[base, sft, laffi, laffi+sft]", "answer.max_new_tokens=3", "train.max_steps=1", "train.lora_r=2",
-        "train.batch_size=2", "train.micro_batch_size=2",
+        "methods=[base, sft, laffi, laffi+sft, laffi+revise]", "answer.max_new_tokens=3", "train.max_steps=1",
+        "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2", "answer.feedback_max_new_tokens=4",
     ])  # fmt: skip
 
 
@@ -31,11 +31,15 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     run = tmp_path / "run"
     assert summary["train_questions"] == 4 and summary["eval_questions"] == 2
     assert set(summary["train_articles"]).isdisjoint(summary["eval_articles"])
-    assert list(summary["scores"]) == ["abstain", "base", "sft", "laffi", "laffi+sft"]
+    assert list(summary["scores"]) == ["abstain", "base", "sft", "laffi", "laffi+sft", "laffi+revise"]
+    rev = summary["revision"]["laffi+revise"]
+    assert rev["questions"] == 2 and rev["changed"] >= rev["helped"] + rev["hurt"]
+    assert sum(rev["verdicts_first_round"].values()) == 2 and rev["questions_per_second_with_revision"] > 0
+    assert not (run / "laffi+revise" / "adapter").exists()  # it answers with the laffi adapter
     # The table's numbers are the scores of the files on disk.
     from laffi import stages
 
-    for method in ["base", "sft", "laffi", "laffi+sft"]:
+    for method in ["base", "sft", "laffi", "laffi+sft", "laffi+revise"]:
         again = stages.score(run / "data" / "eval.json", run / method / "eval_answers.json")
         assert again == summary["scores"][method]
     abstain = summary["scores"]["abstain"]

@@ -35,3 +35,58 @@ def test_answer_questions_resumes_from_partial(tiny, excerpt_questions, tmp_path
     assert resumed[1].answer == "kept"  # not recomputed
     assert [g.raw for i, g in enumerate(resumed) if i != 1] == [g.raw for i, g in enumerate(full) if i != 1]
     assert sorted(g.id for g in read_jsonl(partial, Generation)) == sorted(q.id for q in qs)
+
+
+def test_revised_answer_rules():
+    from laffi.generation import revised_answer
+
+    ctx = "Rollo led the Normans in 911."
+    stated = 'Verdict: incorrect. x. The right answer is "Rollo".'
+    assert revised_answer(stated, "William", ctx) == ("incorrect", "Rollo")
+    assert revised_answer("Verdict: incorrect. The right answer is unanswerable.", "William", ctx) == ("incorrect", "")
+    assert revised_answer('Verdict: correct. The right answer is "Rollo".', "William", ctx) == ("correct", "William")
+    assert revised_answer("Verdict: incorrect. No stated answer.", "William", ctx) == ("incorrect", "William")
+    assert revised_answer("gibberish", "William", ctx) == ("unparsed", "William")
+    same = 'Verdict: incorrect. The right answer is "the Rollo".'
+    assert revised_answer(same, "Rollo", ctx) == ("incorrect", "Rollo")
+    # With require_in_context a stated answer that is not in the passage becomes an abstention.
+    assert revised_answer('Verdict: incorrect. The right answer is "Harold".', "x", ctx, True) == ("incorrect", "")
+
+
+def test_revise_rounds_records_and_stopping(monkeypatch, excerpt_questions):
+    import laffi.generation as gen
+    from laffi.records import Generation
+
+    qs = excerpt_questions[:3]
+    script = {  # (question, current answer) -> predicted feedback
+        (qs[0].id, "William"): 'Verdict: incorrect. "William" is wrong. The right answer is "Rollo".',
+        (qs[0].id, "Rollo"): 'Verdict: correct. "Rollo" answers the question. The right answer is "Rollo".',
+        (qs[1].id, "Paris"): "Verdict: incorrect. The right answer is unanswerable.",
+        (qs[1].id, ""): 'Verdict: incorrect. Abstaining is wrong. The right answer is "Paris".',
+        (qs[2].id, "911"): 'Verdict: correct. The right answer is "911".',
+    }
+    prompts_per_round = []
+
+    def fake_generate(model, tokenizer, texts, settings, on_batch=None):
+        prompts_per_round.append(len(texts))
+        outs = []
+        for text in texts:
+            q = next(q for q in qs if q.question in text)
+            current = text.rsplit("Proposed answer: ", 1)[1].split("<|im_end|>")[0]
+            current = "" if current == "unanswerable" else current
+            outs.append(script.get((q.id, current), "no verdict here"))
+        if on_batch:
+            on_batch(list(range(len(texts))), outs)
+        return outs
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    from laffi.models import load_tokenizer
+
+    first = [Generation(qs[0].id, "", "William"), Generation(qs[1].id, "", "Paris"), Generation(qs[2].id, "", "911")]
+    revs = gen.revise_answers(None, load_tokenizer("bundled"), qs, first, rounds=3, settings=gen.DecodeSettings())
+    assert prompts_per_round == [3, 2, 1]  # settled questions leave later rounds
+    assert [r.final_answer for r in revs] == ["Rollo", "", "911"]
+    assert revs[0].verdicts == ["incorrect", "correct"] and revs[0].answers == ["Rollo", "Rollo"]
+    # The second question flip-flops (Paris -> abstain -> Paris -> abstain) until the round limit stops it.
+    assert revs[1].verdicts == ["incorrect"] * 3 and revs[1].answers == ["", "Paris", ""]
+    assert revs[2].verdicts == ["correct"] and revs[2].first_answer == "911" and len(revs[2].feedback) == 1

@@ -22,7 +22,8 @@ def test_bundled_model_loop(tmp_path, excerpt_questions):
     main(["annotate", "--data", str(data), "--predictions", str(preds), "--out", str(fb)])
     adapter = tmp_path / "adapter"
     main(["train", "--method", "laffi+sft", "--data", str(data), "--feedback", str(fb), "--out", str(adapter),
-          "--set", "train.max_steps=2", "--set", "train.batch_size=4", "--set", "train.micro_batch_size=2"])  # fmt: skip
+          "--set", "train.max_steps=2", "--set", "train.batch_size=4",
+          "--set", "train.micro_batch_size=2"])  # fmt: skip
     log = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(0 < e["loss"] < 20 for e in log)
     tuned = tmp_path / "tuned.json"
@@ -31,3 +32,10 @@ def test_bundled_model_loop(tmp_path, excerpt_questions):
 
     scores = stages.score(data, tuned)
     assert scores["total"] == 8 and 0.0 <= scores["f1"] <= 100.0
+    revised = tmp_path / "revised.json"
+    main(["answer", "--data", str(data), "--out", str(revised), "--adapter", str(adapter), "--revise",
+          "--limit", "4", "--feedback-max-new-tokens", "48"])  # fmt: skip
+    history = [json.loads(line) for line in (tmp_path / "revised.revisions.jsonl").read_text().splitlines()]
+    assert len(history) == 4 and all(len(h["feedback"]) == 1 and h["feedback"][0] for h in history)
+    final = json.loads(revised.read_text())
+    assert [final[h["id"]] for h in history] == [h["final_answer"] for h in history]
