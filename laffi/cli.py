@@ -147,6 +147,10 @@ def run(
     typer.echo(f"\nHeld-out articles: {held_out}; {summary['train_questions']} training / "
                f"{summary['eval_questions']} evaluation questions.\n")  # fmt: skip
     typer.echo(results_table(summary["scores"]))
+    for method, r in summary.get("revision", {}).items():
+        typer.echo(f"\n{method}: revision changed {r['changed']} of {r['questions']} answers ({r['helped']} helped, "
+                   f"{r['hurt']} hurt); {r['questions_per_second_answer_only']:.2f} questions/s answering, "
+                   f"{r['questions_per_second_with_revision']:.2f} with revision")  # fmt: skip
     typer.echo(f"\nresults: {Path(cfg.out_dir) / 'results.json'}")
 
 

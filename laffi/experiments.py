@@ -9,8 +9,9 @@ Layout of a run directory:
     <method>/eval_answers.json    answers on the held-out questions (base: no adapter)
     results.json, results.md      scores of every method and of the "abstain on every question" baseline
 
-A stage is skipped when its `.stage.json` holds the same key (a hash of its input files and settings) and its
-output exists; otherwise it runs again. `answer` and `train` resume from their partial state after an interruption.
+A stage is skipped when the marker beside its output (`.<output>.stage.json`) holds the same key (a hash of its input
+files and settings) and says done; otherwise it runs again. `answer` and `train` resume from their partial state after
+an interruption, but only when the key is unchanged: a stage started with other inputs is cleared first.
 """
 
 from __future__ import annotations
@@ -49,22 +50,34 @@ def stage_key(**inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached(stage_dir: Path, key: str, output: Path) -> bool:
-    marker = stage_dir / ".stage.json"
-    return output.exists() and marker.exists() and read_json(marker).get("key") == key
+def marker(output: Path) -> Path:
+    """Where a stage records the key of the inputs its output (or its partial state) belongs to."""
+    return output.with_name(f".{output.name}.stage.json")
 
 
-def begin(stage_dir: Path, key: str) -> None:
-    """Start (or resume) a stage: partial state from a run with other inputs is thrown away."""
-    marker = stage_dir / ".stage.json"
-    if marker.exists() and read_json(marker).get("key") != key:
-        shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"key": key, "done": False})
+def cached(output: Path, key: str) -> bool:
+    m = marker(output)
+    if not (output.exists() and m.exists()):
+        return False
+    state = read_json(m)
+    return state.get("key") == key and state.get("done") is True
 
 
-def finish(stage_dir: Path, key: str) -> None:
-    write_json(stage_dir / ".stage.json", {"key": key, "done": True})
+def begin(output: Path, key: str, scratch: list[Path] = ()) -> None:
+    """Start or resume a stage. Output and partial state (`scratch`) left by a run with other inputs are removed,
+    so a stage never resumes from, or returns, work done for different settings."""
+    m = marker(output)
+    if not (m.exists() and read_json(m).get("key") == key):
+        for path in [output, *scratch]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    write_json(m, {"key": key, "done": False})
+
+
+def finish(output: Path, key: str) -> None:
+    write_json(marker(output), {"key": key, "done": True})
 
 
 def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
@@ -112,16 +125,16 @@ def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:
     stage_dir = out / "data"
     key = stage_key(data=file_hash(src), settings=asdict(cfg.data))
     train_file, eval_file = stage_dir / "train.json", stage_dir / "eval.json"
-    if cached(stage_dir, key, eval_file):
+    if cached(eval_file, key) and train_file.exists():
         return train_file, eval_file
-    begin(stage_dir, key)
+    begin(eval_file, key, [train_file])
     questions = load_squad(src)
     train_all, eval_all = split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)
     train_qs = sample_questions(train_all, cfg.data.train_questions or None, cfg.data.split_seed)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)
     write_squad(train_qs, train_file)
     write_squad(eval_qs, eval_file)
-    finish(stage_dir, key)
+    finish(eval_file, key)
     log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
         f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
     return train_file, eval_file
@@ -137,13 +150,14 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
         settings.pop("feedback_max_new_tokens")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None)  # fmt: skip
-    if cached(stage_dir / f".{name}", key, output):
+    if cached(output, key):
         log(f"answer: {output} is up to date")
         return output
-    begin(stage_dir / f".{name}", key)
+    partial = stages.partial_path(output)
+    begin(output, key, list(stage_dir.glob(f"{partial.name}*")) if stage_dir.exists() else [])
     stages.answer(questions, output, cfg.model, answer_cfg, adapter=str(adapter) if adapter else None,
                   generations_out=output.with_suffix(".generations.jsonl"), progress=progress)  # fmt: skip
-    finish(stage_dir / f".{name}", key)
+    finish(output, key)
     return output
 
 
@@ -176,11 +190,11 @@ def feedback_stage(cfg: RunConfig, out: Path, questions: list, answers: Path, lo
     stage_dir = out / "feedback"
     output = stage_dir / "train.jsonl"
     key = stage_key(answers=file_hash(answers), annotate=asdict(cfg.annotate))
-    if cached(stage_dir, key, output):
+    if cached(output, key):
         return output
-    begin(stage_dir, key)
+    begin(output, key)
     records = stages.annotate(questions, stages.read_predictions(answers), output, cfg.annotate)
-    finish(stage_dir, key)
+    finish(output, key)
     correct = sum(r.verdict == "correct" for r in records)
     log(f"feedback: {len(records)} records, {correct} answers judged correct")
     return output
@@ -198,12 +212,12 @@ def train_stage(cfg: RunConfig, out: Path, method: str, train_file: Path, feedba
     needs_feedback = "laffi" in method
     key = stage_key(data=file_hash(train_file), feedback=file_hash(feedback_file) if needs_feedback else None,
                     model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
-    if cached(stage_dir / ".train", key, output):
+    if cached(output, key):
         log(f"train: {output} is up to date")
         return output
-    begin(stage_dir / ".train", key)
+    begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])
     feedback = stages.read_feedback(feedback_file) if needs_feedback and feedback_file else None
     info = stages.train(load_squad(train_file), feedback, output, cfg.model, tcfg, cfg.answer.shots, progress)
-    finish(stage_dir / ".train", key)
+    finish(output, key)
     log(f"train {method}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
     return output

@@ -69,3 +69,26 @@ def test_changed_setting_reruns_only_what_depends_on_it(run_cfg, tmp_path):
     assert (run / "base" / "eval_answers.json").stat().st_mtime_ns == base_answers
     assert (run / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == sft_adapter
     assert any(m.startswith("train laffi:") for m in logs)
+
+
+def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
+    from laffi.experiments import marker
+    from laffi.records import Generation, JsonlAppender, read_json, write_json
+
+    run_cfg.methods = ["base"]
+    run_pipeline(run_cfg, log=lambda m: None, progress=False)
+    out = tmp_path / "run" / "base" / "eval_answers.json"
+    key = read_json(marker(out))["key"]
+    qid = next(iter(json.loads(out.read_text())))
+
+    def interrupted(with_key: str, answer: str) -> dict:
+        out.unlink()
+        write_json(marker(out), {"key": with_key, "done": False})
+        with JsonlAppender(out.with_name(".eval_answers.json.partial.jsonl")) as app:
+            app.append(Generation(id=qid, raw=answer, answer=answer))
+        run_pipeline(run_cfg, log=lambda m: None, progress=False)
+        return json.loads(out.read_text())
+
+    assert interrupted(key, "KEPT")[qid] == "KEPT"  # same inputs: the finished answer is reused
+    assert interrupted("other-settings", "STALE")[qid] != "STALE"  # other inputs: partial state is discarded
+    assert list(out.parent.glob(".eval_answers.json.partial*")) == []
