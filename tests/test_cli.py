@@ -86,3 +86,11 @@ def test_annotate_rejects_unknown_prediction_ids(small_squad, tmp_path):
 def test_train_rejects_bad_override(small_squad, tmp_path):
     r = run_cli("train", "--method", "sft", "--data", small_squad, "--out", tmp_path / "a", "--set", "train.lr=1")
     assert r.returncode == 2 and "unknown key 'lr'" in r.stderr and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("model", ["no-such-org/no-such-model", "/nonexistent/model/dir", "/tmp/missing.gguf"])
+def test_unloadable_model_is_one_line_exit_2(small_squad, tmp_path, model):
+    r = run_cli("answer", "--data", small_squad, "--out", tmp_path / "p.json", "--model", model, "--limit", "1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and model in lines[0], r.stderr
+    assert not (tmp_path / "p.json").exists()
