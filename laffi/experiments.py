@@ -114,10 +114,30 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     }
     if revision:
         summary["revision"] = revision
-    write_json(out / "results.json", summary)
     table = results_table(results)
+    if not cfg.answer.require_in_context:
+        summary["span_only_scores"] = span_only_scores(eval_qs, out, cfg.methods, results["abstain"])
+        table += ("\n\nThe same answers, re-parsed with `answer.require_in_context` (abstain when the answer is not a "
+                  "span of the passage):\n\n" + results_table(summary["span_only_scores"]))  # fmt: skip
+    write_json(out / "results.json", summary)
     atomic_write_text(out / "results.md", table + "\n")
     return summary
+
+
+def span_only_scores(questions: list, out: Path, methods: list[str], abstain: dict) -> dict[str, Any]:
+    """Scores of each method's raw answers re-parsed with the extractive rule: no new generation, same raw text."""
+    from laffi.prompts import parse_answer
+    from laffi.records import Generation, read_jsonl
+
+    by_id = {q.id: q for q in questions}
+    scores = {"abstain": abstain}
+    for method in methods:
+        if method == "laffi+revise":  # its final answers come from feedback, not from one raw generation
+            continue
+        gens = read_jsonl(out / method / "eval_answers.generations.jsonl", Generation)
+        preds = {g.id: parse_answer(g.raw, by_id[g.id].context, require_in_context=True) for g in gens}
+        scores[method] = squad_v2_scores(questions, preds)
+    return scores
 
 
 def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:

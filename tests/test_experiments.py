@@ -47,6 +47,16 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     assert json.loads((run / "results.json").read_text()) == summary
     table = (run / "results.md").read_text()
     assert "| abstain (every question) |" in table and "| laffi+sft |" in table
+    # The span-only table re-parses the same raw generations with the extractive rule.
+    from laffi.data import load_squad
+    from laffi.metrics import squad_v2_scores
+    from laffi.prompts import parse_answer
+
+    eval_qs = {q.id: q for q in load_squad(run / "data" / "eval.json")}
+    gens = [json.loads(line) for line in (run / "sft" / "eval_answers.generations.jsonl").read_text().splitlines()]
+    reparsed = {g["id"]: parse_answer(g["raw"], eval_qs[g["id"]].context, True) for g in gens}
+    assert summary["span_only_scores"]["sft"] == squad_v2_scores(list(eval_qs.values()), reparsed)
+    assert "laffi+revise" not in summary["span_only_scores"]
     feedback = [json.loads(line) for line in (run / "feedback" / "train.jsonl").read_text().splitlines()]
     assert len(feedback) == 4
 
