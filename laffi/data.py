@@ -22,8 +22,12 @@ BUNDLED_NAME = "squad_v2_excerpt.json"
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_squad(path: str | Path) -> list[Question]:
-    """Load and validate a SQuAD 2.0 file (official format). Unknown keys such as `plausible_answers` are ignored."""
+def load_squad(path: str | Path, strict: bool = True) -> list[Question]:
+    """Load and validate a SQuAD 2.0 file (official format). Unknown keys such as `plausible_answers` are ignored.
+
+    `strict=False` (used for scoring) checks structure and types only, like the official evaluation script reads a
+    file: answer offsets and the `is_impossible` flag are not cross-checked against the answers and the context.
+    """
     path = Path(path)
     doc = read_json(path, "SQuAD 2.0 JSON")  # already one-line errors for missing / non-UTF-8 / non-JSON files
     if not isinstance(doc, dict):
@@ -35,14 +39,14 @@ def load_squad(path: str | Path) -> list[Question]:
     questions: list[Question] = []
     seen: dict[str, str] = {}  # question id -> JSON path where it first appeared, to name both places on a clash
     for a, article in enumerate(articles_):
-        questions.extend(_load_article(article, path, f"data[{a}]", seen))
+        questions.extend(_load_article(article, path, f"data[{a}]", seen, strict))
     if not questions:
         # An empty dataset would only fail later, and more obscurely, in training or evaluation.
         raise LaffiError(f"{path}: data: contains no questions")
     return questions
 
 
-def _load_article(article: Any, path: Path, where: str, seen: dict[str, str]) -> list[Question]:
+def _load_article(article: Any, path: Path, where: str, seen: dict[str, str], strict: bool) -> list[Question]:
     _expect(article, dict, path, where)
     title = _field(article, "title", str, path, where) if "title" in article else ""
     out = []
@@ -51,11 +55,13 @@ def _load_article(article: Any, path: Path, where: str, seen: dict[str, str]) ->
         _expect(para, dict, path, pwhere)
         context = _nonempty(para, "context", path, pwhere)
         for q, qa in enumerate(_field(para, "qas", list, path, pwhere)):
-            out.append(_load_question(qa, title, context, path, f"{pwhere}.qas[{q}]", seen))
+            out.append(_load_question(qa, title, context, path, f"{pwhere}.qas[{q}]", seen, strict))
     return out
 
 
-def _load_question(qa: Any, title: str, context: str, path: Path, where: str, seen: dict[str, str]) -> Question:
+def _load_question(
+    qa: Any, title: str, context: str, path: Path, where: str, seen: dict[str, str], strict: bool
+) -> Question:
     _expect(qa, dict, path, where)
     qid = _nonempty(qa, "id", path, where)
     if qid in seen:
@@ -65,11 +71,13 @@ def _load_question(qa: Any, title: str, context: str, path: Path, where: str, se
     answers = _field(qa, "answers", list, path, where)
     texts, starts = [], []
     for i, ans in enumerate(answers):
-        text, start = _load_answer(ans, context, path, f"{where}.answers[{i}]")
+        text, start = _load_answer(ans, context, path, f"{where}.answers[{i}]", strict)
         texts.append(text)
         starts.append(start)
     # Older or hand-made files may omit the flag; "no answers" is then the only sensible reading.
     impossible = _field(qa, "is_impossible", bool, path, where) if "is_impossible" in qa else not answers
+    if not strict:
+        return Question(qid, title, context, question, texts, starts, impossible)
     if impossible and answers:
         # Question's invariant is "answers empty when impossible"; official files keep those in plausible_answers.
         raise LaffiError(f"{path}: {where}.answers: is_impossible is true but answers is not empty")
@@ -78,8 +86,10 @@ def _load_question(qa: Any, title: str, context: str, path: Path, where: str, se
     return Question(qid, title, context, question, texts, starts, impossible)
 
 
-def _load_answer(ans: Any, context: str, path: Path, where: str) -> tuple[str, int]:
+def _load_answer(ans: Any, context: str, path: Path, where: str, strict: bool = True) -> tuple[str, int]:
     _expect(ans, dict, path, where)
+    if not strict:  # the official script reads only the text, and scores empty-after-normalisation answers as ""
+        return _field(ans, "text", str, path, where), ans.get("answer_start", -1)
     text = _nonempty(ans, "text", path, where)
     start = _field(ans, "answer_start", int, path, where)
     if start < 0 or start + len(text) > len(context):

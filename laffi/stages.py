@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
-from laffi.data import load_squad
+from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
 from laffi.records import FeedbackRecord, Generation, Question, read_json, read_jsonl, write_json, write_jsonl
 
@@ -143,6 +143,6 @@ def train(
 def score(data: Path, predictions: Path) -> dict[str, Any]:
     from laffi.metrics import squad_v2_scores
 
-    questions = load_squad(data)
+    questions = load_squad(resolve_data_path(str(data)), strict=False)
     preds = read_predictions(predictions)
     return squad_v2_scores(questions, preds, source=str(predictions))

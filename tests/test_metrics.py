@@ -62,3 +62,21 @@ def test_missing_prediction_and_wrong_type_are_errors():
         squad_v2_scores([q("a", ["x"]), q("b", [])], {"a": "x"})
     with pytest.raises(LaffiError, match="must be a string"):
         squad_v2_scores([q("a", ["x"])], {"a": 3})
+
+
+def test_score_reads_files_as_leniently_as_the_official_script(tmp_path):
+    """Scoring checks structure, not answer offsets: the official script ignores answer_start."""
+    from laffi import stages
+
+    data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "Rollo came in 911.", "qas": [
+        {"id": "a", "question": "Who?", "answers": [{"text": "Rollo", "answer_start": 99}], "is_impossible": False},
+        {"id": "b", "question": "Why?", "answers": [], "is_impossible": True},
+    ]}]}]}  # fmt: skip
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    (tmp_path / "p.json").write_text(json.dumps({"a": "rollo", "b": "x"}))
+    out = stages.score(tmp_path / "d.json", tmp_path / "p.json")
+    assert (out["exact"], out["HasAns_exact"], out["NoAns_exact"]) == (50.0, 100.0, 0.0)
+    with pytest.raises(LaffiError, match="answer_start"):
+        from laffi.data import load_squad
+
+        load_squad(tmp_path / "d.json")
