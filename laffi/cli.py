@@ -139,14 +139,16 @@ def run(
     """All stages from one config; cached and resumable; prints the results table."""
     from laffi.config import load_run_config
     from laffi.experiments import run_pipeline
-    from laffi.reports import results_table
+    from laffi.reports import comparisons_table, results_table
 
     cfg = load_run_config(config, set_)
     summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True))
     held_out = ", ".join(summary["eval_articles"])
     typer.echo(f"\nHeld-out articles: {held_out}; {summary['train_questions']} training / "
                f"{summary['eval_questions']} evaluation questions.\n")  # fmt: skip
-    typer.echo(results_table(summary["scores"]))
+    typer.echo(results_table(summary["scores"], summary["statistics"]["f1_ci95"]))
+    typer.echo("\nPaired bootstrap over the same questions (F1, 1,000 resamples):\n")
+    typer.echo(comparisons_table(summary["statistics"]["paired"]))
     for method, r in summary.get("revision", {}).items():
         typer.echo(f"\n{method}: revision changed {r['changed']} of {r['questions']} answers ({r['helped']} helped, "
                    f"{r['hurt']} hurt); {r['questions_per_second_answer_only']:.2f} questions/s answering, "

@@ -31,7 +31,7 @@ from laffi.config import AnswerConfig, RunConfig, TrainConfig
 from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.metrics import abstain_predictions, squad_v2_scores
 from laffi.records import atomic_write_text, read_json, write_json
-from laffi.reports import results_table
+from laffi.reports import comparisons_table, results_table
 
 Log = Callable[[str], None]
 
@@ -91,7 +91,7 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     if any("laffi" in m for m in fine_tuned):
         answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
         feedback_file = feedback_stage(cfg, out, train_qs, answers, log)
-    results: dict[str, Any] = {"abstain": squad_v2_scores(eval_qs, abstain_predictions(eval_qs))}
+    predictions = {"abstain": abstain_predictions(eval_qs)}
     revision = {}
     for method in cfg.methods:
         adapter, answer_cfg = None, replace(cfg.answer, revise_rounds=0)
@@ -102,9 +102,17 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
             adapter = train_stage(cfg, out, method, train_file, feedback_file, log, progress)
         preds = answer_stage(cfg, out / method, "eval_answers.json", eval_qs, eval_file, adapter, log, progress,
                              answer_cfg)  # fmt: skip
-        results[method] = squad_v2_scores(eval_qs, stages.read_predictions(preds))
+        predictions[method] = stages.read_predictions(preds)
         if answer_cfg.revise_rounds:
             revision[method] = revision_summary(eval_qs, preds)
+    return write_results(cfg, train_qs, eval_qs, predictions, revision)
+
+
+def write_results(cfg: RunConfig, train_qs: list, eval_qs: list, predictions: dict[str, dict[str, str]],
+                  revision: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """results.json (scores, statistics, revision and span-only analyses) and results.md (the same as tables)."""
+    out = Path(cfg.out_dir)
+    results = {m: squad_v2_scores(eval_qs, preds) for m, preds in predictions.items()}
     summary = {
         "train_questions": len(train_qs),
         "eval_questions": len(eval_qs),
@@ -114,7 +122,9 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     }
     if revision:
         summary["revision"] = revision
-    table = results_table(results)
+    summary["statistics"] = statistics(eval_qs, predictions)
+    table = results_table(results, summary["statistics"]["f1_ci95"])
+    table += "\n\n" + comparisons_table(summary["statistics"]["paired"])
     if not cfg.answer.require_in_context:
         summary["span_only_scores"] = span_only_scores(eval_qs, out, cfg.methods, results["abstain"])
         table += ("\n\nThe same answers, re-parsed with `answer.require_in_context` (abstain when the answer is not a "
@@ -122,6 +132,22 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     write_json(out / "results.json", summary)
     atomic_write_text(out / "results.md", table + "\n")
     return summary
+
+
+def statistics(questions: list, predictions: dict[str, dict[str, str]], seed: int = 0) -> dict[str, Any]:
+    """95 % bootstrap intervals of each method's F1, and paired bootstrap tests of each method against sft and
+    against abstaining (same questions, 1,000 resamples, seeded)."""
+    from laffi.metrics import score_one
+    from laffi.stats import bootstrap_ci, paired_bootstrap
+
+    f1 = {m: [100.0 * score_one(q, preds[q.id])[1] for q in questions] for m, preds in predictions.items()}
+    ci = {m: list(bootstrap_ci(v, seed=seed)) for m, v in f1.items()}
+    paired = {}
+    for m in (m for m in f1 if m != "abstain"):
+        for ref in ("sft", "abstain"):
+            if m != ref and ref in f1:
+                paired[f"{m} vs {ref}"] = paired_bootstrap(f1[m], f1[ref], seed=seed)
+    return {"f1_ci95": ci, "paired": paired, "resamples": 1000, "seed": seed}
 
 
 def span_only_scores(questions: list, out: Path, methods: list[str], abstain: dict) -> dict[str, Any]:

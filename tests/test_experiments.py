@@ -42,6 +42,13 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     for method in ["base", "sft", "laffi", "laffi+sft", "laffi+revise"]:
         again = stages.score(run / "data" / "eval.json", run / method / "eval_answers.json")
         assert again == summary["scores"][method]
+    stats = summary["statistics"]
+    assert set(stats["f1_ci95"]) == set(summary["scores"])
+    for method, (lo, hi) in stats["f1_ci95"].items():
+        assert lo <= summary["scores"][method]["f1"] <= hi
+    assert "laffi vs sft" in stats["paired"] and "sft vs abstain" in stats["paired"]
+    assert stats["paired"]["base vs abstain"]["mean_diff"] == pytest.approx(
+        summary["scores"]["base"]["f1"] - summary["scores"]["abstain"]["f1"])
     abstain = summary["scores"]["abstain"]
     assert (abstain["exact"], abstain["HasAns_f1"], abstain["NoAns_f1"]) == (50.0, 0.0, 100.0)
     assert json.loads((run / "results.json").read_text()) == summary

@@ -1,0 +1,30 @@
+"""Bootstrap statistics on cases with known answers."""
+
+import pytest
+
+from laffi.stats import bootstrap_ci, paired_bootstrap
+
+
+def test_constant_values_have_a_point_interval():
+    assert bootstrap_ci([0.5] * 20) == (0.5, 0.5)
+
+
+def test_interval_contains_the_mean_and_narrows_with_more_data():
+    small = [1.0, 0.0] * 10
+    large = [1.0, 0.0] * 500
+    lo_s, hi_s = bootstrap_ci(small, seed=1)
+    lo_l, hi_l = bootstrap_ci(large, seed=1)
+    assert lo_s < 0.5 < hi_s and lo_l < 0.5 < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3
+    assert (hi_l - lo_l) == pytest.approx(2 * 1.96 * 0.5 / 1000**0.5, rel=0.2)  # normal approximation
+
+
+def test_paired_bootstrap_detects_a_clear_difference_and_not_a_null_one():
+    a = [1.0] * 60 + [0.0] * 40
+    b = [1.0] * 40 + [0.0] * 60
+    clear = paired_bootstrap(a, b, seed=2)
+    assert clear["mean_diff"] == pytest.approx(0.2) and clear["p_value"] < 0.01 and clear["ci_low"] > 0
+    same = paired_bootstrap(a, list(a), seed=2)
+    assert same["mean_diff"] == 0 and same["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [])
