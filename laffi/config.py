@@ -195,12 +195,3 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         if m not in METHODS:
             raise LaffiError(f"{where} methods: unknown method '{m}' (known: {', '.join(METHODS)})")
     return cfg
-
-
-def to_mapping(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def help_text(cls: type) -> dict[str, str]:
-    """Field name -> help string (used by the CLI and the docs)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -72,9 +72,6 @@ class FeedbackRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-VERDICTS = ("correct", "incorrect")
-
-
 def to_dict(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 

@@ -13,7 +13,7 @@ from typing import Any
 from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Generation, Question, read_json, read_jsonl, write_json, write_jsonl
+from laffi.records import FeedbackRecord, Question, read_json, read_jsonl, write_json, write_jsonl
 
 
 def partial_path(out: Path) -> Path:
@@ -77,10 +77,6 @@ def revisions_path(out: Path) -> Path:
 def timing_path(out: Path) -> Path:
     """Seconds spent answering (and revising); "resumed" marks a run whose first part ran in an earlier process."""
     return out.with_suffix(".timing.json")
-
-
-def read_generations(out: Path) -> list[Generation]:
-    return read_jsonl(out, Generation)
 
 
 def read_predictions(path: Path, questions: list[Question] | None = None) -> dict[str, str]:
