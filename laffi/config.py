@@ -188,9 +188,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raise LaffiError(f"{path}: not valid YAML{at}") from None
     if not isinstance(data, dict):
         raise LaffiError(f"{where} expected a mapping at the top level")
-    for o in overrides:
-        apply_override(data, o)
-    cfg = from_mapping(RunConfig, data, where)
+    cfg = from_mapping(RunConfig, data, where)  # the file alone first, so its errors name the file
+    if overrides:
+        for o in overrides:
+            apply_override(data, o)
+        where = "--set:"  # anything wrong now came from an override
+        cfg = from_mapping(RunConfig, data, where)
     for m in cfg.methods:
         if m not in METHODS:
             raise LaffiError(f"{where} methods: unknown method '{m}' (known: {', '.join(METHODS)})")

@@ -86,6 +86,7 @@ def test_annotate_rejects_unknown_prediction_ids(small_squad, tmp_path):
 def test_train_rejects_bad_override(small_squad, tmp_path):
     r = run_cli("train", "--method", "sft", "--data", small_squad, "--out", tmp_path / "a", "--set", "train.lr=1")
     assert r.returncode == 2 and "unknown key 'lr'" in r.stderr and not (tmp_path / "a").exists()
+    assert r.stderr.startswith("laffi: error: --set: train: unknown key")
 
 
 @pytest.mark.parametrize("model", ["no-such-org/no-such-model", "/nonexistent/model/dir", "/tmp/missing.gguf"])
