@@ -28,12 +28,6 @@ def _err(msg: str) -> None:
     typer.echo(f"laffi: error: {msg}", err=True)
 
 
-def _overrides(config: Path | None, sets: list[str], section: str) -> object:
-    from laffi.config import load_run_config
-
-    return getattr(load_run_config(config, sets), section) if section else load_run_config(config, sets)
-
-
 @app.command()
 def answer(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),

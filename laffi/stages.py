@@ -133,7 +133,7 @@ def train(
 
     tokenizer = load_tokenizer(model.name)
     examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed)
-    return run_training(model.name, model.dtype, examples, cfg, out, progress=progress)
+    return run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer)
 
 
 def score(data: Path, predictions: Path) -> dict[str, Any]:

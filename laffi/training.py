@@ -12,6 +12,7 @@ is the inference prompt token for token.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -103,11 +104,13 @@ def train(
     cfg: TrainConfig,
     out: Path,
     progress: bool = True,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """LoRA-train on `examples` and save a PEFT adapter to `out` (atomically), with the loss per step.
 
-    A plain PyTorch loop rather than TRL's SFTTrainer: on this 2-core CPU the trainer ran at ~45 % of the loop's
-    tokens/s (it computes full-vocabulary entropy and accuracy metrics at every position). Here the LM head runs only
+    A plain PyTorch loop rather than TRL's SFTTrainer: on this 2-core CPU, TRL at its defaults ran at 0.44x this
+    loop's tokens/s, with half its peak memory (`bench/training.py`; TRL checkpoints activations by default, this loop
+    only with `gradient_checkpointing`). Here the LM head runs only
     on the positions that carry loss, micro-batches group examples of similar length, and each optimizer step weights
     the loss by its number of completion tokens. State is checkpointed to `out` + ".partial/" every `save_steps`
     steps and a re-run resumes from it, bit for bit.
@@ -123,7 +126,7 @@ def train(
         raise LaffiError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                          f"({cfg.micro_batch_size})")  # fmt: skip
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
     model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -167,16 +170,13 @@ def train(
 def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig) -> list[list[list[int]]]:
     """Optimizer steps, each a list of micro-batches of example indices. Seeded shuffle per epoch; within a step,
     examples are sorted by length before being cut into micro-batches so each pads only to its own longest."""
-    import math
-    import random as _random
-
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     n_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
     steps: list[list[list[int]]] = []
     epoch = 0
     while len(steps) < n_steps:
         order = list(range(len(rows)))
-        _random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         for b in range(0, len(order), cfg.batch_size):
             batch = sorted(order[b : b + cfg.batch_size], key=lambda i: len(rows[i]["input_ids"]))
             steps.append([batch[m : m + cfg.micro_batch_size] for m in range(0, len(batch), cfg.micro_batch_size)])
