@@ -45,6 +45,9 @@ def answer(
                                 "take the right answer it states when it judges the answer incorrect."),
     rounds: int = typer.Option(1, min=1, max=10, help="Revision rounds (with --revise)."),
     feedback_max_new_tokens: int = typer.Option(160, min=1, help="Longest predicted feedback (with --revise)."),
+    first_answers: Path | None = typer.Option(None, help="With --revise: revise the answers in this generations "
+                                              "JSONL (written by an earlier `--generations`) instead of answering "
+                                              "again."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
 
@@ -59,7 +62,7 @@ def answer(
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
-                          generations_out=generations)  # fmt: skip
+                          generations_out=generations, first=first_answers)  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 

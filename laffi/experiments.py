@@ -95,13 +95,18 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     revision = {}
     for method in cfg.methods:
         adapter, answer_cfg = None, replace(cfg.answer, revise_rounds=0)
+        first = None
         if method == "laffi+revise":
             adapter = train_stage(cfg, out, "laffi", train_file, feedback_file, log, progress)
+            # Revision starts from the laffi row's answers (same adapter, same prompt): only the feedback is new.
+            laffi_answers = answer_stage(cfg, out / "laffi", "eval_answers.json", eval_qs, eval_file, adapter, log,
+                                         progress)  # fmt: skip
+            first = laffi_answers.with_suffix(".generations.jsonl")
             answer_cfg = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds))
         elif method != "base":
             adapter = train_stage(cfg, out, method, train_file, feedback_file, log, progress)
         preds = answer_stage(cfg, out / method, "eval_answers.json", eval_qs, eval_file, adapter, log, progress,
-                             answer_cfg)  # fmt: skip
+                             answer_cfg, first)  # fmt: skip
         predictions[method] = stages.read_predictions(preds)
         if answer_cfg.revise_rounds:
             revision[method] = revision_summary(eval_qs, preds)
@@ -187,7 +192,8 @@ def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:
 
 
 def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, data_file: Path, adapter: Path | None,
-                 log: Log, progress: bool, answer_cfg: AnswerConfig | None = None) -> Path:  # fmt: skip
+                 log: Log, progress: bool, answer_cfg: AnswerConfig | None = None,
+                 first: Path | None = None) -> Path:  # fmt: skip
     output = stage_dir / name
     answer_cfg = answer_cfg or replace(cfg.answer, revise_rounds=0)
     settings = asdict(answer_cfg)
@@ -195,14 +201,15 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
         settings.pop("revise_rounds")
         settings.pop("feedback_max_new_tokens")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
-                    adapter=file_hash(adapter) if adapter else None)  # fmt: skip
+                    adapter=file_hash(adapter) if adapter else None,
+                    first=file_hash(first) if first else None)  # fmt: skip
     if cached(output, key):
         log(f"answer: {output} is up to date")
         return output
     partial = stages.partial_path(output)
     begin(output, key, list(stage_dir.glob(f"{partial.name}*")) if stage_dir.exists() else [])
     stages.answer(questions, output, cfg.model, answer_cfg, adapter=str(adapter) if adapter else None,
-                  generations_out=output.with_suffix(".generations.jsonl"), progress=progress)  # fmt: skip
+                  generations_out=output.with_suffix(".generations.jsonl"), progress=progress, first=first)  # fmt: skip
     finish(output, key)
     return output
 
@@ -225,10 +232,12 @@ def revision_summary(questions: list, preds_file: Path) -> dict[str, Any]:
         "hurt": sum(d < 0 for d in delta),
         "verdicts_first_round": {v: sum(r.verdicts[:1] == [v] for r in revisions)
                                  for v in ("correct", "incorrect", "unparsed")},  # fmt: skip
-        "questions_per_second_answer_only": n / timing["answer_seconds"],
-        "questions_per_second_with_revision": n / (timing["answer_seconds"] + timing["revise_seconds"]),
+        "questions_per_second_revision_only": n / timing["revise_seconds"],
         "timing_resumed": timing["resumed"],
     }
+    if timing.get("answer_seconds"):  # measured by the run that wrote the first answers (None if unknown)
+        out["questions_per_second_answer_only"] = n / timing["answer_seconds"]
+        out["questions_per_second_with_revision"] = n / (timing["answer_seconds"] + timing["revise_seconds"])
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Question, read_json, read_jsonl, write_json, write_jsonl
+from laffi.records import FeedbackRecord, Generation, Question, read_json, read_jsonl, write_json, write_jsonl
 
 
 def partial_path(out: Path) -> Path:
@@ -28,8 +28,12 @@ def answer(
     adapter: str | None = None,
     generations_out: Path | None = None,
     progress: bool = True,
+    first: Path | None = None,
 ) -> dict[str, str]:
-    """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash."""
+    """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash.
+
+    With `first` (a generations JSONL that an earlier `answer` run with the same model, adapter and settings wrote),
+    the first answers are read from it instead of generated again, so revising costs only the feedback rounds."""
     from tqdm.auto import tqdm
 
     from laffi.generation import DecodeSettings, answer_questions, revise_answers
@@ -40,13 +44,18 @@ def answer(
     partial = partial_path(out)
     resumed = partial.exists()
     start = time.perf_counter()
-    with tqdm(total=len(questions), desc=f"answer {out.name}", unit="q", disable=not progress) as bar:
-        gens = answer_questions(
-            lm, tokenizer, questions, settings.shots,
-            DecodeSettings(settings.max_new_tokens, settings.batch_size),
-            partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
-        )  # fmt: skip
-    timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
+    if first is not None:
+        gens = reuse_generations(first, questions)
+        timing = {"questions": len(questions), "answer_seconds": _answer_seconds(first), "resumed": resumed,
+                  "first_answers_from": str(first)}  # fmt: skip
+    else:
+        with tqdm(total=len(questions), desc=f"answer {out.name}", unit="q", disable=not progress) as bar:
+            gens = answer_questions(
+                lm, tokenizer, questions, settings.shots,
+                DecodeSettings(settings.max_new_tokens, settings.batch_size),
+                partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
+            )  # fmt: skip
+        timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
     preds = {g.id: g.answer for g in gens}
     revisions = []
     if settings.revise_rounds > 0:
@@ -68,6 +77,23 @@ def answer(
     for leftover in out.parent.glob(f"{partial.name}*"):
         leftover.unlink()
     return preds
+
+
+def reuse_generations(path: Path, questions: list[Question]) -> list[Generation]:
+    """First answers written by an earlier run, one per question, in question order."""
+    by_id = {g.id: g for g in read_jsonl(path, Generation)}
+    missing = [q.id for q in questions if q.id not in by_id]
+    if missing:
+        raise LaffiError(f"{path}: no first answer for question id '{missing[0]}' ({len(missing)} missing)")
+    return [by_id[q.id] for q in questions]
+
+
+def _answer_seconds(generations: Path) -> float | None:
+    """Seconds the run that wrote `generations` spent answering (from its timing file), so revision costs compare."""
+    if not generations.name.endswith(".generations.jsonl"):  # not written by `laffi run`: no timing beside it
+        return None
+    timing = generations.with_name(generations.name.removesuffix(".generations.jsonl") + ".timing.json")
+    return read_json(timing).get("answer_seconds") if timing.exists() else None
 
 
 def revisions_path(out: Path) -> Path:

@@ -95,3 +95,22 @@ def test_unloadable_model_is_one_line_exit_2(small_squad, tmp_path, model):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and model in lines[0], r.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_revise_reuses_first_answers(small_squad, tiny_model_dir, tmp_path):
+    """--first-answers revises the answers of an earlier run: same first answers, no second answering pass."""
+    common = ["--data", small_squad, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3"]
+    first = tmp_path / "first.json"
+    main(["answer", *map(str, common), "--out", str(first), "--generations", str(tmp_path / "first.gen.jsonl")])
+    revised = tmp_path / "revised.json"
+    main(["answer", *map(str, common), "--out", str(revised), "--revise", "--feedback-max-new-tokens", "4",
+          "--first-answers", str(tmp_path / "first.gen.jsonl")])  # fmt: skip
+    history = [json.loads(line) for line in (tmp_path / "revised.revisions.jsonl").open()]
+    assert {h["id"]: h["first_answer"] for h in history} == json.loads(first.read_text())
+    # A generations file that lacks a question is a one-line error naming the file.
+    lines = (tmp_path / "first.gen.jsonl").read_text().splitlines()
+    (tmp_path / "short.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    r = run_cli("answer", *common, "--out", tmp_path / "r2.json", "--revise",
+                "--first-answers", tmp_path / "short.jsonl")
+    assert r.returncode == 2 and "short.jsonl" in r.stderr and "no first answer" in r.stderr, r.stderr
+    assert not (tmp_path / "r2.json").exists()

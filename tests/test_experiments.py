@@ -36,6 +36,12 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     assert rev["questions"] == 2 and rev["changed"] >= rev["helped"] + rev["hurt"]
     assert sum(rev["verdicts_first_round"].values()) == 2 and rev["questions_per_second_with_revision"] > 0
     assert not (run / "laffi+revise" / "adapter").exists()  # it answers with the laffi adapter
+    # Revision starts from the laffi row's answers instead of generating them again.
+    revisions = [json.loads(line) for line in (run / "laffi+revise" / "eval_answers.revisions.jsonl").open()]
+    laffi_first = json.loads((run / "laffi" / "eval_answers.json").read_text())
+    assert {r["id"]: r["first_answer"] for r in revisions} == laffi_first
+    timing = json.loads((run / "laffi+revise" / "eval_answers.timing.json").read_text())
+    assert timing["first_answers_from"].endswith("laffi/eval_answers.generations.jsonl")
     # The table's numbers are the scores of the files on disk.
     from laffi import stages
 
