@@ -147,10 +147,32 @@ def run(
     typer.echo("\nPaired bootstrap over the same questions (F1, 1,000 resamples):\n")
     typer.echo(comparisons_table(summary["statistics"]["paired"]))
     for method, r in summary.get("revision", {}).items():
+        speed = f"{r['questions_per_second_revision_only']:.2f} questions/s revising"
+        if "questions_per_second_answer_only" in r:
+            speed += (f", {r['questions_per_second_answer_only']:.2f} answering, "
+                      f"{r['questions_per_second_with_revision']:.2f} both")  # fmt: skip
         typer.echo(f"\n{method}: revision changed {r['changed']} of {r['questions']} answers ({r['helped']} helped, "
-                   f"{r['hurt']} hurt); {r['questions_per_second_answer_only']:.2f} questions/s answering, "
-                   f"{r['questions_per_second_with_revision']:.2f} with revision")  # fmt: skip
+                   f"{r['hurt']} hurt); {speed}")  # fmt: skip
     typer.echo(f"\nresults: {Path(cfg.out_dir) / 'results.json'}")
+
+
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment config (YAML): a run config plus seeds, train_sizes and the "
+                                  "human_fractions ablation."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: --set seeds=[0,1]."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
+    writes results.json, results.md and report.html."""
+    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.grid import run_experiment
+
+    cfg = load_run_config(config, set_, ExperimentConfig)
+    summary = run_experiment(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
+    out = Path(cfg.out_dir)
+    typer.echo((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
+    typer.echo(f"\n{summary['verdict']}\nreport: {out / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> None:

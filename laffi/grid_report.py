@@ -1,0 +1,321 @@
+"""The experiment report: results.json, results.md and a self-contained report.html with plots.
+
+Every number comes from the cells' files on disk (eval_answers.json, adapter/train_log.jsonl, revisions), so the
+report can be rebuilt at any time and checked against them. Across seeds, a method's per-question F1 is averaged over
+its seeds before the bootstrap, so intervals and paired tests are over questions, with seed noise averaged out; the
+spread over seeds is reported beside them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+import statistics as st
+from pathlib import Path
+from typing import Any
+
+from laffi import stages
+from laffi.config import ExperimentConfig
+from laffi.data import articles
+from laffi.grid import Cell, cell_dir, reference_cell
+from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
+from laffi.records import atomic_write_text, read_json, write_json
+from laffi.reports import comparisons_table
+from laffi.stats import bootstrap_ci, paired_bootstrap
+
+ALPHA = 0.05
+
+
+def write_report(cfg: ExperimentConfig, out: Path, main: list[Cell], ablation: list[Cell], eval_qs: list) -> dict:
+    cells = list(dict.fromkeys(main + ablation))
+    preds = {c.path: stages.read_predictions(cell_dir(out, c) / "eval_answers.json") for c in cells}
+    per_q = {path: [100.0 * score_one(q, p[q.id])[1] for q in eval_qs] for path, p in preds.items()}
+    abstain = squad_v2_scores(eval_qs, abstain_predictions(eval_qs))
+    per_q["abstain"] = [100.0 * score_one(q, "")[1] for q in eval_qs]
+    summary: dict[str, Any] = {
+        "eval_questions": len(eval_qs),
+        "eval_articles": articles(eval_qs),
+        "train_sizes": cfg.train_sizes,
+        "seeds": cfg.seeds,
+        "abstain": abstain,
+        "cells": {c.path: cell_summary(out, c, eval_qs, preds[c.path], per_q[c.path]) for c in cells},
+    }
+    summary["groups"] = [group_summary(g, summary["cells"], per_q) for g in groups(main)]
+    summary["paired"] = paired_tests(main, per_q)
+    summary["ablation"] = [group_summary(g, summary["cells"], per_q) for g in groups(ablation)]
+    summary["ablation_paired"] = ablation_tests(ablation, per_q)
+    revision = {c.path: revision_of(out, c, eval_qs) for c in cells if c.method == "laffi+revise"}
+    if revision:
+        summary["revision"] = revision
+    summary["verdict"] = verdict(summary["groups"], summary["paired"])
+    summary["plots"] = write_plots(out, summary, cells)
+    summary["examples"] = examples(out, main, eval_qs)
+    markdown = render_markdown(cfg, summary)
+    write_json(out / "results.json", summary)
+    atomic_write_text(out / "results.md", markdown)
+    atomic_write_text(out / "report.html", render_html(markdown, out))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1: list[float]) -> dict[str, Any]:
+    info = {"method": cell.method, "size": cell.size, "seed": cell.seed, "human_fraction": cell.human_fraction,
+            "scores": squad_v2_scores(eval_qs, preds), "f1_ci95": list(bootstrap_ci(f1))}  # fmt: skip
+    train_info = cell_dir(out, cell.trained()) / "adapter" / "laffi_train.json"
+    if cell.method != "base" and train_info.exists():
+        t = read_json(train_info)
+        info["train"] = {"examples": t["examples"], "steps": t["steps"], "final_loss": t["final_loss"]}
+    split = out / "feedback" / f"{cell.method}-{cell.name}.split.json"
+    if split.exists():
+        s = read_json(split)
+        info["feedback_split"] = {"human": s["human"], "ai": s["ai"]}
+    return info
+
+
+def groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that differ only in seed, in first-seen order."""
+    out: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        out.setdefault((c.method, c.size, c.human_fraction), []).append(c)
+    return list(out.values())
+
+
+def seed_mean(cells: list[Cell], per_q: dict[str, list[float]]) -> list[float]:
+    """Per-question F1 averaged over the seeds of a group."""
+    rows = [per_q[c.path] for c in cells]
+    return [sum(col) / len(col) for col in zip(*rows, strict=True)]
+
+
+def group_summary(cells: list[Cell], cell_info: dict, per_q: dict[str, list[float]]) -> dict[str, Any]:
+    scores = [cell_info[c.path]["scores"] for c in cells]
+    f1s = [s["f1"] for s in scores]
+    first = cells[0]
+    return {
+        "label": label(first),
+        "method": first.method,
+        "size": first.size,
+        "human_fraction": first.human_fraction,
+        "seeds": [c.seed for c in cells],
+        "f1_mean": st.mean(f1s),
+        "f1_sd": st.stdev(f1s) if len(f1s) > 1 else 0.0,
+        "f1_by_seed": f1s,
+        "exact_mean": st.mean(s["exact"] for s in scores),
+        "HasAns_f1_mean": st.mean(s.get("HasAns_f1", 0.0) for s in scores),
+        "NoAns_f1_mean": st.mean(s.get("NoAns_f1", 0.0) for s in scores),
+        "f1_ci95": list(bootstrap_ci(seed_mean(cells, per_q))),
+    }
+
+
+def label(cell: Cell) -> str:
+    return "base" if cell.method == "base" else f"{cell.method} n={cell.size}"
+
+
+def paired_tests(main: list[Cell], per_q: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """For each training size, every pair of methods (with base and abstaining) on the same questions, named
+    "later vs earlier" in the order abstain, base, then the config's methods: the difference is later - earlier."""
+    out = {}
+    sizes = sorted({c.size for c in main if c.method != "base"})
+    base = [g for g in groups(main) if g[0].method == "base"]
+    for n in sizes:
+        rows = {"abstain": per_q["abstain"]}
+        if base:
+            rows["base"] = seed_mean(base[0], per_q)
+        rows |= {g[0].method: seed_mean(g, per_q) for g in groups(main) if g[0].size == n and g[0].method != "base"}
+        out[f"n={n}"] = {f"{b} vs {a}": paired_bootstrap(rows[b], rows[a]) for a, b in itertools.combinations(rows, 2)}
+    return out
+
+
+def ablation_tests(ablation: list[Cell], per_q: dict[str, list[float]]) -> dict[str, Any]:
+    """Each share of human feedback against the smallest share (the most AI feedback)."""
+    gs = sorted(groups(ablation), key=lambda g: g[0].human_fraction)
+    if len(gs) < 2:
+        return {}
+    ref = seed_mean(gs[0], per_q)
+    name = f"human {gs[0][0].human_fraction:g}"
+    return {f"human {g[0].human_fraction:g} vs {name}": paired_bootstrap(seed_mean(g, per_q), ref) for g in gs[1:]}
+
+
+def verdict(groups_: list[dict], paired: dict[str, dict]) -> str:
+    """One sentence: did LaFFi beat SFT (at the largest size both ran), by how much, at what significance."""
+    sizes = [g["size"] for g in groups_ if g["method"] == "laffi"]
+    sizes = [n for n in sizes if any(g["method"] == "sft" and g["size"] == n for g in groups_)]
+    if not sizes:
+        return "LaFFi and SFT were not both in the grid, so they are not compared."
+    n = max(sizes)
+    tests = paired[f"n={n}"]
+    # Named "later vs earlier" in config order: flip the sign if the config listed laffi before sft.
+    test, sign = (tests["laffi vs sft"], 1) if "laffi vs sft" in tests else (tests["sft vs laffi"], -1)
+    diff = sign * test["mean_diff"]
+    lo, hi = sorted((sign * test["ci_low"], sign * test["ci_high"]))
+    laffi = next(g for g in groups_ if g["method"] == "laffi" and g["size"] == n)
+    sft = next(g for g in groups_ if g["method"] == "sft" and g["size"] == n)
+    if diff > 0 and test["p_value"] < ALPHA:
+        outcome = "LaFFi beat SFT"
+    elif diff < 0 and test["p_value"] < ALPHA:
+        outcome = "LaFFi did worse than SFT"
+    else:
+        outcome = "LaFFi did not significantly differ from SFT"
+    return (f"{outcome} with {n} training questions: F1 {laffi['f1_mean']:.1f} vs {sft['f1_mean']:.1f}, difference "
+            f"{diff:+.1f} (95 % CI {lo:+.1f} to {hi:+.1f}, paired bootstrap p = {test['p_value']:.3f}, "
+            f"{len(laffi['seeds'])} seed(s) averaged per question).")  # fmt: skip
+
+
+def revision_of(out: Path, cell: Cell, eval_qs: list) -> dict[str, Any]:
+    from laffi.experiments import revision_summary
+
+    return revision_summary(eval_qs, cell_dir(out, cell) / "eval_answers.json")
+
+
+def examples(out: Path, main: list[Cell], eval_qs: list) -> list[dict[str, Any]]:
+    """A few evaluation questions with each method's answer (reference cells) and LaFFi's predicted feedback."""
+    laffi = reference_cell(main, "laffi")
+    if laffi is None or not (cell_dir(out, laffi) / "examples.json").exists():
+        return []
+    from laffi.records import Revision, read_jsonl
+
+    revisions = read_jsonl(stages.revisions_path(cell_dir(out, laffi) / "examples.json"), Revision)
+    by_id = {q.id: q for q in eval_qs}
+    methods = list(dict.fromkeys(c.method for c in main))
+    answers = {m: stages.read_predictions(cell_dir(out, reference_cell(main, m)) / "eval_answers.json")
+               for m in methods}  # fmt: skip
+    rows = []
+    for r in revisions:
+        q = by_id[r.id]
+        rows.append({"id": q.id, "question": q.question, "gold": q.answers, "answers": {m: answers[m][q.id]
+                     for m in methods}, "laffi_predicted_feedback": r.feedback[0] if r.feedback else ""})  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
+    lines = ["# laffi experiment", "", f"**{s['verdict']}**", "",
+             f"{s['eval_questions']} evaluation questions from held-out {', '.join(s['eval_articles'])}; training "
+             f"sizes {cfg.train_sizes}; seeds {cfg.seeds}; main grid human-feedback share {cfg.human_fraction:g} "
+             f"(human source: {human_label(cfg)}; AI annotator: {cfg.annotate.annotator}).", "",
+             "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "
+             "bootstrap over questions of the seed-averaged per-question F1.", "",
+             groups_table(s["abstain"], s["groups"])]  # fmt: skip
+    for size, tests in s["paired"].items():
+        lines += ["", f"### Paired bootstrap tests, {size}", "", comparisons_table(tests)]
+    if s["ablation"]:
+        lines += ["", "## Ablation: share of human feedback", "", f"Method {cfg.ablation_method}, human source: "
+                  f"{human_label(cfg)}.", "", groups_table(s["abstain"], s["ablation"], by="human")]  # fmt: skip
+        if s["ablation_paired"]:
+            lines += ["", comparisons_table(s["ablation_paired"])]
+    for path, rev in s.get("revision", {}).items():
+        lines += ["", f"## Revision ({path})", "", "| questions | changed | helped | hurt | q/s revision only |",
+                  "|---:|---:|---:|---:|---:|", f"| {rev['questions']} | {rev['changed']} | {rev['helped']} | "
+                  f"{rev['hurt']} | {rev['questions_per_second_revision_only']:.2f} |"]  # fmt: skip
+    lines += ["", "## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in s["plots"]]
+    lines += ["", "## Cells", "", cells_table(s["cells"])]
+    if s["examples"]:
+        lines += ["", "## Examples", "", examples_markdown(s["examples"])]
+    return "\n".join(lines) + "\n"
+
+
+def human_label(cfg: ExperimentConfig) -> str:
+    return "simulated-human (a stand-in built from the gold answers, not people)" if cfg.human_feedback == \
+        "simulated" else cfg.human_feedback  # fmt: skip
+
+
+def groups_table(abstain: dict, rows: list[dict], by: str = "method") -> str:
+    head = "| human share |" if by == "human" else "| method | n |"
+    lines = [head + " seeds | EM | F1 | HasAns F1 | NoAns F1 | F1 95% CI |",
+             "|---|" + ("" if by == "human" else "---:|") + "---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    first = "| abstain (every question) |" + ("" if by == "human" else " - |")
+    lines.append(first + f" - | {_pct(abstain['exact'])} | {_pct(abstain['f1'])} | 0.0 | 100.0 | - |")
+    for g in rows:
+        lead = f"| {g['human_fraction']:g} |" if by == "human" else f"| {g['method']} | {g['size'] or '-'} |"
+        lo, hi = g["f1_ci95"]
+        lines.append(f"{lead} {len(g['seeds'])} | {_pct(g['exact_mean'])} | {_pct(g['f1_mean'])} ± "
+                     f"{_pct(g['f1_sd'])} | {_pct(g['HasAns_f1_mean'])} | {_pct(g['NoAns_f1_mean'])} | "
+                     f"{_pct(lo)}–{_pct(hi)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def cells_table(cells: dict[str, dict]) -> str:
+    lines = ["| cell | EM | F1 | HasAns F1 | NoAns F1 | training steps | final loss | human / AI feedback |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for path, c in cells.items():
+        s = c["scores"]
+        train, split = c.get("train"), c.get("feedback_split")
+        steps = str(train["steps"]) if train else "-"
+        loss = f"{train['final_loss']:.3f}" if train and train["final_loss"] is not None else "-"
+        mix = f"{split['human']} / {split['ai']}" if split else "-"
+        lines.append(f"| {path} | {_pct(s['exact'])} | {_pct(s['f1'])} | {_pct(s.get('HasAns_f1', 0.0))} | "
+                     f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def examples_markdown(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        gold = " / ".join(r["gold"]) if r["gold"] else "(unanswerable)"
+        out.append(f"**{_md(r['question'])}** — gold: {_md(gold)}")
+        out.append("")
+        out += [f"- {m}: {_md(a) if a else '(abstains)'}" for m, a in r["answers"].items()]
+        out.append(f"- LaFFi's predicted feedback on its own answer: {_md(r['laffi_predicted_feedback'])}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _md(text: str) -> str:
+    """Model and data text shown inert: HTML-escaped, and no markdown syntax of its own."""
+    escaped = html.escape(" ".join(text.split()))
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>" else ch for ch in escaped)
+
+
+def render_html(markdown_text: str, out: Path) -> str:
+    """One file with everything in it: the markdown rendered, the PNGs inlined as data URIs."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    for png in sorted((out / "plots").glob("*.png")):
+        data = base64.b64encode(png.read_bytes()).decode()
+        body = body.replace(f'src="plots/{png.name}"', f'src="data:image/png;base64,{data}"')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em}img{max-width:100%}")  # fmt: skip
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>laffi experiment</title><style>{style}"
+            f"</style></head><body>{body}</body></html>\n")  # fmt: skip
+
+
+def write_plots(out: Path, s: dict[str, Any], cells: list[Cell]) -> list[str]:
+    from laffi import plots
+
+    directory = out / "plots"
+    directory.mkdir(exist_ok=True)
+    made = []
+    if s["groups"]:
+        largest = max([g["size"] for g in s["groups"]])
+        rows = [g for g in s["groups"] if g["size"] in (0, largest)]
+        plots.methods(rows, s["abstain"]["f1"], directory / "methods.png", f"F1 by method, n={largest}")
+        made.append("methods")
+    if len({g["size"] for g in s["groups"] if g["size"]}) > 1:
+        plots.sizes(s["groups"], s["abstain"]["f1"], directory / "sizes.png")
+        made.append("sizes")
+    if len(s["ablation"]) > 1:
+        plots.ablation(s["ablation"], s["abstain"]["f1"], directory / "ablation.png")
+        made.append("ablation")
+    logs = {c.path: _train_log(out, c) for c in cells if c.method != "base" and c.trained() == c}
+    logs = {k: v for k, v in logs.items() if v}
+    if logs:
+        plots.losses(logs, directory / "loss.png")
+        made.append("loss")
+    return made
+
+
+def _train_log(out: Path, cell: Cell) -> list[dict]:
+    path = cell_dir(out, cell) / "adapter" / "train_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

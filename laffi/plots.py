@@ -1,0 +1,82 @@
+"""Experiment plots (matplotlib, no display needed). Each function writes one PNG atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: these machines have no screen
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _abstain_line(ax, f1: float) -> None:
+    ax.axhline(f1, color="grey", linestyle="--", linewidth=1, label=f"abstain on every question ({f1:.1f})")
+
+
+def methods(rows: list[dict], abstain_f1: float, path: Path, title: str) -> None:
+    """Bars: each method's mean F1 with its 95 % interval; dots: the single seeds."""
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6))
+    for i, g in enumerate(rows):
+        lo, hi = g["f1_ci95"]
+        ax.bar(i, g["f1_mean"], color="#4c72b0", alpha=0.8)
+        ax.errorbar(i, g["f1_mean"], yerr=[[g["f1_mean"] - lo], [hi - g["f1_mean"]]], color="black", capsize=4)
+        ax.scatter([i] * len(g["f1_by_seed"]), g["f1_by_seed"], color="black", s=10, zorder=3)
+    _abstain_line(ax, abstain_f1)
+    ax.set_xticks(range(len(rows)), [g["method"] for g in rows])
+    ax.set_ylabel("F1")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def sizes(groups: list[dict], abstain_f1: float, path: Path) -> None:
+    """F1 against the number of training questions, one line per method (error bars: 95 % interval)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for method in dict.fromkeys(g["method"] for g in groups if g["size"]):
+        pts = sorted((g["size"], g["f1_mean"], *g["f1_ci95"]) for g in groups if g["method"] == method)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
+    _abstain_line(ax, abstain_f1)
+    ax.set_xlabel("training questions")
+    ax.set_ylabel("F1")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def ablation(rows: list[dict], abstain_f1: float, path: Path) -> None:
+    """F1 against the share of human-written feedback (error bars: 95 % interval; dots: seeds)."""
+    rows = sorted(rows, key=lambda g: g["human_fraction"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [g["human_fraction"] for g in rows]
+    ys = [g["f1_mean"] for g in rows]
+    err = [[g["f1_mean"] - g["f1_ci95"][0] for g in rows], [g["f1_ci95"][1] - g["f1_mean"] for g in rows]]
+    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=rows[0]["method"])
+    for g in rows:
+        ax.scatter([g["human_fraction"]] * len(g["f1_by_seed"]), g["f1_by_seed"], color="black", s=10, zorder=3)
+    _abstain_line(ax, abstain_f1)
+    ax.set_xlabel("share of training questions with human feedback")
+    ax.set_ylabel("F1")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def losses(logs: dict[str, list[dict]], path: Path) -> None:
+    """Training loss per optimizer step, one line per trained cell."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, log in logs.items():
+        ax.plot([e["step"] for e in log], [e["loss"] for e in log], label=name, linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (loss tokens only)")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, path)

@@ -1,0 +1,101 @@
+"""`laffi experiment` on the tiny random model: the grid's cells, caching, and the report checked against the cells'
+own files."""
+
+import json
+
+import pytest
+
+from laffi.config import ExperimentConfig, load_run_config
+from laffi.data import write_squad
+from laffi.grid import Cell, plan, run_experiment
+
+
+@pytest.fixture()
+def grid_cfg(tmp_path, tiny_model_dir, excerpt_questions):
+    # Two answerable and two unanswerable questions from each of the three articles; one article is held out.
+    picked = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    qs = [q for group in picked.values() for q in group[:2]]
+    data = tmp_path / "data.json"
+    write_squad(sorted(qs, key=excerpt_questions.index), data)
+    return load_run_config(None, [
+        f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi, laffi+revise]", "seeds=[0, 1]", "train_sizes=[2, 4]", "example_questions=2",
+        "answer.max_new_tokens=3", "answer.feedback_max_new_tokens=4", "train.max_steps=2", "train.lora_r=2",
+        "train.batch_size=2", "train.micro_batch_size=2", "train.learning_rate=0.05",
+    ], ExperimentConfig)  # fmt: skip
+
+
+def test_plan_runs_base_once_and_dedupes_the_ablation():
+    cfg = ExperimentConfig(methods=["base", "sft", "laffi"], seeds=[0, 1], train_sizes=[10, 20],
+                           human_fraction=0.5, human_fractions=[0.0, 0.5])  # fmt: skip
+    main, ablation = plan(cfg)
+    assert main[0] == Cell("base") and sum(c.method == "base" for c in main) == 1
+    assert len(main) == 1 + 2 * 2 * 2 and len(ablation) == 2 * 2
+    assert Cell("sft", 10, 0, None) in main and Cell("laffi", 20, 1, 0.5) in main
+    assert ablation[0] == Cell("laffi", 20, 0, 0.0)
+    assert len(set(main + ablation)) == 1 + 8 + 2  # the 0.5 ablation cells are main-grid cells
+    assert Cell("laffi", 20, 1, 0.5).path == "laffi/n20-seed1-human50"
+
+
+def test_grid_report_matches_the_cells(grid_cfg, tmp_path):
+    logs = []
+    summary = run_experiment(grid_cfg, log=logs.append, progress=False)
+    out = tmp_path / "exp"
+    from laffi import stages
+    from laffi.data import load_squad
+
+    train = load_squad(out / "data" / "train.json")
+    eval_qs = load_squad(out / "data" / "eval.json")
+    assert len(train) == 4 and {q.title for q in train}.isdisjoint({q.title for q in eval_qs})
+    assert [q.id for q in load_squad(out / "data" / "train-n2.json")] == [q.id for q in train[:2]]  # nested sizes
+    assert len(summary["cells"]) == 1 + 3 * 4
+    for path, cell in summary["cells"].items():
+        assert stages.score(out / "data" / "eval.json", out / "cells" / path / "eval_answers.json") == cell["scores"]
+    # Each group's numbers are the mean and spread of its cells' F1 over the two seeds.
+    for g in summary["groups"]:
+        if g["method"] == "base":
+            continue
+        f1 = [summary["cells"][f"{g['method']}/n{g['size']}-seed{s}" + ("" if g["method"] == "sft" else "-human0")]
+              ["scores"]["f1"] for s in (0, 1)]  # fmt: skip
+        assert g["f1_by_seed"] == f1 and g["f1_mean"] == pytest.approx(sum(f1) / 2)
+        assert g["f1_sd"] == pytest.approx(abs(f1[0] - f1[1]) / 2 ** 0.5)
+    # laffi+revise revises the laffi cell's answers with the same adapter; no adapter of its own.
+    assert not (out / "cells" / "laffi+revise" / "n4-seed0-human0" / "adapter").exists()
+    assert summary["revision"]["laffi+revise/n4-seed0-human0"]["questions"] == len(eval_qs)
+    # Every pair of methods at each size, the differences in the stated direction.
+    tests = summary["paired"]["n=4"]
+    assert set(tests) >= {"base vs abstain", "sft vs base", "laffi vs sft", "laffi+revise vs laffi"}
+    sft, laffi = (next(g for g in summary["groups"] if g["method"] == m and g["size"] == 4) for m in ("sft", "laffi"))
+    assert tests["laffi vs sft"]["mean_diff"] == pytest.approx(laffi["f1_mean"] - sft["f1_mean"])
+    assert summary["verdict"].startswith("LaFFi ") and "with 4 training questions" in summary["verdict"]
+    assert f"{tests['laffi vs sft']['p_value']:.3f}" in summary["verdict"]
+    # Report files: JSON equals the returned summary; markdown has the verdict and the abstain row; HTML is one file.
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(summary))
+    md = (out / "results.md").read_text()
+    assert summary["verdict"] in md and "| abstain (every question) |" in md
+    assert f"{laffi['f1_mean']:.1f} ± {laffi['f1_sd']:.1f}" in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'src="plots/' not in html
+    assert set(summary["plots"]) == {"methods", "sizes", "loss"} and len(summary["examples"]) == 2
+    env = json.loads((out / "environment.json").read_text())
+    assert env["seeds"]["training"] == [0, 1] and env["packages"]["torch"] and len(env["data_sha256"]["eval"]) == 64
+    # A second run redoes nothing: every stage is cached.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+    run_experiment(grid_cfg, log=logs.append, progress=False)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train_sizes=[]", "train_sizes"),
+    ("human_fractions=[1.5]", "human_fractions"),
+    ("ablation_method=sft", "ablation_method"),
+    ("seeds=oops", "seeds"),
+])  # fmt: skip
+def test_bad_grid_settings_are_one_line_errors(override, message):
+    from laffi.errors import LaffiError
+
+    with pytest.raises(LaffiError, match=message):
+        load_run_config(None, [override, "human_fractions=[0, 1]"] if "ablation" in override else [override],
+                        ExperimentConfig)  # fmt: skip
