@@ -2,6 +2,8 @@
 own files."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +12,9 @@ from laffi.data import write_squad
 from laffi.grid import Cell, plan, run_experiment
 
 
-@pytest.fixture()
-def grid_cfg(tmp_path, tiny_model_dir, excerpt_questions):
+@pytest.fixture(scope="module")
+def grid_cfg(tmp_path_factory, tiny_model_dir, excerpt_questions):
+    tmp_path = tmp_path_factory.mktemp("grid")
     # Two answerable and two unanswerable questions from each of the three articles; one article is held out.
     picked = {}
     for q in excerpt_questions:
@@ -19,12 +22,15 @@ def grid_cfg(tmp_path, tiny_model_dir, excerpt_questions):
     qs = [q for group in picked.values() for q in group[:2]]
     data = tmp_path / "data.json"
     write_squad(sorted(qs, key=excerpt_questions.index), data)
-    return load_run_config(None, [
+    cfg = load_run_config(None, [
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, laffi, laffi+revise]", "seeds=[0, 1]", "train_sizes=[2, 4]", "example_questions=2",
         "answer.max_new_tokens=3", "answer.feedback_max_new_tokens=4", "train.max_steps=2", "train.lora_r=2",
         "train.batch_size=2", "train.micro_batch_size=2", "train.learning_rate=0.05",
     ], ExperimentConfig)  # fmt: skip
+    logs = []
+    summary = run_experiment(cfg, log=logs.append, progress=False)
+    return cfg, summary, logs
 
 
 def test_plan_runs_base_once_and_dedupes_the_ablation():
@@ -39,10 +45,9 @@ def test_plan_runs_base_once_and_dedupes_the_ablation():
     assert Cell("laffi", 20, 1, 0.5).path == "laffi/n20-seed1-human50"
 
 
-def test_grid_report_matches_the_cells(grid_cfg, tmp_path):
-    logs = []
-    summary = run_experiment(grid_cfg, log=logs.append, progress=False)
-    out = tmp_path / "exp"
+def test_grid_report_matches_the_cells(grid_cfg):
+    grid_cfg, summary, logs = grid_cfg
+    out = Path(grid_cfg.out_dir)
     from laffi import stages
     from laffi.data import load_squad
 
@@ -99,3 +104,34 @@ def test_bad_grid_settings_are_one_line_errors(override, message):
     with pytest.raises(LaffiError, match=message):
         load_run_config(None, [override, "human_fractions=[0, 1]"] if "ablation" in override else [override],
                         ExperimentConfig)  # fmt: skip
+
+
+def test_report_aggregates_known_predictions(grid_cfg, tmp_path):
+    """Rebuild the report after planting predictions with known scores: the group rows, the paired test and the
+    verdict follow the files."""
+    from laffi.data import load_squad
+    from laffi.grid_report import write_report
+
+    grid_cfg = grid_cfg[0]
+    out = tmp_path / "exp"
+    shutil.copytree(grid_cfg.out_dir, out)
+    eval_qs = load_squad(out / "data" / "eval.json")
+    gold = {q.id: (q.answers[0] if q.answers else "") for q in eval_qs}  # F1 100
+    abstain = {q.id: "" for q in eval_qs}  # F1 50: half of these questions are unanswerable
+    assert sum(q.is_impossible for q in eval_qs) * 2 == len(eval_qs)
+    plant = {"sft/n4-seed0": gold, "sft/n4-seed1": abstain, "laffi/n4-seed0-human0": gold,
+             "laffi/n4-seed1-human0": gold}  # fmt: skip
+    for path, preds in plant.items():
+        (out / "cells" / path / "eval_answers.json").write_text(json.dumps(preds))
+    main, ablation = plan(grid_cfg)
+    summary = write_report(grid_cfg, out, main, ablation, eval_qs)
+    sft = next(g for g in summary["groups"] if g["method"] == "sft" and g["size"] == 4)
+    laffi = next(g for g in summary["groups"] if g["method"] == "laffi" and g["size"] == 4)
+    assert sft["f1_by_seed"] == [100.0, 50.0] and sft["f1_mean"] == 75.0
+    assert sft["f1_sd"] == pytest.approx(35.355339, abs=1e-5)
+    assert (sft["HasAns_f1_mean"], sft["NoAns_f1_mean"]) == (50.0, 100.0)
+    assert laffi["f1_mean"] == 100.0 and laffi["f1_ci95"] == [100.0, 100.0]
+    # Seed-averaged per question: sft scores 50 on each answerable question, 100 on each unanswerable one.
+    assert summary["paired"]["n=4"]["laffi vs sft"]["mean_diff"] == pytest.approx(25.0)
+    assert summary["verdict"].startswith("LaFFi ") and "F1 100.0 vs 75.0, difference +25.0" in summary["verdict"]
+    assert "| sft | 4 | 2 | 75.0 | 75.0 ± 35.4 | 50.0 | 100.0 |" in (out / "results.md").read_text()
