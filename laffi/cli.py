@@ -62,7 +62,7 @@ def answer(
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
-                          generations_out=generations, first=first_answers)  # fmt: skip
+                          generations_out=generations, first=first_answers, where=str(data))  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 

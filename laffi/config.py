@@ -214,12 +214,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] = (), cls: typ
             raise LaffiError(f"{path}: not valid YAML{at}") from None
     if not isinstance(data, dict):
         raise LaffiError(f"{where} expected a mapping at the top level")
-    cfg = from_mapping(cls, data, where)  # the file alone first, so its errors name the file
+    cfg = _validated(from_mapping(cls, data, where), where)  # the file alone first, so its errors name the file
     if overrides:
         for o in overrides:
             apply_override(data, o)
         where = "--set:"  # anything wrong now came from an override
-        cfg = from_mapping(cls, data, where)
+        cfg = _validated(from_mapping(cls, data, where), where)
+    return cfg
+
+
+def _validated(cfg: Any, where: str) -> Any:
+    """Checks that span fields: known methods, and a grid that can run."""
     for m in cfg.methods + ([cfg.ablation_method] if isinstance(cfg, ExperimentConfig) else []):
         if m not in METHODS:
             raise LaffiError(f"{where} methods: unknown method '{m}' (known: {', '.join(METHODS)})")

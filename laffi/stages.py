@@ -29,6 +29,7 @@ def answer(
     generations_out: Path | None = None,
     progress: bool = True,
     first: Path | None = None,
+    where: str = "questions",
 ) -> dict[str, str]:
     """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash.
 
@@ -41,6 +42,7 @@ def answer(
 
     tokenizer = load_tokenizer(model.name)
     lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
+    check_prompt_lengths(questions, tokenizer, lm, settings, where)
     partial = partial_path(out)
     resumed = partial.exists()
     start = time.perf_counter()
@@ -77,6 +79,23 @@ def answer(
     for leftover in out.parent.glob(f"{partial.name}*"):
         leftover.unlink()
     return preds
+
+
+def check_prompt_lengths(questions: list[Question], tokenizer: Any, model: Any, settings: AnswerConfig,
+                         where: str) -> None:  # fmt: skip
+    """Refuse, before any work, a question whose prompt and answer cannot fit the model's context: a model
+    silently degrades (or fails mid-run) past the length it was trained on."""
+    from laffi import prompts
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    room = limit - max(settings.max_new_tokens, settings.feedback_max_new_tokens if settings.revise_rounds else 0)
+    for q in questions:
+        n = len(tokenizer(prompts.render(prompts.qa_messages(q, settings.shots), tokenizer))["input_ids"])
+        if n > room:
+            raise LaffiError(f"{where}: question '{q.id}': context too long: the prompt is {n} tokens, the model "
+                             f"takes {limit} including {limit - room} new tokens")  # fmt: skip
 
 
 def reuse_generations(path: Path, questions: list[Question]) -> list[Generation]:
