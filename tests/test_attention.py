@@ -130,16 +130,34 @@ def test_command_on_tiny_model(tiny_model_dir: Path, small_squad: Path, tmp_path
     assert not (out / ".attention.partial.json").exists()
 
 
-def test_report_compares_models_and_resumes(tiny_model_dir: Path, small_squad: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter with random (not zero) weights on q and v, so it changes the attention."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("tiny-lora")
+    get_peft_model(lm, cfg).save_pretrained(out)
+    return out
+
+
+def test_report_compares_models(tiny_model_dir: Path, tiny_adapter: Path, small_squad: Path, tmp_path: Path):
     out = tmp_path / "att"
-    report = attention.attention_report(str(tiny_model_dir), small_squad, {"base": None, "again": None}, 3, out,
-                                        progress=False)  # fmt: skip
-    a, b = report["models"]["base"], report["models"]["again"]
-    assert a["per_head"] == b["per_head"]  # same weights, same numbers
-    (cmp,) = report["comparisons"]
-    assert (cmp["a"], cmp["b"], cmp["entropy"]["mean_diff"]) == ("again", "base", 0.0)
-    assert set(report["files"]["example_png"]) == {"base", "again"}
-    assert "| again vs base |" in report["markdown"]
+    models = {"base": None, "same": None, "lora": str(tiny_adapter)}
+    report = attention.attention_report(str(tiny_model_dir), small_squad, models, 3, out, progress=False)
+    base, same, lora = (report["models"][k] for k in models)
+    assert same["per_head"] == base["per_head"]  # same weights, same numbers
+    assert lora["per_head"]["entropy"] != base["per_head"]["entropy"]
+    pairs = {(c["a"], c["b"]): c for c in report["comparisons"]}
+    assert set(pairs) == {("same", "base"), ("lora", "base"), ("lora", "same")}
+    assert pairs[("same", "base")]["entropy"]["mean_diff"] == 0.0
+    diff = lora["mean"]["entropy"] - base["mean"]["entropy"]
+    assert pairs[("lora", "base")]["entropy"]["mean_diff"] == pytest.approx(diff, abs=1e-9)
+    assert set(report["files"]["example_png"]) == set(models)
+    assert "| lora vs base |" in report["markdown"]
 
 
 def test_bad_adapter_is_one_line_error(small_squad: Path, tmp_path: Path, capsys):
@@ -147,3 +165,29 @@ def test_bad_adapter_is_one_line_error(small_squad: Path, tmp_path: Path, capsys
         main(["attention", "--data", str(small_squad), "--adapters", f"base,{tmp_path}/nope", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "not a PEFT adapter" in capsys.readouterr().err
+
+
+def test_interrupted_report_resumes_finished_models(tiny_model_dir: Path, tiny_adapter: Path, small_squad: Path,
+                                                    tmp_path: Path, monkeypatch):  # fmt: skip
+    out = tmp_path / "att"
+    models = {"base": None, "b2": str(tiny_adapter)}
+    real = attention.measure_model
+    calls: list[str] = []
+
+    def failing_second(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "measure_model", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        attention.attention_report(str(tiny_model_dir), small_squad, models, 2, out, progress=False)
+    assert (out / ".attention.partial.json").exists() and not (out / "attention.json").exists()
+    calls.clear()
+    monkeypatch.setattr(attention, "measure_model", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    report = attention.attention_report(str(tiny_model_dir), small_squad, models, 2, out, progress=False)
+    # "base" was finished before the interruption; the same settings key finds it, so only "b2" runs again.
+    assert calls == ["attention b2"]
+    assert set(report["models"]) == {"base", "b2"}
+    assert not (out / ".attention.partial.json").exists()
