@@ -448,6 +448,7 @@ def _safe(name: str) -> str:
 
 def plot_layers(models: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     for ax, m in zip(axes.flat, MEASURES, strict=True):
@@ -456,6 +457,7 @@ def plot_layers(models: dict[str, Any], path: Path) -> None:
                 ax.plot(range(len(r["per_layer"][m])), r["per_layer"][m], marker=".", label=name)
         ax.set_title(LABELS[m])
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
     fig.suptitle("Attention per layer (mean over heads and questions)")
@@ -465,6 +467,7 @@ def plot_layers(models: dict[str, Any], path: Path) -> None:
 def plot_example(name: str, example: dict[str, Any], path: Path) -> None:
     """Layers x key tokens (passage start to prompt end) of the last prompt token's attention, mean over heads."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(13, 5), constrained_layout=True)
     image = ax.imshow(example["attention"], aspect="auto", cmap="viridis", interpolation="nearest")
@@ -475,6 +478,7 @@ def plot_example(name: str, example: dict[str, Any], path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_xlabel(f"token from the passage start (prompt token {example['first_token']} onward)")
     ax.set_ylabel("layer")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{name}: {example['id']} — {example['question']} (gold: {example['answer'] or 'unanswerable'})",
                  fontsize=9)  # fmt: skip
     _save(fig, path)
