@@ -175,6 +175,27 @@ def experiment(
     typer.echo(f"\n{summary['verdict']}\nreport: {out / 'report.html'}")
 
 
+@app.command()
+def attention(
+    data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),
+    adapters: str = typer.Option("base", help="Models to compare, comma-separated: 'base' (no adapter), an adapter "
+                                 "directory, or NAME=DIR. E.g. base,runs/pool/sft/adapter,runs/pool/laffi/adapter."),
+    out: Path = typer.Option(Path("runs/attention"), help="Folder for attention.json, attention.md and the PNGs."),
+    questions: int = typer.Option(30, min=1, help="Questions measured (a seeded sample of the file, same for all)."),
+    model: str = typer.Option("bundled", help=MODEL_HELP),
+    dtype: str = typer.Option("float32", help=DTYPE_HELP),
+    shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt (as at answer time)."),
+    seed: int = typer.Option(0, help="Seed of the question sample."),
+) -> None:
+    """Attention entropy, distance and where the answer position looks, per layer and head, for each model."""
+    from laffi.attention import attention_report, parse_adapters
+
+    report = attention_report(model, str(data), parse_adapters(adapters), questions, out, shots=shots, dtype=dtype,
+                              seed=seed, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+    typer.echo(report["markdown"])
+    typer.echo(f"wrote {report['files']['json']}, {report['files']['markdown']} and the plots in {out}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
