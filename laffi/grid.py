@@ -92,6 +92,8 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress)
     if cfg.example_questions and any(c.method == "laffi" for c in cells):
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
+    if cfg.attention_questions:
+        attention_stage(cfg, out, main, eval_file, log, progress)
     from laffi.grid_report import write_report
 
     return write_report(cfg, out, main, ablation, eval_qs)
@@ -273,6 +275,29 @@ def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: 
     begin(output, key)
     stages.answer(picked, output, cfg.model, answer_cfg, adapter=str(directory / "adapter"), progress=progress,
                   first=first)  # fmt: skip
+    finish(output, key)
+    return output
+
+
+def attention_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_file: Path, log: Log,
+                    progress: bool) -> Path:  # fmt: skip
+    """Attention measures of base and the reference sft / laffi / laffi+sft adapters on the same questions."""
+    from laffi.attention import attention_report
+
+    output = out / "attention" / "attention.json"
+    adapters: dict[str, str | None] = {"base": None}
+    for method in ("sft", "laffi", "laffi+sft"):
+        cell = reference_cell(main, method)
+        if cell is not None:
+            adapters[method] = str(cell_dir(out, cell) / "adapter")
+    weights = {name: file_hash(Path(a)) if a else None for name, a in adapters.items()}
+    key = stage_key(data=file_hash(eval_file), model=asdict(cfg.model), questions=cfg.attention_questions,
+                    shots=cfg.answer.shots, adapters=weights)  # fmt: skip
+    if cached(output, key):
+        return output
+    begin(output, key)
+    attention_report(cfg.model.name, eval_file, adapters, cfg.attention_questions, output.parent,
+                     shots=cfg.answer.shots, seed=cfg.data.split_seed, progress=progress, log=log)  # fmt: skip
     finish(output, key)
     return output
 

@@ -52,6 +52,7 @@ def write_report(cfg: ExperimentConfig, out: Path, main: list[Cell], ablation: l
     summary["verdict"] = verdict(summary["groups"], summary["paired"])
     summary["plots"] = write_plots(out, summary, cells)
     summary["examples"] = examples(out, main, eval_qs)
+    summary["attention"] = attention_summary(out)
     markdown = render_markdown(cfg, summary)
     write_json(out / "results.json", summary)
     atomic_write_text(out / "results.md", markdown)
@@ -164,6 +165,17 @@ def verdict(groups_: list[dict], paired: dict[str, dict]) -> str:
             f"{len(laffi['seeds'])} seed(s) averaged per question).")  # fmt: skip
 
 
+def attention_summary(out: Path) -> dict[str, Any] | None:
+    """The attention stage's tables and plots, when it ran."""
+    path = out / "attention" / "attention.json"
+    if not path.exists():
+        return None
+    a = read_json(path)
+    markdown = (path.parent / "attention.md").read_text(encoding="utf-8")
+    return {"questions": a["questions"], "answerable": a["answerable"], "markdown": markdown,
+            "pngs": sorted(p.name for p in path.parent.glob("*.png"))}  # fmt: skip
+
+
 def revision_of(out: Path, cell: Cell, eval_qs: list) -> dict[str, Any]:
     from laffi.experiments import revision_summary
 
@@ -217,6 +229,11 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
                   "|---:|---:|---:|---:|---:|", f"| {rev['questions']} | {rev['changed']} | {rev['helped']} | "
                   f"{rev['hurt']} | {rev['questions_per_second_revision_only']:.2f} |"]  # fmt: skip
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in s["plots"]]
+    if s.get("attention"):
+        a = s["attention"]
+        lines += ["", "## Attention", "", f"{a['questions']} evaluation questions ({a['answerable']} answerable); "
+                  "means over layers, heads and questions (see `attention/attention.json`).", "", a["markdown"], ""]
+        lines += [f"![{Path(f).stem}](attention/{Path(f).name})" for f in a["pngs"]]
     lines += ["", "## Cells", "", cells_table(s["cells"])]
     if s["examples"]:
         lines += ["", "## Examples", "", examples_markdown(s["examples"])]
@@ -280,9 +297,10 @@ def render_html(markdown_text: str, out: Path) -> str:
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables"])
-    for png in sorted((out / "plots").glob("*.png")):
-        data = base64.b64encode(png.read_bytes()).decode()
-        body = body.replace(f'src="plots/{png.name}"', f'src="data:image/png;base64,{data}"')
+    for folder in ("plots", "attention"):
+        for png in sorted((out / folder).glob("*.png")):
+            data = base64.b64encode(png.read_bytes()).decode()
+            body = body.replace(f'src="{folder}/{png.name}"', f'src="data:image/png;base64,{data}"')
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
              "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em}img{max-width:100%}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>laffi experiment</title><style>{style}"

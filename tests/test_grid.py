@@ -26,7 +26,7 @@ def grid_cfg(tmp_path_factory, tiny_model_dir, excerpt_questions):
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, laffi, laffi+revise]", "seeds=[0, 1]", "train_sizes=[2, 4]", "example_questions=2",
         "answer.max_new_tokens=3", "answer.feedback_max_new_tokens=4", "train.max_steps=2", "train.lora_r=2",
-        "train.batch_size=2", "train.micro_batch_size=2", "train.learning_rate=0.05",
+        "train.batch_size=2", "train.micro_batch_size=2", "train.learning_rate=0.05", "attention_questions=2",
     ], ExperimentConfig)  # fmt: skip
     logs = []
     summary = run_experiment(cfg, log=logs.append, progress=False)
@@ -82,7 +82,11 @@ def test_grid_report_matches_the_cells(grid_cfg):
     assert summary["verdict"] in md and "| abstain (every question) |" in md
     assert f"{laffi['f1_mean']:.1f} ± {laffi['f1_sd']:.1f}" in md
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and 'src="plots/' not in html
+    assert "data:image/png;base64," in html and 'src="plots/' not in html and 'src="attention/' not in html
+    # The attention section: base and the reference adapters, measured by `laffi attention` on 2 questions.
+    attention = json.loads((out / "attention" / "attention.json").read_text())
+    assert list(attention["models"]) == ["base", "sft", "laffi"] and attention["questions"] == 2
+    assert summary["attention"]["markdown"] in md and "## Attention" in md
     assert set(summary["plots"]) == {"methods", "sizes", "loss"} and len(summary["examples"]) == 2
     env = json.loads((out / "environment.json").read_text())
     assert env["seeds"]["training"] == [0, 1] and env["packages"]["torch"] and len(env["data_sha256"]["eval"]) == 64
