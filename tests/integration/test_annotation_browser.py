@@ -58,7 +58,8 @@ def server(tmp_path, small_squad):
                 proc.kill()
                 pytest.fail(f"annotation server did not start: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.2)
-    yield {"url": url, "token": token, "admin": admin, "db": db, "questions": qs, "preds": json.loads(preds.read_text())}
+    yield {"url": url, "token": token, "admin": admin, "db": db, "questions": qs,
+           "preds": json.loads(preds.read_text())}
     proc.terminate()
     proc.wait(timeout=10)
 

@@ -32,7 +32,8 @@ def test_api(tmp_path, excerpt_questions):
     item = client.get("/api/items/1", headers=h).json()
     assert item["id"] == qs[1].id and item["annotation"] is None and item["question"] == qs[1].question
     assert client.get("/api/items/3", headers=h).status_code == 404
-    r = client.put(f"/api/annotations/{qs[1].id}", headers=h, json={"verdict": "correct", "feedback": "ok", "seconds": 4})
+    body = {"verdict": "correct", "feedback": "ok", "seconds": 4}
+    r = client.put(f"/api/annotations/{qs[1].id}", headers=h, json=body)
     assert r.status_code == 200 and r.json()["progress"] == {"done": 1, "total": 3}
     bad = client.put(f"/api/annotations/{qs[1].id}", headers=h, json={"verdict": "meh", "feedback": "ok"})
     assert bad.status_code == 422 and "verdict must be" in bad.json()["detail"]
