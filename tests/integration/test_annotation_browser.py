@@ -45,8 +45,9 @@ def server(tmp_path, small_squad):
     token = laffi("annotators", "add", "ann", "--db", db).stdout.strip()
     admin = laffi("annotators", "add", "boss", "--admin", "--db", db).stdout.strip()
     port = free_port()
+    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", small_squad, "--predictions",
-                             preds, "--db", db, "--port", str(port)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             preds, "--db", db, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 30
     while True:
@@ -56,12 +57,13 @@ def server(tmp_path, small_squad):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                pytest.fail(f"annotation server did not start: {proc.stderr.read() if proc.stderr else ''}")
+                pytest.fail(f"annotation server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
             time.sleep(0.2)
     yield {"url": url, "token": token, "admin": admin, "db": db, "questions": qs,
            "preds": json.loads(preds.read_text())}
     proc.terminate()
     proc.wait(timeout=10)
+    log.close()
 
 
 def test_annotate_in_browser_edit_and_export(server, tmp_path):
