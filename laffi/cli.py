@@ -232,8 +232,15 @@ def train(
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
     config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
+    human_feedback: Path | None = typer.Option(None, help="Human feedback (JSONL) to mix with --feedback (the AI "
+                                               "feedback): see --human-fraction."),
+    human_fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="With --human-feedback: the share of training "
+                                         "questions that take the human record (seeded; the rest take the AI's)."),
+    mix_seed: int = typer.Option(0, help="Seed of the human/AI split."),
 ) -> None:
-    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl)."""
+    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
+
+    With --human-feedback, the split of the hybrid mix is written to OUT/feedback_mix.json."""
     from laffi import stages
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
@@ -241,14 +248,34 @@ def train(
     run_cfg = load_run_config(config, [f"train.method={method}", *set_])
     questions = load_squad(resolve_data_path(str(data)))
     records = stages.read_feedback(feedback) if feedback else None
+    split = None
+    if human_feedback is not None:
+        if records is None:
+            raise LaffiError("--human-feedback: also give the AI feedback with --feedback")
+        records, split = _mix(stages.read_feedback(human_feedback), records, human_fraction, mix_seed, out)
+        typer.echo(f"hybrid feedback: {split['human']} human, {split['ai']} AI records (fraction {human_fraction}, "
+                   f"seed {mix_seed}); split in {out / 'feedback_mix.json'}", err=True)  # fmt: skip
     if records is not None:
         known = {q.id for q in questions}
         unknown = [r.id for r in records if r.id not in known]
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
     info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots)
+    if split is not None:  # written after training: saving the adapter replaces the directory
+        from laffi.records import write_json
+
+        write_json(out / "feedback_mix.json", split)
     typer.echo(f"saved adapter to {out}: {info['examples']} examples, {info['steps']} steps, "
                f"final loss {info['final_loss']:.4f}", err=True)  # fmt: skip
+
+
+def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[list, dict]:
+    from laffi.feedback.mix import mix_feedback
+
+    records, split = mix_feedback(human, ai, fraction, seed)
+    if not records:
+        raise LaffiError("--human-feedback and --feedback have no question id in common")
+    return records, split
 
 
 @app.command()
