@@ -237,8 +237,9 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
     cached_keys = set(done)
     todo = list({key: msgs for key, msgs in keyed if key not in done}.items())
     errors: dict[str, str] = {}
-    with JsonlAppender(cache) as appender, tqdm(total=len(set(k for k, _ in keyed)), initial=len(keyed) - len(todo),
-                                                 desc=f"annotate {out.name}", unit="q", disable=not progress) as bar:
+    unique = len({key for key, _ in keyed})  # identical prompts are asked once
+    with JsonlAppender(cache) as appender, tqdm(total=unique, initial=unique - len(todo), desc=f"annotate {out.name}",
+                                                 unit="q", disable=not progress) as bar:
         def on_done(c: Completion) -> None:
             done[c.key] = c
             appender.append(c)
