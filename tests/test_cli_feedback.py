@@ -84,3 +84,14 @@ def test_train_with_human_fraction(small_squad, tiny_model_dir, tmp_path):
     assert (split["questions"], split["human"], split["ai"], split["seed"]) == (12, 3, 9, 1)
     assert split["annotators"] == ["reference", "simulated-human:paraphrase-v1"]
     assert (adapter / "adapter_config.json").exists()
+
+
+def test_feedback_report_bad_input_is_one_line(tmp_path, small_squad):
+    _, preds = _preds(small_squad, tmp_path)
+    good = tmp_path / "ref.jsonl"
+    main(["annotate", "--data", str(small_squad), "--predictions", str(preds), "--out", str(good)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    r = run_cli("feedback-report", "--human", good, "--ai", bad)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "bad.jsonl:1: missing field" in lines[0]
