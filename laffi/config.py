@@ -56,10 +56,26 @@ class AnswerConfig:
 
 @dataclass
 class AnnotateConfig:
-    annotator: str = _f("reference", "Who writes the feedback: 'reference' (deterministic, from gold answers).",
-                        choices=("reference",))
+    annotator: str = _f("reference", "Who writes the feedback: 'reference' (deterministic, from gold answers), 'llm' "
+                        "(a model taught by human examples) or 'simulated-human' (labelled stand-in for people).",
+                        choices=("reference", "llm", "simulated-human"))
     correct_threshold: float = _f(0.8, "An answer is judged correct when its best SQuAD F1 reaches this.",
                                   min=0.0, max=1.0)
+    # The LLM annotator's settings (annotator: llm).
+    examples: str = _f("", "Human-written feedback records (JSONL) the LLM annotator learns from ('' = the small "
+                       "hand-written file shipped with laffi).")
+    shots: int = _f(4, "Feedback examples in the LLM annotator's prompt (seeded sample, both verdicts shown).",
+                    min=0, max=16)
+    seed: int = _f(0, "Seed of the example sample (and of the simulated-human phrasing).")
+    model: str = _f("bundled", "Local model of the LLM annotator (ignored when `endpoint` is set).")
+    dtype: str = _f("bfloat16", "Weights dtype of the local LLM annotator.", choices=("float32", "bfloat16", "float16"))
+    endpoint: str = _f("", "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); '' = local model.")
+    api_model: str = _f("", "Model name sent to the endpoint.")
+    concurrency: int = _f(4, "Requests in flight at once to the endpoint.", min=1)
+    max_retries: int = _f(4, "Retries (exponential backoff) of a failed endpoint request.", min=0)
+    timeout: float = _f(120.0, "Seconds before an endpoint request counts as failed.", min=1.0)
+    batch_size: int = _f(4, "Prompts decoded together by the local model.", min=1)
+    max_new_tokens: int = _f(96, "Longest feedback generated, in tokens.", min=8)
 
 
 @dataclass

@@ -144,9 +144,19 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
     """Feedback on every question that has a prediction, written as JSONL records."""
     from laffi.feedback import reference
 
-    if cfg.annotator != "reference":
-        raise LaffiError(f"annotator: '{cfg.annotator}' is not available (known: reference)")
-    records = [reference.annotate(q, preds[q.id], cfg.correct_threshold) for q in questions if q.id in preds]
+    if cfg.annotator == "llm":
+        from laffi.feedback.llm import annotate_llm, default_examples_path
+
+        examples = read_feedback(Path(cfg.examples) if cfg.examples else default_examples_path())
+        return annotate_llm(questions, preds, examples, out, cfg)
+    if cfg.annotator == "simulated-human":
+        from laffi.feedback.simulated import simulated_human_feedback
+
+        records = simulated_human_feedback(questions, preds, cfg.seed)
+    elif cfg.annotator == "reference":
+        records = [reference.annotate(q, preds[q.id], cfg.correct_threshold) for q in questions if q.id in preds]
+    else:
+        raise LaffiError(f"annotator: '{cfg.annotator}' is not available (known: reference, llm, simulated-human)")
     if not records:
         raise LaffiError(f"{out}: no question has a prediction to annotate")
     write_jsonl(out, records)

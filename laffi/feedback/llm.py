@@ -1,0 +1,300 @@
+"""The LLM annotator: a model, taught by a few human-written feedback records, writes feedback on each answer.
+
+Prompt: a system message saying what to write and in which form, `shots` solved examples (human feedback records,
+a seeded sample with both verdicts represented, the same for every question so prompts share their prefix), then the
+item: passage, question, gold answers and the model's answer. The reply must be
+
+    Verdict: correct|incorrect
+    Feedback: <text>
+
+Backends: a local transformers model (batched greedy decoding of `laffi.generation`) or any OpenAI-compatible
+endpoint through the `openai` client (bounded concurrency; the client retries connection errors, 408/409/429 and 5xx
+with exponential backoff). Every completion is appended to a cache keyed by (backend, model, prompt) beside the output
+file, so an interrupted run resumes and a repeated prompt is never paid for twice. Token counts and seconds are kept
+per record. A reply that cannot be parsed is never guessed: it goes to `OUT.failures.jsonl` with its raw text.
+
+The prompt lives here rather than in `laffi.prompts` because only this annotator uses it; it has its own version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from laffi import prompts
+from laffi.config import AnnotateConfig
+from laffi.errors import LaffiError
+from laffi.records import FeedbackRecord, JsonlAppender, Question, read_jsonl, write_jsonl
+
+TEMPLATE_VERSION = "llm-annotator-v1"
+
+SYSTEM = (
+    "You are an annotator. You see a passage, a question, the gold answers and a model's proposed answer. Judge "
+    "whether the proposed answer is correct (it matches a gold answer; when there are no gold answers the passage "
+    f"does not answer the question and the only correct answer is {prompts.ABSTAIN_PHRASE}). Then write one or two "
+    "sentences of feedback: why, and what the right answer is. Reply in exactly this form:\n"
+    "Verdict: correct or incorrect\nFeedback: your feedback"
+)
+
+_VERDICT_LINE = re.compile(r"^[\s*#]*verdict[\s*]*[:\-][\s*]*(correct|incorrect)\b[\s.*:,;\-]*(.*)$", re.I | re.S)
+_FEEDBACK_LABEL = re.compile(r"^[\s*]*feedback[\s*]*[:\-][\s*]*", re.I)
+
+
+@dataclass
+class Completion:
+    """One model reply with what it cost."""
+
+    key: str
+    raw: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    backend: str = ""
+
+
+@dataclass
+class Failure:
+    """A reply that could not be parsed (or a request that failed after its retries): kept, never guessed."""
+
+    id: str
+    reason: str
+    raw: str
+    annotator: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def default_examples_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "resources" / "handwritten_feedback.jsonl"
+
+
+def failures_path(out: Path) -> Path:
+    return out.with_suffix(".failures.jsonl")
+
+
+def cache_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.llm-cache.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------- prompt
+
+
+def select_examples(examples: list[FeedbackRecord], k: int, seed: int) -> list[FeedbackRecord]:
+    """A seeded sample of k examples, alternating verdicts so both are shown whenever both exist and k >= 2."""
+    pools: dict[str, list[FeedbackRecord]] = {"incorrect": [], "correct": []}
+    for r in sorted(examples, key=lambda r: r.id):
+        pools.setdefault(r.verdict, []).append(r)
+    rng = random.Random(seed)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    picked: list[FeedbackRecord] = []
+    order = ["incorrect", "correct"]
+    while len(picked) < k and any(pools[v] for v in order):
+        for v in order:
+            if pools[v] and len(picked) < k:
+                picked.append(pools[v].pop())
+    return picked
+
+
+def item_text(context: str, question: str, gold: list[str], predicted: str) -> str:
+    gold_text = "; ".join(f'"{g}"' for g in dict.fromkeys(gold)) if gold else (
+        f"none (the passage does not answer the question: the right answer is {prompts.ABSTAIN_PHRASE})")
+    return (f"{prompts.qa_user_text(context, question)}\n\nGold answers: {gold_text}\n\n"
+            f"Proposed answer: {prompts.answer_as_text(predicted)}")  # fmt: skip
+
+
+def reply_text(verdict: str, feedback: str) -> str:
+    return f"Verdict: {verdict}\nFeedback: {feedback}"
+
+
+def messages(q: Question, predicted: str, shots: list[FeedbackRecord]) -> list[dict[str, str]]:
+    out = [{"role": "system", "content": SYSTEM}]
+    for r in shots:
+        out.append({"role": "user", "content": item_text(r.context, r.question, r.gold_answers, r.predicted_answer)})
+        out.append({"role": "assistant", "content": reply_text(r.verdict, r.feedback)})
+    out.append({"role": "user", "content": item_text(q.context, q.question, q.answers, predicted)})
+    return out
+
+
+def parse_reply(raw: str) -> tuple[str, str] | str:
+    """(verdict, feedback) from a reply, or a string saying why it cannot be parsed.
+
+    Accepts the asked-for form and its close variants ("Verdict: incorrect. <text>" on one line, a missing
+    "Feedback:" label, markdown bold); the verdict must be stated and the feedback must not be empty."""
+    text = raw.strip()
+    m = _VERDICT_LINE.match(text)
+    if not m:
+        return "no 'Verdict: correct|incorrect' at the start of the reply"
+    verdict, rest = m.group(1).lower(), m.group(2).strip()
+    feedback = _FEEDBACK_LABEL.sub("", rest).strip()
+    if not feedback:
+        return "empty feedback"
+    return verdict, feedback
+
+
+def prompt_key(backend: str, model: str, max_new_tokens: int, msgs: list[dict[str, str]]) -> str:
+    payload = json.dumps([backend, model, max_new_tokens, msgs], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+
+OnDone = Callable[[Completion], None]
+
+
+def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone) -> None:
+    """Greedy replies of a local transformers model, in batches; `on_done` is called as each batch finishes."""
+    from laffi.generation import DecodeSettings, generate
+    from laffi.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    lm = load_model(cfg.model, dtype=cfg.dtype)
+    texts = [prompts.render(msgs, tokenizer) for _, msgs in jobs]
+    started = [time.perf_counter()]
+
+    def finished(indices: list[int], outputs: list[str]) -> None:
+        # generate() gives one duration per batch; each record gets an equal share of it.
+        seconds = (time.perf_counter() - started[0]) / len(indices)
+        for i, raw in zip(indices, outputs, strict=True):
+            on_done(Completion(
+                key=jobs[i][0], raw=raw, seconds=seconds, backend="local",
+                prompt_tokens=len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]),
+                completion_tokens=len(tokenizer(raw, add_special_tokens=False)["input_ids"]),
+            ))  # fmt: skip
+        started[0] = time.perf_counter()
+
+    generate(lm, tokenizer, texts, DecodeSettings(cfg.max_new_tokens, cfg.batch_size), on_batch=finished)
+
+
+def complete_endpoint(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone,
+                      on_error: Callable[[str, str], None]) -> None:  # fmt: skip
+    """Replies of an OpenAI-compatible endpoint, at most `cfg.concurrency` requests in flight."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import openai
+
+    if not cfg.api_model:
+        raise LaffiError("annotate.api_model: the model name to send to the endpoint is required with an endpoint")
+    client = openai.OpenAI(base_url=cfg.endpoint, api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+                           max_retries=cfg.max_retries, timeout=cfg.timeout)  # fmt: skip
+
+    def one(key: str, msgs: list[dict[str, str]]) -> Completion:
+        start = time.perf_counter()
+        resp = client.chat.completions.create(model=cfg.api_model, messages=msgs, max_tokens=cfg.max_new_tokens,
+                                              temperature=0.0)  # fmt: skip
+        usage = resp.usage
+        return Completion(key=key, raw=(resp.choices[0].message.content or "").strip(), backend="endpoint",
+                          prompt_tokens=usage.prompt_tokens if usage else 0,
+                          completion_tokens=usage.completion_tokens if usage else 0,
+                          seconds=time.perf_counter() - start)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+        futures = {pool.submit(one, key, msgs): key for key, msgs in jobs}
+        for fut in as_completed(futures):  # results are handled here, in one thread: no lock needed for the cache
+            try:
+                on_done(fut.result())
+            except openai.OpenAIError as e:  # the client's own retries are spent
+                on_error(futures[fut], f"request failed after {cfg.max_retries} retries: {type(e).__name__}: {e}")
+
+
+# ---------------------------------------------------------------------------------------------------- annotate
+
+
+def annotator_id(cfg: AnnotateConfig) -> str:
+    return f"llm:{cfg.api_model}" if cfg.endpoint else f"llm:{cfg.model}"
+
+
+def annotate_llm(questions: list[Question], predictions: dict[str, str], examples: list[FeedbackRecord], out: Path,
+                 cfg: AnnotateConfig, progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
+    """Feedback on every question that has a prediction. Writes `out` (parsed records) and `OUT.failures.jsonl`;
+    resumes from the prompt cache beside `out`. Returns the parsed records."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    shots = select_examples(examples, cfg.shots, cfg.seed)
+    backend = "endpoint" if cfg.endpoint else "local"
+    model = f"{cfg.endpoint}|{cfg.api_model}" if cfg.endpoint else cfg.model
+    items = [(q, predictions[q.id]) for q in questions if q.id in predictions]
+    if not items:
+        raise LaffiError(f"{out}: no question has a prediction to annotate")
+    keyed = []
+    for q, pred in items:
+        msgs = messages(q, pred, shots)
+        keyed.append((prompt_key(backend, model, cfg.max_new_tokens, msgs), msgs))
+    cache = cache_path(out)
+    done: dict[str, Completion] = {}
+    if cache.exists():
+        done = {c.key: c for c in read_jsonl(cache, Completion, tolerate_torn_tail=True)}
+    cached_keys = set(done)
+    todo = list({key: msgs for key, msgs in keyed if key not in done}.items())
+    errors: dict[str, str] = {}
+    unique = len({key for key, _ in keyed})  # identical prompts are asked once
+    with JsonlAppender(cache) as appender, tqdm(total=unique, initial=unique - len(todo), desc=f"annotate {out.name}",
+                                                 unit="q", disable=not progress) as bar:
+        def on_done(c: Completion) -> None:
+            done[c.key] = c
+            appender.append(c)
+            bar.update(1)
+
+        def on_error(key: str, reason: str) -> None:
+            errors[key] = reason  # not cached: a re-run tries again
+            bar.update(1)
+
+        if todo and cfg.endpoint:
+            complete_endpoint(todo, cfg, on_done, on_error)
+        elif todo:
+            complete_local(todo, cfg, on_done)
+    return _write_outputs(items, keyed, done, cached_keys, errors, shots, out, cfg)
+
+
+def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any]], done: dict[str, Completion],
+                   cached_keys: set[str], errors: dict[str, str], shots: list[FeedbackRecord], out: Path,
+                   cfg: AnnotateConfig) -> list[FeedbackRecord]:  # fmt: skip
+    who = annotator_id(cfg)
+    records, failures = [], []
+    for (q, pred), (key, _) in zip(items, keyed, strict=True):
+        if key in errors:
+            failures.append(Failure(id=q.id, reason=errors[key], raw="", annotator=who))
+            continue
+        c = done[key]
+        cost = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "seconds": round(c.seconds, 4), "cached": key in cached_keys, "backend": c.backend}  # fmt: skip
+        parsed = parse_reply(c.raw)
+        if isinstance(parsed, str):
+            failures.append(Failure(id=q.id, reason=parsed, raw=c.raw, annotator=who,
+                                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, meta=cost))
+            continue
+        verdict, text = parsed
+        records.append(FeedbackRecord(
+            id=q.id, question=q.question, context=q.context, predicted_answer=pred, gold_answers=list(q.answers),
+            verdict=verdict, feedback=text, annotator=who, template_version=TEMPLATE_VERSION, title=q.title,
+            is_impossible=not q.answers,
+            meta={**cost, "raw": c.raw, "examples": [r.id for r in shots], "shots": len(shots)},
+        ))  # fmt: skip
+    write_jsonl(failures_path(out), failures)
+    write_jsonl(out, records)
+    return records
+
+
+def read_failures(path: Path) -> list[Failure]:
+    return read_jsonl(path, Failure)
+
+
+def summary(records: list[FeedbackRecord], failures: list[Failure]) -> dict[str, Any]:
+    """Counts and cost of one LLM annotation run."""
+    tokens = [r.meta.get("prompt_tokens", 0) + r.meta.get("completion_tokens", 0) for r in records]
+    tokens += [f.prompt_tokens + f.completion_tokens for f in failures]
+    return {"records": len(records), "failures": len(failures), "tokens": sum(tokens),
+            "seconds": round(sum(r.meta.get("seconds", 0.0) for r in records) +
+                             sum(f.meta.get("seconds", 0.0) for f in failures), 2)}  # fmt: skip
+
+

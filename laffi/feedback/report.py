@@ -1,0 +1,133 @@
+"""`laffi feedback-report`: how AI feedback compares with human feedback on the same items, and what each cost.
+
+- Agreement: on items both sides annotated, the share of equal verdicts and Cohen's kappa (agreement corrected for
+  chance; written out here because it is four lines and scikit-learn is not otherwise needed).
+- Contradictions: AI feedback that contradicts the gold answers: it calls an answer correct that scores below the
+  threshold against the gold answers (or the reverse), or the right answer it states is not one of the gold answers
+  (or it states one for an unanswerable question). Flagged per id; `filter_contradictions` drops them.
+- Cost: human minutes per item (from the annotation app's timing) against AI tokens and seconds per item.
+- Provenance: the annotator labels of each side; a side made by the simulated human is said to be simulated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from laffi import prompts
+from laffi.metrics import compute_f1, normalize_answer
+from laffi.records import FeedbackRecord
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float:
+    """Cohen's kappa of two raters' labels on the same items (1 = perfect, 0 = chance). Undefined cases give 1.0
+    when the raters agree on everything (a single shared label) and 0.0 otherwise."""
+    n = len(a)
+    if n == 0:
+        return float("nan")
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    if expected == 1.0:
+        return 1.0 if observed == 1.0 else 0.0
+    return (observed - expected) / (1.0 - expected)
+
+
+def gold_verdict(r: FeedbackRecord, threshold: float = 0.8) -> str:
+    """The verdict the gold answers imply (SQuAD 2.0 F1 as in the reference annotator)."""
+    if not r.gold_answers:
+        return "correct" if not r.predicted_answer.strip() else "incorrect"
+    if not r.predicted_answer.strip():
+        return "incorrect"
+    f1 = max(compute_f1(g, r.predicted_answer) for g in r.gold_answers)
+    return "correct" if f1 >= threshold else "incorrect"
+
+
+def contradiction(r: FeedbackRecord, threshold: float = 0.8) -> str | None:
+    """Why this feedback contradicts the gold answers, or None."""
+    expected = gold_verdict(r, threshold)
+    if r.verdict != expected:
+        return f"verdict '{r.verdict}' but the gold answers make the answer {expected}"
+    _, stated = prompts.parse_feedback(r.feedback)
+    if stated is None:
+        return None
+    if not r.gold_answers and stated:
+        return f'states the answer "{stated}" but the question is unanswerable'
+    if r.gold_answers and not stated:
+        return "says the question is unanswerable but it has gold answers"
+    if r.gold_answers and not any(normalize_answer(stated) == normalize_answer(g) or compute_f1(g, stated) >= threshold
+                                  for g in r.gold_answers):  # fmt: skip
+        return f'states the answer "{stated}", which is not a gold answer'
+    return None
+
+
+def filter_contradictions(records: list[FeedbackRecord], threshold: float = 0.8) -> list[FeedbackRecord]:
+    return [r for r in records if contradiction(r, threshold) is None]
+
+
+def _is_simulated(labels: list[str]) -> bool:
+    return any(label.startswith("simulated-human") for label in labels)
+
+
+def feedback_report(human: list[FeedbackRecord], ai: list[FeedbackRecord], failures: int | None = None,
+                    threshold: float = 0.8) -> dict[str, Any]:  # fmt: skip
+    """Agreement, contradictions and cost (see the module docstring). `failures`: the AI's unparsed replies."""
+    human_by_id = {r.id: r for r in human}
+    both = [(human_by_id[r.id], r) for r in ai if r.id in human_by_id]
+    hv, av = [h.verdict for h, _ in both], [a.verdict for _, a in both]
+    flags = {r.id: why for r in ai if (why := contradiction(r, threshold)) is not None}
+    human_seconds = [h.meta["seconds"] for h in human if isinstance(h.meta.get("seconds"), (int, float))]
+    ai_tokens = [a.meta.get("prompt_tokens", 0) + a.meta.get("completion_tokens", 0) for a in ai]
+    ai_seconds = [a.meta["seconds"] for a in ai if isinstance(a.meta.get("seconds"), (int, float))]
+    human_labels = sorted({r.annotator for r in human})
+    return {
+        "human_annotators": human_labels,
+        "human_is_simulated": _is_simulated(human_labels),
+        "ai_annotators": sorted({r.annotator for r in ai}),
+        "human_items": len(human),
+        "ai_items": len(ai),
+        "ai_parse_failures": failures,
+        "both": len(both),
+        "agreement": sum(x == y for x, y in zip(hv, av, strict=True)) / len(both) if both else float("nan"),
+        "cohen_kappa": cohen_kappa(hv, av),
+        "confusion": dict(Counter(f"human {x} / ai {y}" for x, y in zip(hv, av, strict=True))),
+        "ai_contradicts_gold": len(flags),
+        "ai_contradictions": flags,
+        "cost": {
+            "human_minutes_per_item": sum(human_seconds) / 60 / len(human_seconds) if human_seconds else None,
+            "human_items_timed": len(human_seconds),
+            "ai_tokens_per_item": sum(ai_tokens) / len(ai) if ai else None,
+            "ai_tokens_total": sum(ai_tokens),
+            "ai_seconds_per_item": sum(ai_seconds) / len(ai_seconds) if ai_seconds else None,
+        },
+    }
+
+
+def _num(x: Any, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or x != x else format(x, fmt)
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    human = ", ".join(rep["human_annotators"]) or "none"
+    lines = ["# Feedback report", ""]
+    if rep["human_is_simulated"]:
+        lines += ["**The human side is SIMULATED** (`simulated-human:*`: written by a program or by the developers, "
+                  "not by annotators).", ""]  # fmt: skip
+    cost = rep["cost"]
+    failures = rep["ai_parse_failures"]
+    lines += [
+        f"- human side: {human} ({rep['human_items']} items)",
+        f"- AI side: {', '.join(rep['ai_annotators']) or 'none'} ({rep['ai_items']} items"
+        + (f", {failures} unparsed replies recorded as failures)" if failures is not None else ")"),
+        f"- items annotated by both: {rep['both']}",
+        f"- verdict agreement: {_num(rep['agreement'])}; Cohen's kappa: {_num(rep['cohen_kappa'])}",
+        f"- confusion: {', '.join(f'{k}: {v}' for k, v in sorted(rep['confusion'].items())) or 'n/a'}",
+        f"- AI feedback contradicting the gold answers: {rep['ai_contradicts_gold']} of {rep['ai_items']}",
+        f"- cost: human {_num(cost['human_minutes_per_item'], '.2f')} minutes per item "
+        f"({cost['human_items_timed']} timed); AI {_num(cost['ai_tokens_per_item'], '.0f')} tokens and "
+        f"{_num(cost['ai_seconds_per_item'], '.2f')} s per item ({cost['ai_tokens_total']} tokens in all)",
+    ]  # fmt: skip
+    if rep["ai_contradictions"]:
+        lines += ["", "Flagged AI feedback:", ""]
+        lines += [f"- `{qid}`: {why}" for qid, why in sorted(rep["ai_contradictions"].items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""The annotation API (FastAPI TestClient): tokens, own work only, admin export, highlighted passage."""
+
+import json
+
+from fastapi.testclient import TestClient
+
+from laffi.server.app import create_app, highlight
+from laffi.server.store import Store
+
+
+def test_highlight_marks_gold_and_predicted_spans():
+    ctx = "Rollo swore fealty in 911. Rollo died."
+    segs = highlight(ctx, ["911"], [ctx.index("911")], "rollo")
+    assert segs == [{"text": "Rollo", "mark": "pred"}, {"text": " swore fealty in ", "mark": ""},
+                    {"text": "911", "mark": "gold"}, {"text": ". ", "mark": ""}, {"text": "Rollo", "mark": "pred"},
+                    {"text": " died.", "mark": ""}]  # fmt: skip
+    assert "".join(s["text"] for s in segs) == ctx
+    assert [s["mark"] for s in highlight(ctx, ["911"], [ctx.index("911")], "911")] == ["", "both", ""]
+
+
+def test_api(tmp_path, excerpt_questions):
+    db = tmp_path / "fb.sqlite"
+    store = Store(db)
+    qs = excerpt_questions[:3]
+    store.add_items(qs, {q.id: "" for q in qs})
+    ann, admin = store.add_annotator("ann"), store.add_annotator("boss", admin=True)
+    client = TestClient(create_app(db))
+    h = {"Authorization": f"Bearer {ann}"}
+    assert client.get("/api/me").status_code == 401
+    assert client.get("/api/me", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/me", headers=h).json() == {"name": "ann", "admin": False, "done": 0, "total": 3}
+    item = client.get("/api/items/1", headers=h).json()
+    assert item["id"] == qs[1].id and item["annotation"] is None and item["question"] == qs[1].question
+    assert client.get("/api/items/3", headers=h).status_code == 404
+    body = {"verdict": "correct", "feedback": "ok", "seconds": 4}
+    r = client.put(f"/api/annotations/{qs[1].id}", headers=h, json=body)
+    assert r.status_code == 200 and r.json()["progress"] == {"done": 1, "total": 3}
+    bad = client.put(f"/api/annotations/{qs[1].id}", headers=h, json={"verdict": "meh", "feedback": "ok"})
+    assert bad.status_code == 422 and "verdict must be" in bad.json()["detail"]
+    assert client.get("/api/items/1", headers={"Authorization": f"Bearer {admin}"}).json()["annotation"] is None
+    assert client.get("/api/export", headers=h).status_code == 403
+    lines = client.get("/api/export", headers={"Authorization": f"Bearer {admin}"}).text.splitlines()
+    assert [(d["id"], d["annotator"], d["verdict"]) for d in map(json.loads, lines)] == [(qs[1].id, "human:ann",
+                                                                                          "correct")]  # fmt: skip
+    assert "<title>laffi annotation</title>" in client.get("/").text
