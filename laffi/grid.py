@@ -142,11 +142,10 @@ def feedback_sources(cfg: ExperimentConfig, out: Path, cells: list[Cell], train_
         return {}
     answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
     sources = {}
-    needs_human = any(p > 0 for p in fractions) or cfg.annotate.annotator == "llm"  # the LLM learns from people
-    if needs_human:
+    if any(p > 0 for p in fractions):
         sources["human"] = human_stage(cfg, out, train_qs, answers, log)
     if any(p < 1 for p in fractions):
-        sources["ai"] = ai_stage(cfg, out, train_qs, answers, sources.get("human"), log)
+        sources["ai"] = ai_stage(cfg, out, train_qs, answers, log)
     return sources
 
 
@@ -182,19 +181,20 @@ def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str,
     return [by_id[q.id] for q in train_qs]
 
 
-def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, human: Path | None, log: Log) -> Path:
+def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log) -> Path:
+    """Feedback from the `annotate` annotator. An LLM annotator learns from `annotate.examples` (default: the
+    hand-written examples shipped with laffi, on passages outside SQuAD), never from the human feedback on these
+    training questions: a question among its shots would have its own human feedback copied into its AI feedback."""
     output = out / "feedback" / "ai.jsonl"
-    annotate_cfg = cfg.annotate
-    if annotate_cfg.annotator == "llm":  # taught by the human-written examples
-        annotate_cfg = replace(annotate_cfg, examples=str(human))
-    key = stage_key(answers=file_hash(answers), annotate=asdict(annotate_cfg),
-                    examples=file_hash(human) if annotate_cfg.annotator == "llm" else None)  # fmt: skip
+    examples = Path(cfg.annotate.examples) if cfg.annotate.examples else None
+    key = stage_key(answers=file_hash(answers), annotate=asdict(cfg.annotate),
+                    examples=file_hash(examples) if examples else None)  # fmt: skip
     if cached(output, key):
         return output
     begin(output, key)
-    records = stages.annotate(train_qs, stages.read_predictions(answers), output, annotate_cfg)
+    records = stages.annotate(train_qs, stages.read_predictions(answers), output, cfg.annotate)
     finish(output, key)
-    log(f"feedback: {len(records)} AI records ({annotate_cfg.annotator})")
+    log(f"feedback: {len(records)} AI records ({cfg.annotate.annotator})")
     return output
 
 

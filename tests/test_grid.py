@@ -27,6 +27,7 @@ def grid_cfg(tmp_path_factory, tiny_model_dir, excerpt_questions):
         "methods=[base, sft, laffi, laffi+revise]", "seeds=[0, 1]", "train_sizes=[2, 4]", "example_questions=2",
         "answer.max_new_tokens=3", "answer.feedback_max_new_tokens=4", "train.max_steps=2", "train.lora_r=2",
         "train.batch_size=2", "train.micro_batch_size=2", "train.learning_rate=0.05", "attention_questions=2",
+        "human_fractions=[0, 0.5, 1]",
     ], ExperimentConfig)  # fmt: skip
     logs = []
     summary = run_experiment(cfg, log=logs.append, progress=False)
@@ -55,7 +56,18 @@ def test_grid_report_matches_the_cells(grid_cfg):
     eval_qs = load_squad(out / "data" / "eval.json")
     assert len(train) == 4 and {q.title for q in train}.isdisjoint({q.title for q in eval_qs})
     assert [q.id for q in load_squad(out / "data" / "train-n2.json")] == [q.id for q in train[:2]]  # nested sizes
-    assert len(summary["cells"]) == 1 + 3 * 4
+    assert len(summary["cells"]) == 1 + 3 * 4 + 2 * 2  # the ablation's 0 share is the main grid's laffi n=4
+    # The ablation: a seeded half of the 4 questions take the simulated human's feedback; provenance is kept.
+    for share, humans in ((0.5, 2), (1, 4)):
+        for seed in (0, 1):
+            name = f"laffi-n4-seed{seed}-human{round(share * 100)}"
+            split = json.loads((out / "feedback" / f"{name}.split.json").read_text())
+            records = [json.loads(line) for line in (out / "feedback" / f"{name}.jsonl").open()]
+            assert split["human"] == humans and split["ai"] == 4 - humans
+            assert sum(r["annotator"].startswith("simulated-human:") for r in records) == humans
+            assert [r["id"] for r in records] == [q.id for q in train]
+    assert [g["human_fraction"] for g in summary["ablation"]] == [0.0, 0.5, 1.0]
+    assert set(summary["ablation_paired"]) == {"human 0.5 vs human 0", "human 1 vs human 0"}
     for path, cell in summary["cells"].items():
         assert stages.score(out / "data" / "eval.json", out / "cells" / path / "eval_answers.json") == cell["scores"]
     # Each group's numbers are the mean and spread of its cells' F1 over the two seeds.
@@ -87,7 +99,8 @@ def test_grid_report_matches_the_cells(grid_cfg):
     attention = json.loads((out / "attention" / "attention.json").read_text())
     assert list(attention["models"]) == ["base", "sft", "laffi"] and attention["questions"] == 2
     assert summary["attention"]["markdown"] in md and "## Attention" in md
-    assert set(summary["plots"]) == {"methods", "sizes", "loss"} and len(summary["examples"]) == 2
+    assert set(summary["plots"]) == {"methods", "sizes", "ablation", "loss"} and len(summary["examples"]) == 2
+    assert "## Ablation: share of human feedback" in md and "simulated-human (a stand-in" in md
     env = json.loads((out / "environment.json").read_text())
     assert env["seeds"]["training"] == [0, 1] and env["packages"]["torch"] and len(env["data_sha256"]["eval"]) == 64
     # A second run redoes nothing: every stage is cached.
