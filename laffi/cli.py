@@ -86,7 +86,7 @@ def annotate(
 
 @app.command()
 def train(
-    method: str = typer.Option(..., help="sft, laffi or laffi+sft."),
+    method: str = typer.Option(..., help="sft, laffi, laffi+sft, coh, refine or critique (docs/methods.md)."),
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file of the training questions."),
     out: Path = typer.Option(..., help="Adapter directory to write."),
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
@@ -95,13 +95,16 @@ def train(
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
     config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
+    answers_from: Path | None = typer.Option(None, help="critique: the answers to critique, a predictions file "
+                                             "{id: answer} or an adapter directory (= --set train.answers_from=)."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl)."""
     from laffi import stages
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
 
-    run_cfg = load_run_config(config, [f"train.method={method}", *set_])
+    extra = [f"train.answers_from={answers_from}"] if answers_from else []
+    run_cfg = load_run_config(config, [f"train.method={method}", *set_, *extra])
     questions = load_squad(resolve_data_path(str(data)))
     records = stages.read_feedback(feedback) if feedback else None
     if records is not None:

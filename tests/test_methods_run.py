@@ -18,7 +18,8 @@ def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, 
     cfg = load_run_config(None, [
         f"out_dir={run}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, coh, critique]", "answer.max_new_tokens=3", "train.max_steps=1",
-        "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2", f"train.answers_from={run / 'sft' / 'adapter'}",
+        "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2",
+        f"train.answers_from={run / 'sft' / 'adapter'}",
     ])  # fmt: skip
     summary = run_pipeline(cfg, log=lambda m: None, progress=False)
     assert list(summary["scores"]) == ["abstain", "base", "sft", "coh", "critique"]
