@@ -140,7 +140,9 @@ def train(
     answers, report = None, None
     if cfg.method == "refine":
         answers, report = methods.refine_answers(questions, feedback or [], out, model, shots, progress)
-    elif cfg.method == "critique":
+    elif cfg.method == "critique" and (cfg.answers_from or not feedback):
+        # Without answers_from, critique trains on the given records as they are: feedback that someone wrote on
+        # another model's answers.
         feedback, report = methods.critique_feedback(questions, cfg.answers_from, out, model, shots, progress)
     examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
     info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer)

@@ -208,3 +208,14 @@ def test_coh_adapter_answers_after_its_marker_without_being_told(tmp_path, tiny_
         expected = generate(lm, tok, texts, DecodeSettings(4, 8))
         assert [g.raw for g in read_jsonl(tmp_path / f"{method}.gen.jsonl", Generation)] == expected
     assert answer_prefix(None) == "" and answer_prefix(tmp_path) == ""
+
+
+def test_critique_without_answers_from_trains_on_the_given_records(tmp_path, tiny_model_dir):
+    from laffi import stages
+
+    other = [reference.annotate(QA, "Normandy"), reference.annotate(QI, "Rollo")]
+    cfg = TrainConfig(method="critique", max_steps=1, batch_size=2, micro_batch_size=2, lora_r=2)
+    info = stages.train([QA, QI], other, tmp_path / "a", ModelConfig(str(tiny_model_dir), "float32"), cfg, shots=0,
+                        progress=False)  # fmt: skip
+    assert info["examples_by_kind"] == {"critique": 2} and "critique" not in info
+    assert not (tmp_path / "a" / "critique_report.json").exists()
