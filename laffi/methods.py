@@ -24,8 +24,8 @@ from laffi.errors import LaffiError
 from laffi.metrics import normalize_answer
 from laffi.records import FeedbackRecord, Generation, Question, read_jsonl, write_json, write_jsonl
 
-# Revisions are answers: as long as an answer may be at answer time (AnswerConfig.max_new_tokens).
-REFINE_MAX_NEW_TOKENS = 32
+# Revisions and critiqued answers are answers: as long as at answer time (AnswerConfig.max_new_tokens default).
+MAX_NEW_TOKENS = 32
 DECODE_BATCH = 8
 
 # Why a revision was kept or dropped (the report counts each).
@@ -94,7 +94,7 @@ def _generate(ids: list[str], prompt: Callable[[Any, str], str], parse: Callable
     partial.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(qid, prompt(tokenizer, qid)) for qid in ids]
     with tqdm(total=len(jobs), desc=desc, unit="q", disable=not progress) as bar:
-        return generate_records(lm, tokenizer, jobs, DecodeSettings(REFINE_MAX_NEW_TOKENS, DECODE_BATCH), parse,
+        return generate_records(lm, tokenizer, jobs, DecodeSettings(MAX_NEW_TOKENS, DECODE_BATCH), parse,
                                 partial, bar.update)  # fmt: skip
 
 
