@@ -226,7 +226,7 @@ def feedback_report(
 
 @app.command()
 def train(
-    method: str = typer.Option(..., help="sft, laffi or laffi+sft."),
+    method: str = typer.Option(..., help="sft, laffi, laffi+sft, coh, refine or critique (docs/methods.md)."),
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file of the training questions."),
     out: Path = typer.Option(..., help="Adapter directory to write."),
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
@@ -240,6 +240,8 @@ def train(
     human_fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="With --human-feedback: the share of training "
                                          "questions that take the human record (seeded; the rest take the AI's)."),
     mix_seed: int = typer.Option(0, help="Seed of the human/AI split."),
+    answers_from: Path | None = typer.Option(None, help="critique: the answers to critique, a predictions file "
+                                             "{id: answer} or an adapter directory (= --set train.answers_from=)."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
 
@@ -248,7 +250,8 @@ def train(
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
 
-    run_cfg = load_run_config(config, [f"train.method={method}", *set_])
+    extra = [f"train.answers_from={answers_from}"] if answers_from else []
+    run_cfg = load_run_config(config, [f"train.method={method}", *set_, *extra])
     questions = load_squad(resolve_data_path(str(data)))
     records = stages.read_feedback(feedback) if feedback else None
     split = None

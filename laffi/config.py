@@ -80,8 +80,9 @@ class AnnotateConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = _f("laffi", "sft: QA prompt -> gold answer; laffi: QA + model answer -> feedback; laffi+sft: both.",
-                     choices=("sft", "laffi", "laffi+sft"))
+    method: str = _f("laffi", "sft: QA prompt -> gold answer; laffi: QA + model answer -> feedback; laffi+sft: both; "
+                     "coh, refine, critique: see docs/methods.md.",
+                     choices=("sft", "laffi", "laffi+sft", "coh", "refine", "critique"))
     lora_r: int = _f(16, "LoRA rank.", min=1)
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", min=1)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", min=0.0, max=1.0)
@@ -97,11 +98,13 @@ class TrainConfig:
     seed: int = _f(0, "Seed of LoRA initialisation and data order.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
+    answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
+                           "adapter directory (its answers on the training questions are generated).")
 
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,
           "train": TrainConfig}  # fmt: skip
-METHODS = ("base", "sft", "laffi", "laffi+sft", "laffi+revise")
+METHODS = ("base", "sft", "laffi", "laffi+sft", "laffi+revise", "coh", "refine", "critique")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from laffi.data import articles, load_squad, resolve_data_path, sample_questions
 from laffi.metrics import abstain_predictions, squad_v2_scores
 from laffi.records import atomic_write_text, read_json, write_json
 from laffi.reports import comparisons_table, results_table
+from laffi.training import needs_feedback
 
 Log = Callable[[str], None]
 
@@ -88,7 +89,7 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
     fine_tuned = [m for m in cfg.methods if m != "base"]  # laffi+revise needs the laffi adapter, so feedback too
     feedback_file = None
-    if any("laffi" in m for m in fine_tuned):
+    if any(needs_feedback(m) for m in fine_tuned):
         answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
         feedback_file = feedback_stage(cfg, out, train_qs, answers, log)
     predictions = {"abstain": abstain_predictions(eval_qs)}
@@ -264,14 +265,14 @@ def train_stage(cfg: RunConfig, out: Path, method: str, train_file: Path, feedba
     stage_dir = out / method
     output = stage_dir / "adapter"
     tcfg = method_train_config(cfg, method)
-    needs_feedback = "laffi" in method
-    key = stage_key(data=file_hash(train_file), feedback=file_hash(feedback_file) if needs_feedback else None,
+    uses_feedback = needs_feedback(method)
+    key = stage_key(data=file_hash(train_file), feedback=file_hash(feedback_file) if uses_feedback else None,
                     model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
         log(f"train: {output} is up to date")
         return output
     begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])
-    feedback = stages.read_feedback(feedback_file) if needs_feedback and feedback_file else None
+    feedback = stages.read_feedback(feedback_file) if uses_feedback and feedback_file else None
     info = stages.train(load_squad(train_file), feedback, output, cfg.model, tcfg, cfg.answer.shots, progress)
     finish(output, key)
     log(f"train {method}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")

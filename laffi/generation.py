@@ -124,16 +124,30 @@ def answer_questions(
     partial: Path | None = None,
     require_in_context: bool = False,
     progress: Progress | None = None,
+    answer_prefix: str = "",
 ) -> list[Generation]:
-    """Answer every question with the few-shot QA prompt (resumable through `partial`)."""
+    """Answer every question with the few-shot QA prompt (resumable through `partial`). `answer_prefix` ends each
+    prompt, after the start of the assistant turn (a Chain of Hindsight adapter's positive marker)."""
     by_id = {q.id: q for q in questions}
-    jobs = [(q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer)) for q in questions]
+    jobs = [(q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer) + answer_prefix) for q in questions]
 
     def parse(qid: str, raw: str) -> str:
         return prompts.parse_answer(raw, by_id[qid].context, require_in_context)
 
     done = generate_records(model, tokenizer, jobs, settings, parse, partial, progress)
     return [done[q.id] for q in questions]
+
+
+def answer_prefix(adapter: str | Path | None) -> str:
+    """The text an adapter's training put after the start of the assistant turn, which answering must repeat: read
+    from the adapter's laffi_train.json ("" for the base model, for sft/laffi adapters and for adapters made
+    elsewhere)."""
+    import json
+
+    info = Path(adapter) / "laffi_train.json" if adapter else None
+    if info is None or not info.exists():
+        return ""
+    return json.loads(info.read_text(encoding="utf-8")).get("answer_prefix", "")
 
 
 def revise_answers(

@@ -15,6 +15,8 @@ from laffi.records import Question
 
 QA_TEMPLATE_VERSION = "qa-v1"
 FEEDBACK_TEMPLATE_VERSION = "feedback-v1"
+COH_TEMPLATE_VERSION = "coh-v1"
+REFINE_TEMPLATE_VERSION = "refine-v1"
 
 # What the model is taught to say to abstain, in the shots and in the SFT targets.
 ABSTAIN_PHRASE = "unanswerable"
@@ -84,6 +86,51 @@ def feedback_messages(q: Question, answer: str) -> list[dict[str, str]]:
     """Chat messages of the LaFFi prompt: passage, question and the model's answer; the target is the feedback."""
     user = f"{qa_user_text(q.context, q.question)}\n\nProposed answer: {answer_as_text(answer)}"
     return [{"role": "system", "content": FEEDBACK_SYSTEM}, {"role": "user", "content": user}]
+
+
+# ------------------------------------------------------------------------------------------------ Chain of Hindsight
+
+# Marker phrasings, one picked per example with the training seed (as in Liu et al. 2023, which sample among several
+# natural-language templates). The first positive one ends the prompt at answer time.
+COH_POSITIVE = ("A good answer:", "A correct answer:", "The right answer:")
+COH_NEGATIVE = ("A bad answer:", "An incorrect answer:", "A wrong answer:")
+COH_FEEDBACK = "Feedback:"
+
+
+def coh_answer_prefix() -> str:
+    """What a Chain of Hindsight model is given after the assistant turn starts: the positive marker."""
+    return COH_POSITIVE[0]
+
+
+def coh_segments(own: str, verdict: str, feedback: str, gold: str, rng: Any) -> list[tuple[str, bool]]:
+    """The assistant turn of one CoH example as (text, carries loss) pieces: only answers carry loss.
+
+    A right answer: `<positive> <answer>`. A wrong one: `<negative> <answer>` / `Feedback: <feedback>` /
+    `<positive> <gold answer>` on three lines. Answers keep their leading space so they tokenize as after a colon.
+    """
+    positive, negative = rng.choice(COH_POSITIVE), rng.choice(COH_NEGATIVE)
+    if verdict == "correct":
+        return [(positive, False), (" " + answer_as_text(own), True)]
+    return [
+        (negative, False), (" " + answer_as_text(own), True),
+        (f"\n{COH_FEEDBACK} {feedback}\n{positive}", False), (" " + answer_as_text(gold), True),
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ refinement (ILF)
+
+REFINE_SYSTEM = (
+    "You answered a question about a passage and received feedback on your answer. Using the feedback, reply with "
+    "the corrected answer only: the shortest phrase copied from the passage, or exactly: "
+    f"{ABSTAIN_PHRASE} if the passage does not contain it. If the feedback says your answer is correct, repeat it."
+)
+
+
+def refine_messages(q: Question, first_answer: str, feedback: str) -> list[dict[str, str]]:
+    """Chat messages asking for a revised answer given the first answer and the feedback on it."""
+    user = (f"{qa_user_text(q.context, q.question)}\n\nYour answer: {answer_as_text(first_answer)}\n\n"
+            f"Feedback: {feedback}")
+    return [{"role": "system", "content": REFINE_SYSTEM}, {"role": "user", "content": user}]
 
 
 def render(messages: list[dict[str, str]], tokenizer: Any = None) -> str:

@@ -37,7 +37,7 @@ def answer(
     the first answers are read from it instead of generated again, so revising costs only the feedback rounds."""
     from tqdm.auto import tqdm
 
-    from laffi.generation import DecodeSettings, answer_questions, revise_answers
+    from laffi.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model.name)
@@ -56,6 +56,7 @@ def answer(
                 lm, tokenizer, questions, settings.shots,
                 DecodeSettings(settings.max_new_tokens, settings.batch_size),
                 partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
+                answer_prefix=answer_prefix(adapter),
             )  # fmt: skip
         timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
     preds = {g.id: g.answer for g in gens}
@@ -182,13 +183,28 @@ def train(
     shots: int,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Train one method's adapter into `out`. refine and critique first make their data (revised answers; answers
+    from `cfg.answers_from` and feedback on them) with `laffi.methods`, resumably under `out`.partial/, and leave
+    what they made and a report beside the adapter files."""
+    from laffi import methods
     from laffi.models import load_tokenizer
     from laffi.training import build_examples
     from laffi.training import train as run_training
 
     tokenizer = load_tokenizer(model.name)
-    examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed)
-    return run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer)
+    answers, report = None, None
+    if cfg.method == "refine":
+        answers, report = methods.refine_answers(questions, feedback or [], out, model, shots, progress)
+    elif cfg.method == "critique" and (cfg.answers_from or not feedback):
+        # Without answers_from, critique trains on the given records as they are: feedback that someone wrote on
+        # another model's answers.
+        feedback, report = methods.critique_feedback(questions, cfg.answers_from, out, model, shots, progress)
+    examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
+    info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer)
+    if report is not None:
+        methods.save_report(out, cfg.method, report)
+        info[cfg.method] = report["summary"]
+    return info
 
 
 def score(data: Path, predictions: Path) -> dict[str, Any]:

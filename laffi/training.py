@@ -4,6 +4,12 @@ Methods (each example is a prompt and a completion; only completion tokens carry
 - `sft`:   QA prompt(context, question) -> gold answer (the abstention phrase for unanswerable questions).
 - `laffi`: feedback prompt(context, question, the model's own answer) -> the annotator's feedback text.
 - `laffi+sft`: both kinds, shuffled together with the training seed.
+- `coh`:   Chain of Hindsight: QA prompt -> the model's answer under a quality marker, the feedback and (when it was
+           wrong) the gold answer under the positive marker; loss on the answers only (see `prompts.coh_segments`).
+- `refine`: QA prompt -> a revised answer written from the first answer and its feedback, kept only when the
+           feedback accepts it (`laffi.methods.refine_answers`).
+- `critique`: the laffi objective on feedback about answers that are not the model's own (`train.answers_from`).
+See docs/methods.md for each sequence as trained.
 
 We tokenize prompt and completion ourselves (the prompt exactly as generation renders it), so the trained sequence
 is the inference prompt token for token.
@@ -16,7 +22,8 @@ import math
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +36,24 @@ TRAIN_LOG = "train_log.jsonl"
 TRAIN_INFO = "laffi_train.json"
 
 
+METHODS = ("sft", "laffi", "laffi+sft", "coh", "refine", "critique")
+# Methods that read the run's feedback records (critique makes its own, on other answers; laffi+revise answers with
+# the laffi adapter).
+FEEDBACK_METHODS = ("laffi", "laffi+sft", "laffi+revise", "coh", "refine")
+
+
+def needs_feedback(method: str) -> bool:
+    return method in FEEDBACK_METHODS
+
+
 @dataclass
 class Example:
-    kind: str  # "sft" or "laffi"
+    kind: str  # "sft", "laffi", "coh", "refine" or "critique"
     id: str
     prompt: str
     completion: str
+    # (text, carries loss) pieces whose concatenation is `completion`; None: the whole completion carries loss.
+    parts: list[tuple[str, bool]] | None = None
 
 
 def sft_examples(questions: list[Question], tokenizer: Any, shots: int) -> list[Example]:
@@ -49,41 +68,97 @@ def sft_examples(questions: list[Question], tokenizer: Any, shots: int) -> list[
 def laffi_examples(feedback: list[FeedbackRecord], tokenizer: Any) -> list[Example]:
     out = []
     for r in feedback:
-        q = Question(id=r.id, title=r.title, context=r.context, question=r.question, answers=list(r.gold_answers),
-                     is_impossible=r.is_impossible)  # fmt: skip
-        text = prompts.render(prompts.feedback_messages(q, r.predicted_answer), tokenizer)
+        text = prompts.render(prompts.feedback_messages(record_question(r), r.predicted_answer), tokenizer)
         out.append(Example("laffi", r.id, text, r.feedback))
     return out
 
 
+def record_question(r: FeedbackRecord) -> Question:
+    return Question(id=r.id, title=r.title, context=r.context, question=r.question, answers=list(r.gold_answers),
+                    is_impossible=r.is_impossible)  # fmt: skip
+
+
+def coh_examples(feedback: list[FeedbackRecord], tokenizer: Any, shots: int, seed: int) -> list[Example]:
+    """Chain of Hindsight: the QA prompt, then the model's answer and (if wrong) the feedback and the gold answer,
+    each under a marker phrasing drawn with `seed` and the question id (so one example's draw never depends on the
+    others)."""
+    out = []
+    for r in feedback:
+        q = record_question(r)
+        gold = r.gold_answers[0] if r.gold_answers else ""
+        rng = random.Random(f"{seed}:{r.id}")
+        parts = prompts.coh_segments(r.predicted_answer, r.verdict, r.feedback, gold, rng)
+        text = prompts.render(prompts.qa_messages(q, shots), tokenizer)
+        out.append(Example("coh", r.id, text, "".join(t for t, _ in parts), parts))
+    return out
+
+
+def answer_examples(kind: str, questions: list[Question], answers: dict[str, str], tokenizer: Any,
+                    shots: int) -> list[Example]:  # fmt: skip
+    """QA prompt -> a given answer, for the questions that have one (refine: the kept revised answers)."""
+    return [Example(kind, q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer),
+                    prompts.answer_as_text(answers[q.id])) for q in questions if q.id in answers]  # fmt: skip
+
+
 def build_examples(
-    method: str, questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int
+    method: str,
+    questions: list[Question],
+    feedback: list[FeedbackRecord] | None,
+    tokenizer: Any,
+    shots: int,
+    seed: int,
+    answers: dict[str, str] | None = None,
 ) -> list[Example]:
-    """The training examples of one method, in a seeded order."""
-    if method not in ("sft", "laffi", "laffi+sft"):
-        raise LaffiError(f"method: unknown training method '{method}' (known: sft, laffi, laffi+sft)")
+    """The training examples of one method, in a seeded order.
+
+    `feedback` is the run's feedback for laffi, laffi+sft, coh and refine, and the feedback on the other model's
+    answers for critique; `answers` the kept revised answers for refine (see `laffi.methods`)."""
+    if method not in METHODS:
+        raise LaffiError(f"method: unknown training method '{method}' (known: {', '.join(METHODS)})")
+    if method != "sft" and not feedback:
+        raise LaffiError(f"feedback: method '{method}' needs feedback records (--feedback FEEDBACK.jsonl)")
     examples: list[Example] = []
     if method in ("sft", "laffi+sft"):
         examples += sft_examples(questions, tokenizer, shots)
     if method in ("laffi", "laffi+sft"):
-        if not feedback:
-            raise LaffiError(f"feedback: method '{method}' needs feedback records (--feedback FEEDBACK.jsonl)")
         examples += laffi_examples(feedback, tokenizer)
+    if method == "critique":
+        examples += [replace(e, kind="critique") for e in laffi_examples(feedback, tokenizer)]
+    if method == "coh":
+        examples += coh_examples(feedback, tokenizer, shots, seed)
+    if method == "refine":
+        if answers is None:
+            raise LaffiError("refine: no revised answers (laffi.methods.refine_answers makes them)")
+        examples += answer_examples("refine", questions, answers, tokenizer, shots)
     random.Random(seed).shuffle(examples)
     return examples
+
+
+def completion_tokens(ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids of the completion + end of turn, and which of them carry loss (the end of turn always does).
+
+    Pieces are tokenized one by one so a loss boundary never falls inside a token."""
+    parts = ex.parts if ex.parts is not None else [(ex.completion, True)]
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, loss in parts:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        mask += [int(loss)] * len(piece)
+    return ids + [tokenizer.eos_token_id], mask + [1]
 
 
 def tokenize_example(ex: Example, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
     """input_ids = prompt + completion + end of turn; completion_mask marks the tokens that carry loss."""
     prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion_ids, completion_mask = completion_tokens(ex, tokenizer)
     # Keep the completion whole and cut the prompt from the left (its passage start) if the sequence is too long.
     room = max_length - len(completion_ids)
     if room < 1:
-        completion_ids = completion_ids[: max_length - 1]
+        completion_ids, completion_mask = completion_ids[: max_length - 1], completion_mask[: max_length - 1]
         room = 1
     prompt_ids = prompt_ids[-room:]
-    mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
+    mask = [0] * len(prompt_ids) + completion_mask
     return {"input_ids": prompt_ids + completion_ids, "completion_mask": mask}
 
 
@@ -263,7 +338,11 @@ def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: l
     return {
         "config": asdict(cfg),
         "examples": len(examples),
-        "examples_by_kind": {k: sum(e.kind == k for e in examples) for k in ("sft", "laffi")},
+        "examples_by_kind": dict(Counter(e.kind for e in examples)),
+        # Read at answer time (laffi.generation.answer_prefix): text that ends every QA prompt for this adapter.
+        "answer_prefix": prompts.coh_answer_prefix() if cfg.method == "coh" else "",
+        "template_versions": {"qa": prompts.QA_TEMPLATE_VERSION, "feedback": prompts.FEEDBACK_TEMPLATE_VERSION,
+                              "coh": prompts.COH_TEMPLATE_VERSION, "refine": prompts.REFINE_TEMPLATE_VERSION},
         "tokens": sum(len(r["input_ids"]) for r in rows),
         "loss_tokens": sum(sum(r["completion_mask"]) for r in rows),
         "steps": len(log),
