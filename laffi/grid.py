@@ -37,7 +37,12 @@ from laffi.errors import LaffiError
 from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key
 from laffi.records import FeedbackRecord, atomic_write_text, write_json, write_jsonl
 
-FEEDBACK_FREE = ("base", "sft")  # methods that never read feedback records
+
+def reads_feedback(method: str) -> bool:
+    """laffi+revise answers with a laffi adapter, so its cell carries the laffi cell's feedback share."""
+    from laffi.training import needs_feedback
+
+    return method == "laffi+revise" or needs_feedback(method)
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def plan(cfg: ExperimentConfig) -> tuple[list[Cell], list[Cell]]:
     """(main grid, ablation) cells in the order they run. An ablation cell equal to a main cell is run once."""
     main = [Cell("base")] if "base" in cfg.methods else []
     for method in (m for m in cfg.methods if m != "base"):
-        fraction = None if method in FEEDBACK_FREE else cfg.human_fraction
+        fraction = cfg.human_fraction if reads_feedback(method) else None
         main += [Cell(method, n, s, fraction) for n in cfg.train_sizes for s in cfg.seeds]
     size = cfg.ablation_size or max(cfg.train_sizes)
     ablation = [Cell(cfg.ablation_method, size, s, p) for p in cfg.human_fractions for s in cfg.seeds]
@@ -246,7 +251,8 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
     output = cell_dir(out, cell) / "adapter"
     data_file = subset_file(out, train_qs, cell.size)
     feedback_file = cell_feedback(out, cell, train_qs, feedback) if cell.human_fraction is not None else None
-    tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed})
+    tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed,
+                          "answers_from": critique_source(cfg, out, cell, train_qs, feedback, log, progress)})
     key = stage_key(data=file_hash(data_file), feedback=file_hash(feedback_file) if feedback_file else None,
                     model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
@@ -257,6 +263,18 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
     finish(output, key)
     log(f"train {cell.path}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
     return output
+
+
+def critique_source(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path],
+                    log: Log, progress: bool) -> str:  # fmt: skip
+    """What a critique cell critiques: `train.answers_from` when set, else the sft adapter of the same size and seed
+    (trained first if needed), i.e. answers that are not the base model's own. Other methods get "" so that the
+    setting never invalidates their cache."""
+    if cell.method != "critique":
+        return ""
+    if cfg.train.answers_from:
+        return cfg.train.answers_from
+    return str(train_cell(cfg, out, Cell("sft", cell.size, cell.seed), train_qs, feedback, log, progress))
 
 
 def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: list, eval_file: Path, log: Log,

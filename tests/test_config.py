@@ -26,8 +26,12 @@ def test_yaml_and_overrides(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        config.load_run_config(path)
+    shipped = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert {"demo.yaml", "pool.yaml", "paper.yaml", "demo-grid.yaml"} <= {p.name for p in shipped}
+    for path in shipped:
+        # A config with grid keys is an experiment config; every other one is a run config.
+        grid = "seeds" in path.read_text(encoding="utf-8")
+        config.load_run_config(path, cls=config.ExperimentConfig if grid else config.RunConfig)
 
 
 @pytest.mark.parametrize(
