@@ -152,3 +152,18 @@ def test_report_aggregates_known_predictions(grid_cfg, tmp_path):
     assert summary["paired"]["n=4"]["laffi vs sft"]["mean_diff"] == pytest.approx(25.0)
     assert summary["verdict"].startswith("LaFFi ") and "F1 100.0 vs 75.0, difference +25.0" in summary["verdict"]
     assert "| sft | 4 | 2 | 75.0 | 75.0 ± 35.4 | 50.0 | 100.0 |" in (out / "results.md").read_text()
+
+
+def test_critique_cell_critiques_the_sft_adapter_of_its_size_and_seed(grid_cfg, tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(grid_cfg[0], out_dir=str(tmp_path / "crit"), methods=["sft", "critique"], seeds=[1], train_sizes=[2],
+                  human_fractions=[], example_questions=0, attention_questions=0)  # fmt: skip
+    summary = run_experiment(cfg, log=lambda m: None, progress=False)
+    # critique's feedback is written (by the reference annotator) on the sft adapter's answers: no human/AI share.
+    assert set(summary["cells"]) == {"sft/n2-seed1", "critique/n2-seed1"}
+    cells = tmp_path / "crit" / "cells"
+    info = json.loads((cells / "critique" / "n2-seed1" / "adapter" / "laffi_train.json").read_text())
+    assert info["config"]["answers_from"] == str(cells / "sft" / "n2-seed1" / "adapter")
+    sft_info = json.loads((cells / "sft" / "n2-seed1" / "adapter" / "laffi_train.json").read_text())
+    assert sft_info["config"]["answers_from"] == ""  # the setting never touches other methods' cache keys
