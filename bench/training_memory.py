@@ -22,12 +22,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
 
-# name -> (TrainConfig overrides, keep glibc's default malloc tuning)
+# name -> (gradient checkpointing, LoRA branch in bf16, fixed malloc threshold); cumulative, last = laffi's default
 VARIANTS = {
-    "loop, no checkpointing, default malloc": ({"gradient_checkpointing": False}, True),
-    "loop, no checkpointing": ({"gradient_checkpointing": False}, False),
-    "loop, no checkpointing, lora_dropout=0": ({"gradient_checkpointing": False, "lora_dropout": 0.0}, False),
-    "loop, checkpointing (default)": ({"gradient_checkpointing": True}, False),
+    "before: fp32 LoRA inputs, glibc malloc": (False, False, False),
+    "checkpointing only": (True, False, False),
+    "no checkpointing, malloc threshold": (False, False, True),
+    "no checkpointing, malloc, bf16 LoRA branch": (False, True, True),
+    "all three (laffi default)": (True, True, True),
 }
 
 
@@ -45,16 +46,19 @@ def longest_examples(n: int, max_length: int):
 
 
 def child(args) -> None:
-    from laffi.config import TrainConfig
-    from laffi.training import train
+    import contextlib
 
-    name = args.variant
-    overrides, default_malloc = VARIANTS[name]
-    if default_malloc:
-        os.environ["LAFFI_DEFAULT_MALLOC"] = "1"
+    from laffi import training
+    from laffi.config import TrainConfig
+
+    checkpointing, bf16_lora, malloc = VARIANTS[args.variant]
+    if not bf16_lora:  # PEFT's default: LoRA weights fp32, each layer's input cast to fp32 for them
+        training._lora_in_base_dtype = lambda model: contextlib.nullcontext()
+    if not malloc:
+        training._release_freed_memory = lambda: None
     exs, tokens = longest_examples(args.batch * args.steps, args.max_length)
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.batch,
-                      max_length=args.max_length, warmup_ratio=0, **overrides)  # fmt: skip
+                      max_length=args.max_length, warmup_ratio=0, gradient_checkpointing=checkpointing)  # fmt: skip
     peak = [0]
 
     def sample() -> None:  # RSS now, every 20 ms (ru_maxrss below is the kernel's own high-water mark)
@@ -65,7 +69,7 @@ def child(args) -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
-    info = train("bundled", "bfloat16", exs, cfg, Path(args.out) / "adapter", progress=False)
+    info = training.train("bundled", "bfloat16", exs, cfg, Path(args.out) / "adapter", progress=False)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "tokens": tokens, "loss": info["final_loss"],
                       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -90,7 +94,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--variant", name, "--max-length", str(args.max_length), "--batch",
                str(args.batch), "--steps", str(args.steps), "--out", args.out]  # fmt: skip
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-        print(f"{name:42s} peak RSS {r['peak_rss_gib']:5.2f} GiB  {r['tokens'] / r['seconds']:6.1f} tokens/s  "
+        print(f"{name:44s} peak RSS {r['peak_rss_gib']:5.2f} GiB  {r['tokens'] / r['seconds']:6.1f} tokens/s  "
               f"final loss {r['loss']:.4f}")
 
 
