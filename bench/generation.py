@@ -22,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+# Smoke-test a bench quickly with another model (e.g. a tiny random one): LAFFI_BENCH_MODEL=DIR.
+MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
 
 
 def pick_questions(n: int, passage: str) -> list:
@@ -117,8 +119,8 @@ def main() -> None:
     args = p.parse_args()
 
     questions = pick_questions(args.questions, args.passage)
-    tokenizer = load_tokenizer("bundled")
-    model = load_model("bundled", dtype=args.dtype)
+    tokenizer = load_tokenizer(MODEL)
+    model = load_model(MODEL, dtype=args.dtype)
     counter = FlopCounter(model)
     texts = [prompts.render(prompts.qa_messages(q, args.shots), tokenizer) for q in questions]
     prompt_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]

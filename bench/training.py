@@ -25,6 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+# Smoke-test a bench quickly with another model (e.g. a tiny random one): LAFFI_BENCH_MODEL=DIR.
+MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
 
 
 def examples(n: int):
@@ -35,7 +37,7 @@ def examples(n: int):
 
     qs = sample_questions(load_squad(POOL), n, seed=0)
     feedback = [reference.annotate(q, "") for q in qs]  # feedback on abstentions: realistic for the base model
-    return build_examples("laffi", qs, feedback, load_tokenizer("bundled"), shots=2, seed=0)
+    return build_examples("laffi", qs, feedback, load_tokenizer(MODEL), shots=2, seed=0)
 
 
 def run_laffi(args, out: Path) -> dict:
@@ -46,7 +48,7 @@ def run_laffi(args, out: Path) -> dict:
                       max_length=args.max_length)  # fmt: skip
     exs = examples(args.examples)
     start = time.perf_counter()
-    info = train("bundled", "bfloat16", exs, cfg, out, progress=False)
+    info = train(MODEL, "bfloat16", exs, cfg, out, progress=False)
     return {"seconds": time.perf_counter() - start, "final_loss": info["final_loss"]}
 
 
@@ -59,7 +61,7 @@ def run_trl(args, out: Path) -> dict:
     from laffi.models import load_model, load_tokenizer
     from laffi.training import lora_config, tokenize_example
 
-    tok = load_tokenizer("bundled")
+    tok = load_tokenizer(MODEL)
     rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
     cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
     sft_args = SFTConfig(
@@ -70,7 +72,7 @@ def run_trl(args, out: Path) -> dict:
         disable_tqdm=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = load_model("bundled", dtype="bfloat16", trainable=True)
+    model = load_model(MODEL, dtype="bfloat16", trainable=True)
     trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=lora_config(cfg))  # fmt: skip
     start = time.perf_counter()
@@ -86,9 +88,9 @@ def tokens_trained(args) -> tuple[int, float]:
     from laffi.models import load_tokenizer, resolve_model
     from laffi.training import tokenize_example
 
-    tok = load_tokenizer("bundled")
+    tok = load_tokenizer(MODEL)
     rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
-    cfg = AutoConfig.from_pretrained(resolve_model("bundled"))
+    cfg = AutoConfig.from_pretrained(resolve_model(MODEL))
     d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * d // cfg.num_attention_heads
     layer_params = layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+# Smoke-test a bench quickly with another model (e.g. a tiny random one): LAFFI_BENCH_MODEL=DIR.
+MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
 
 # name -> (gradient checkpointing, LoRA branch in bf16, fixed malloc threshold); cumulative, last = laffi's default
 VARIANTS = {
@@ -38,7 +40,7 @@ def longest_examples(n: int, max_length: int):
     from laffi.models import load_tokenizer
     from laffi.training import build_examples, tokenize_example
 
-    tok = load_tokenizer("bundled")
+    tok = load_tokenizer(MODEL)
     qs = sorted(load_squad(POOL), key=lambda q: -len(q.context))[: 4 * n]
     exs = build_examples("laffi", qs, [reference.annotate(q, "") for q in qs], tok, shots=2, seed=0)
     lengths = [len(tokenize_example(e, tok, max_length)["input_ids"]) for e in exs]
@@ -69,7 +71,7 @@ def child(args) -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
-    info = training.train("bundled", "bfloat16", exs, cfg, Path(args.out) / "adapter", progress=False)
+    info = training.train(MODEL, "bfloat16", exs, cfg, Path(args.out) / "adapter", progress=False)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "tokens": tokens, "loss": info["final_loss"],
                       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
