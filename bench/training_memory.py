@@ -27,9 +27,9 @@ MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
 # name -> (gradient checkpointing, LoRA branch in bf16, fixed malloc threshold); cumulative, last = laffi's default
 VARIANTS = {
     "before: fp32 LoRA inputs, glibc malloc": (False, False, False),
-    "checkpointing only": (True, False, False),
     "no checkpointing, malloc threshold": (False, False, True),
     "no checkpointing, malloc, bf16 LoRA branch": (False, True, True),
+    "checkpointing only": (True, False, False),
     "all three (laffi default)": (True, True, True),
 }
 
