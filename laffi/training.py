@@ -126,7 +126,6 @@ def train(
         raise LaffiError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                          f"({cfg.micro_batch_size})")  # fmt: skip
     torch.manual_seed(cfg.seed)
-    _release_freed_memory()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
     model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
     if cfg.gradient_checkpointing:
@@ -238,26 +237,6 @@ def _lora_in_base_dtype(model: Any) -> Any:
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
     return torch.autocast(param.device.type, dtype=torch.bfloat16)
-
-
-def _release_freed_memory() -> None:
-    """Make glibc give large freed blocks back to the OS at once, so peak RSS tracks live tensors.
-
-    By default glibc raises its mmap threshold (up to 32 MiB) each time a large mapped block is freed; from then on
-    activation-sized tensors come from the heap, and what each backward frees stays resident and fragments between
-    steps of different sequence lengths (bench/training_memory.py measures the difference). A fixed 1 MiB threshold
-    maps every block >= 1 MiB on its own. Process-wide and glibc-only (elsewhere this does nothing).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (setting it also turns the dynamic threshold off)
 
 
 def _linear(step: int, warmup: int, total: int) -> float:
