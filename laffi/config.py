@@ -96,7 +96,8 @@ class TrainConfig:
     max_length: int = _f(1024, "Training sequences are cut to this many tokens.", min=16)
     warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.", min=0.0, max=1.0)
     seed: int = _f(0, "Seed of LoRA initialisation and data order.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
+    gradient_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward pass: a fraction of "
+                                      "the memory for ~1 more forward pass (bench/training_memory.py).")
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
     answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
                            "adapter directory (its answers on the training questions are generated).")

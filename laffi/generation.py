@@ -1,7 +1,9 @@
 """Batched greedy decoding, and the answer and revise loops built on it (resumable, with progress).
 
-Prompts are sorted by length before batching so each batch pads little, and every sequence stops at the model's end
-of turn. Results come back in the caller's order.
+By default the key/value cache of shared prompt prefixes (shots; passage) is computed once and reused, and only each
+prompt's own suffix is prefilled (laffi/prefix_cache.py). The plain path (`reuse_prefix=False`, and the fallback for
+models whose cache cannot be sliced) sorts prompts by length so each batch pads little. Every sequence stops at the
+model's end of turn. Results come back in the caller's order.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laffi import prompts
+from laffi import prefix_cache, prompts
 from laffi.metrics import normalize_answer
 from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
 
@@ -22,6 +24,8 @@ Progress = Callable[[int], None]
 class DecodeSettings:
     max_new_tokens: int = 32
     batch_size: int = 8
+    # Reuse the key/value cache of prefixes shared between prompts (same answers up to float rounding, much faster).
+    reuse_prefix: bool = True
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -48,10 +52,21 @@ def generate(
     import torch
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(texts)
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    if settings.reuse_prefix and texts and not getattr(model.config, "is_encoder_decoder", False):
+
+        def decoded(indices: list[int], tokens: list[list[int]]) -> None:
+            for i, ids in zip(indices, tokens, strict=True):
+                outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if on_batch is not None:
+                on_batch(indices, [outputs[i] for i in indices])
+
+        args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded)
+        if prefix_cache.greedy_ids(model, encoded, *args) is not None:
+            return outputs
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     for idx in iter_chunks(order, settings.batch_size):
         width = max(len(encoded[i]) for i in idx)
         # Left padding: every row's last prompt token sits at the same position, where decoding starts.

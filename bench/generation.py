@@ -1,0 +1,155 @@
+"""Side-by-side: answering pool questions with a naive loop vs laffi's generation path. Not a timed test.
+
+(a) naive: one `model.generate` call per question, batch 1; (b) plain: laffi's batched path without prefix reuse
+(`reuse_prefix=False`, length-sorted left-padded batches); (c) laffi: the default path, which reuses the key/value
+cache of the shots prefix and of each passage (laffi/prefix_cache.py). Same prompts (`prompts.qa_messages`), greedy,
+same stop tokens and max_new_tokens, one process, one model. Prints questions/s, the ratio to naive, the share of
+answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against the matmul peak measured in this run.
+
+    .venv/bin/python bench/generation.py --questions 200
+    .venv/bin/python bench/generation.py --questions 50 --passage long --skip-plain
+
+`--passage short|medium|long` keeps questions whose passage is in that third of the pool's passage lengths; the
+questions are taken in pool order (SQuAD groups questions by passage, as a real answer stage sees them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+# Smoke-test a bench quickly with another model (e.g. a tiny random one): LAFFI_BENCH_MODEL=DIR.
+MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
+
+
+def pick_questions(n: int, passage: str) -> list:
+    from laffi.data import load_squad
+
+    questions = load_squad(POOL)
+    if passage != "any":
+        lengths = sorted({len(q.context) for q in questions})
+        third = len(lengths) // 3
+        lo, hi = {"short": (0, third), "medium": (third, 2 * third), "long": (2 * third, len(lengths) - 1)}[passage]
+        questions = [q for q in questions if lengths[lo] <= len(q.context) <= lengths[hi]]
+    return questions[:n]
+
+
+def matmul_peak(dtype) -> float:
+    """FLOP/s of the best of a few matmuls shaped like the model's (tokens x hidden x intermediate), this dtype."""
+    import torch
+
+    best = 0.0
+    for m, k, n in ((512, 576, 1536), (1024, 1024, 1024), (2048, 576, 1536)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        reps = 20
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+    return best
+
+
+class FlopCounter:
+    """Model FLOPs actually executed (padding included): 2 x layer parameters per token through the decoder body,
+    4 x layers x attention width x visible context per token for attention, 2 x vocab x hidden per logits row."""
+
+    def __init__(self, model):
+        cfg = model.config
+        body = getattr(model, model.base_model_prefix)
+        self.layer_params = sum(p.numel() for p in body.layers.parameters())
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.attn = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim
+        self.head = 2 * cfg.vocab_size * cfg.hidden_size
+        self.flops = 0.0
+        body.register_forward_pre_hook(self._body, with_kwargs=True)
+        model.get_output_embeddings().register_forward_hook(self._head)
+
+    def _body(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        b, t = ids.shape
+        mask = kwargs.get("attention_mask")
+        ctx = mask.shape[1] if mask is not None else t
+        # Attention: each new token sees about ctx - t/2 earlier tokens on average (causal within the new block).
+        self.flops += b * t * (2 * self.layer_params + self.attn * (ctx - t / 2))
+
+    def _head(self, module, args, output):
+        self.flops += output.numel() / output.shape[-1] * self.head
+
+
+def naive(model, tokenizer, texts: list[str], max_new: int) -> list[str]:
+    import torch
+
+    from laffi.generation import stop_token_ids
+
+    stops = stop_token_ids(tokenizer, model)
+    out = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.inference_mode():
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                 do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out.append(tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from laffi import prompts
+    from laffi.generation import DecodeSettings, generate
+    from laffi.metrics import squad_v2_scores
+    from laffi.models import load_model, load_tokenizer, torch_dtype
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--questions", type=int, default=200)
+    p.add_argument("--passage", choices=["any", "short", "medium", "long"], default="any")
+    p.add_argument("--shots", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8, help="rows decoded together by the batched paths")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
+    args = p.parse_args()
+
+    questions = pick_questions(args.questions, args.passage)
+    tokenizer = load_tokenizer(MODEL)
+    model = load_model(MODEL, dtype=args.dtype)
+    counter = FlopCounter(model)
+    texts = [prompts.render(prompts.qa_messages(q, args.shots), tokenizer) for q in questions]
+    prompt_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    print(f"{len(questions)} questions on {len({q.context for q in questions})} passages, {args.shots} shots, "
+          f"prompt {min(prompt_tokens)}-{max(prompt_tokens)} tokens (mean {sum(prompt_tokens) / len(texts):.0f}), "
+          f"{args.dtype}, {torch.get_num_threads()} threads")  # fmt: skip
+    peak = matmul_peak(torch_dtype(args.dtype))
+    print(f"matmul peak ({args.dtype}, measured now): {peak / 1e9:.1f} GFLOP/s")
+
+    runs = {"naive": lambda: naive(model, tokenizer, texts, args.max_new_tokens)}
+    if not args.skip_plain:
+        plain = DecodeSettings(args.max_new_tokens, args.batch, reuse_prefix=False)
+        runs["plain"] = lambda: generate(model, tokenizer, texts, plain)
+    runs["laffi"] = lambda: generate(model, tokenizer, texts, DecodeSettings(args.max_new_tokens, args.batch))
+    results = {}
+    for name, fn in runs.items():
+        counter.flops = 0.0
+        start = time.perf_counter()
+        raws = fn()
+        seconds = time.perf_counter() - start
+        answers = {q.id: prompts.parse_answer(r, q.context) for q, r in zip(questions, raws, strict=True)}
+        results[name] = (seconds, raws, counter.flops)
+        same = sum(a == b for a, b in zip(raws, results["naive"][1], strict=True)) / len(raws)
+        f1 = squad_v2_scores(questions, answers)["f1"]
+        print(f"{name:6s} {len(questions) / seconds:6.2f} questions/s  {results['naive'][0] / seconds:5.2f}x naive  "
+              f"identical to naive {100 * same:5.1f}%  F1 {f1:5.1f}  "
+              f"{counter.flops / seconds / 1e9:6.1f} GFLOP/s = {100 * counter.flops / seconds / peak:4.1f}% of peak  "
+              f"({counter.flops / 1e12:.2f} TFLOP in {seconds:.1f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Prefix key/value reuse (laffi/prefix_cache.py) on the tiny random model: same greedy output as the plain path."""
+
+import pytest
+
+from laffi import prompts
+from laffi.generation import DecodeSettings, generate, stop_token_ids
+from laffi.prefix_cache import common_prefix_len, greedy_ids, plan
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from laffi.models import load_model, load_tokenizer
+
+    return load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir))
+
+
+def questions_on_shared_passages(excerpt_questions, passages=3, per_passage=3):
+    by_context: dict[str, list] = {}
+    for q in excerpt_questions:
+        by_context.setdefault(q.context, []).append(q)
+    groups = [qs for qs in by_context.values() if len(qs) >= per_passage]
+    lone = [qs[0] for qs in groups[passages : passages + 2]]
+    return [q for qs in groups[:passages] for q in qs[:per_passage]] + lone  # 3 x 3 questions + 2 alone on a passage
+
+
+def test_plan_cuts_exact_prefixes_of_each_prompt(tiny, excerpt_questions):
+    _, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    encoded = [tok(prompts.render(prompts.qa_messages(q, 2), tok), add_special_tokens=False)["input_ids"] for q in qs]
+    level0, groups = plan(encoded)
+    assert sorted(i for g in groups for i in g.members) == list(range(len(qs)))
+    # Level 0 is the prompt up to the passage (system + 2 shots), shared by all: it ends where passages differ.
+    assert level0 == min(common_prefix_len(encoded[0], e) for e in encoded[1:])
+    assert tok.decode(encoded[0][:level0]).count("Passage:") == 3
+    # One group per shared passage, holding exactly its questions; the two lone questions get no segment of their own.
+    by_members = sorted(sorted(g.members) for g in groups)
+    assert by_members == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9], [10]]
+    for g in groups:
+        lead = encoded[g.members[0]]
+        for i in g.members:  # the cached tokens are literally the first tokens of every member's own prompt
+            assert encoded[i][: g.prefix_len] == lead[: g.prefix_len]
+            assert len(encoded[i]) > g.prefix_len
+        if len(g.members) > 1:
+            assert g.prefix_len >= level0 + 16
+            assert qs[g.members[0]].context[-20:] in tok.decode(lead[: g.prefix_len])
+        else:
+            assert g.prefix_len == level0
+
+
+def test_prefix_reuse_equals_plain_path_for_qa_and_feedback_prompts(tiny, excerpt_questions):
+    model, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    texts = [prompts.render(prompts.qa_messages(q, 2), tok) for q in qs]
+    texts += [prompts.render(prompts.feedback_messages(q, "an answer"), tok) for q in qs[:4]]
+    for batch_size in (4, 32):
+        fast = generate(model, tok, texts, DecodeSettings(max_new_tokens=6, batch_size=batch_size))
+        plain = generate(model, tok, texts, DecodeSettings(6, batch_size, reuse_prefix=False))
+        assert fast == plain
+    assert len(set(fast)) > 3
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(tiny, excerpt_questions):
+    model, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    encoded = [tok(prompts.render(prompts.qa_messages(q, 2), tok), add_special_tokens=False)["input_ids"] for q in qs]
+    stops = stop_token_ids(tok, model)
+    free = greedy_ids(model, encoded, 8, 4, stops, tok.pad_token_id)
+    # Declare a token that some rows generate mid-way a stop token: those rows must end there, the rest run on.
+    stop = free[0][2]
+    expected = [ids[: ids.index(stop) + 1] if stop in ids else ids for ids in free]
+    assert 0 < sum(stop in ids for ids in free) < len(free)
+    got = greedy_ids(model, encoded, 8, 4, [*stops, stop], tok.pad_token_id)
+    assert got == expected
+    # And the plain path (HF generate) agrees with the stop token set in the generation config.
+    model.generation_config.eos_token_id = [*stops, stop]
+    try:
+        texts = [tok.decode(e) for e in encoded]
+        fast = generate(model, tok, texts, DecodeSettings(8, 4))
+        plain = generate(model, tok, texts, DecodeSettings(8, 4, reuse_prefix=False))
+    finally:
+        model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    assert fast == plain == [tok.decode(e, skip_special_tokens=True).strip() for e in expected]
+
+
+def test_on_batch_reports_every_prompt_once(tiny, excerpt_questions):
+    model, tok = tiny
+    texts = [prompts.render(prompts.qa_messages(q, 1), tok) for q in excerpt_questions[:7]]
+    seen: dict[int, str] = {}
+
+    def record(indices: list[int], outs: list[str]) -> None:
+        seen.update(zip(indices, outs, strict=True))
+
+    out = generate(model, tok, texts, DecodeSettings(3, 3), on_batch=record)
+    assert [seen[i] for i in range(len(texts))] == out
