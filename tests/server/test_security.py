@@ -20,8 +20,8 @@ def site(tmp_path, excerpt_questions):
     tokens["boss"] = store.add_annotator("boss", admin=True)
     client = TestClient(create_app(db))
 
-    def call(method: str, path: str, who: str | None, **kw):
-        headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+    def call(method: str, path: str, who: str | None, headers: dict | None = None, **kw):
+        headers = {"Authorization": f"Bearer {tokens[who]}"} if who else (headers or {})
         return client.request(method, path, headers=headers, **kw)
 
     return {"call": call, "qs": qs, "store": store}
