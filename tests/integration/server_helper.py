@@ -1,0 +1,50 @@
+"""Start the real annotation server (`laffi annotate-server`, uvicorn) for a test and stop it afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -> Iterator[str]:
+    """Yields the server's URL once it answers; the server's output goes to `log_path` (a file, not a pipe: a full
+    pipe would block the server)."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", str(data),
+                                 "--predictions", str(predictions), "--db", str(db), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=1)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        pytest.fail(f"annotation server did not start: {log_path.read_text()[-2000:]}")
+                    time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
