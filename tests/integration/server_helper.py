@@ -21,9 +21,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -> Iterator[str]:
-    """Yields the server's URL once it answers; the server's output goes to `log_path` (a file, not a pipe: a full
-    pipe would block the server)."""
+def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -> Iterator[tuple[str, int]]:
+    """Yields the server's URL and process id once it answers; the server's output goes to `log_path` (a file, not
+    a pipe: a full pipe would block the server)."""
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", str(data),
@@ -40,7 +40,7 @@ def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -
                     if proc.poll() is not None or time.time() > deadline:
                         pytest.fail(f"annotation server did not start: {log_path.read_text()[-2000:]}")
                     time.sleep(0.2)
-            yield url
+            yield url, proc.pid
         finally:
             proc.terminate()
             try:
@@ -48,3 +48,11 @@ def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import resource
 import sqlite3
 import statistics
 import time
 
 import httpx
-from server_helper import annotation_server
+from server_helper import annotation_server, cpu_seconds
 
 from laffi.data import write_squad
 from laffi.records import Question
@@ -58,6 +59,11 @@ async def run_load(url: str, tokens: dict[str, str], ids: list[str]) -> tuple[li
         return latencies, problems, time.perf_counter() - start
 
 
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def test_50_annotators_x_40_submissions(tmp_path):
     qs = items(SUBMISSIONS)
     data, preds, db = tmp_path / "load.json", tmp_path / "preds.json", tmp_path / "fb.sqlite"
@@ -66,8 +72,10 @@ def test_50_annotators_x_40_submissions(tmp_path):
     store = Store(db)
     tokens = {f"ann{i:02d}": store.add_annotator(f"ann{i:02d}") for i in range(ANNOTATORS)}
     store.close()
-    with annotation_server(data, preds, db, tmp_path / "server.log") as url:
+    with annotation_server(data, preds, db, tmp_path / "server.log") as (url, pid):
+        server_cpu, client_cpu = cpu_seconds(pid), process_cpu()
         latencies, problems, wall = asyncio.run(run_load(url, tokens, [q.id for q in qs]))
+        server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, process_cpu() - client_cpu
 
     assert problems == []
     assert len(latencies) == ANNOTATORS * SUBMISSIONS
@@ -80,4 +88,4 @@ def test_50_annotators_x_40_submissions(tmp_path):
     p50, p99 = statistics.median(ms), ms[int(0.99 * len(ms)) - 1]
     print(f"\nload: {len(ms)} submissions by {ANNOTATORS} concurrent annotators in {wall:.1f} s "
           f"({len(ms) / wall:.0f}/s); latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms "
-          f"(goal p99 < 100 ms)")  # fmt: skip
+          f"(goal p99 < 100 ms); CPU: server {server_cpu:.1f} s, load generator {client_cpu:.1f} s")  # fmt: skip

@@ -45,7 +45,7 @@ def test_html_and_script_are_inert_in_the_page(tmp_path):
     store = Store(db)
     token = store.add_annotator("ann")
     feedback = f"Wrong. {IMG} {SCRIPT} {IFRAME}"
-    with annotation_server(data, preds, db, tmp_path / "server.log") as url, sync_playwright() as p:
+    with annotation_server(data, preds, db, tmp_path / "server.log") as (url, _), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page()
         dialogs: list[str] = []
