@@ -1,4 +1,5 @@
-"""Latency of the annotation server on loopback, measured side by side in one run: one annotator saving 400
+"""Latency of the annotation server on loopback, measured side by side in one run: the database write alone with
+SQLite's two sync modes, one annotator saving 400
 annotations one after another (the server's own round trip), then 50 annotators saving 40 each all at once (the load
 test's workload, tests/integration/test_annotation_load.py). Prints p50/p99 and the CPU the server and this load
 generator used. Usage: .venv/bin/python bench/annotation_server.py"""
@@ -34,8 +35,25 @@ def own_cpu() -> float:
     return u.ru_utime + u.ru_stime
 
 
+def store_saves(tmp: Path, synchronous: str) -> float:
+    """Milliseconds per Store.save + progress (what one PUT does to the database) with this SQLite sync mode."""
+    store = Store(tmp / f"sync-{synchronous}.sqlite")
+    store.db.execute(f"PRAGMA synchronous={synchronous}")
+    qs = items(40)
+    store.add_items(qs, {q.id: "" for q in qs})
+    store.add_annotator("a")
+    start = time.perf_counter()
+    for i in range(400):
+        store.save("a", qs[i % 40].id, "correct", f"note {i}", 1.0)
+        store.progress("a")
+    store.close()
+    return (time.perf_counter() - start) / 400 * 1000
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
+    full, normal = store_saves(tmp, "FULL"), store_saves(tmp, "NORMAL")
+    print(f"Store.save + progress: synchronous=FULL {full:.2f} ms, NORMAL {normal:.2f} ms (WAL; laffi uses NORMAL)")
     qs = items(40)
     write_squad(qs, tmp / "data.json")
     (tmp / "preds.json").write_text(json.dumps({q.id: "1000" for q in qs}))
