@@ -112,7 +112,7 @@ def create_app(db_path: str | Path) -> FastAPI:
     app.add_middleware(BodySizeLimit)
 
     # The API's handlers are `async`: each is a few sub-millisecond SQLite statements (WAL, synchronous=NORMAL), so
-    # they run on the event loop; as threadpool functions they cost ~35% more server CPU under load (reliability.md).
+    # they run on the event loop; as threadpool functions they took ~1.6x the server CPU under load (reliability.md).
     # The export, which can be large, stays a plain function (run in a worker thread).
     async def annotator(authorization: str = Header(default="")) -> dict[str, Any]:
         token = authorization.removeprefix("Bearer ").strip()
