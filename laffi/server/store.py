@@ -51,7 +51,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             # In WAL mode NORMAL syncs at checkpoints, not at every commit: a saved annotation survives the server
             # being killed; only a power loss or OS crash can undo the last few commits (never corrupts the file).
-            # FULL cost 3.5-7.3 ms of fsync per save, serialised, which dominated latency under load (docs/reliability.md).
+            # FULL cost 3.5-7.3 ms of fsync per save, serialised: it dominated latency under load (reliability.md).
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
