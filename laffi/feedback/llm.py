@@ -8,10 +8,13 @@ item: passage, question, gold answers and the model's answer. The reply must be
     Feedback: <text>
 
 Backends: a local transformers model (batched greedy decoding of `laffi.generation`) or any OpenAI-compatible
-endpoint through the `openai` client (bounded concurrency; the client retries connection errors, 408/409/429 and 5xx
-with exponential backoff). Every completion is appended to a cache keyed by (backend, model, prompt) beside the output
-file, so an interrupted run resumes and a repeated prompt is never paid for twice. Token counts and seconds are kept
-per record. A reply that cannot be parsed is never guessed: it goes to `OUT.failures.jsonl` with its raw text.
+endpoint through the `openai` client (bounded concurrency; the client retries connection errors, timeouts,
+408/409/429 and 5xx with exponential backoff, honouring Retry-After; laffi retries a malformed, empty or unparsable
+completion the same way). Every good completion is appended to a cache keyed by (backend, model, prompt) beside the
+output file, so an interrupted run resumes and a repeated prompt is never paid for twice. Token counts and seconds
+are kept per record. A reply that cannot be parsed is never guessed: it goes to `OUT.failures.jsonl` with its raw
+text (a request that failed, with the HTTP status and body). Endpoint failures are not cached, so a re-run asks again
+for exactly the failures; a local model's unparsable greedy reply is cached, as asking again gives the same text.
 
 The prompt lives here rather than in `laffi.prompts` because only this annotator uses it; it has its own version.
 """
@@ -175,9 +178,65 @@ def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateCo
     generate(lm, tokenizer, texts, DecodeSettings(cfg.max_new_tokens, cfg.batch_size), on_batch=finished)
 
 
+# The openai client's own backoff (openai/_constants.py): laffi's retries of bad completions wait the same way.
+RETRY_DELAY_S, MAX_RETRY_DELAY_S = 0.5, 8.0
+
+
+class EndpointFailure(Exception):
+    """A request that still failed after its retries, with the raw response (HTTP status and body, or reply text)."""
+
+    def __init__(self, reason: str, raw: str):
+        super().__init__(reason)
+        self.reason, self.raw = reason, raw
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before retry number `retry` (1, 2, ...): exponential, capped, with up to 25% jitter off."""
+    return min(RETRY_DELAY_S * 2 ** (retry - 1), MAX_RETRY_DELAY_S) * (1 - 0.25 * random.random())
+
+
+def ask_endpoint(client: Any, cfg: AnnotateConfig, key: str, msgs: list[dict[str, str]]) -> Completion:
+    """One prompt, answered. HTTP errors and timeouts are retried by the openai client (exponential backoff,
+    Retry-After honoured); a 200 whose body is not a chat completion, or whose reply is empty or not in the asked-for
+    form, is retried here with the same backoff. Raises EndpointFailure when the retries are spent."""
+    import openai
+
+    start = time.perf_counter()
+    for retry in range(cfg.max_retries + 1):
+        if retry:
+            time.sleep(retry_delay(retry))
+        try:
+            resp = client.chat.completions.with_raw_response.create(
+                model=cfg.api_model, messages=msgs, max_tokens=cfg.max_new_tokens, temperature=0.0)
+        except openai.APIStatusError as e:  # the client's own retries are spent
+            raise EndpointFailure(f"request failed after {cfg.max_retries} retries: {type(e).__name__}: {e}",
+                                  f"HTTP {e.status_code}: {e.response.text}") from None  # fmt: skip
+        except openai.OpenAIError as e:  # timeouts and connection errors: no response to keep
+            raise EndpointFailure(f"request failed after {cfg.max_retries} retries: {type(e).__name__}: {e}",
+                                  "") from None  # fmt: skip
+        body = resp.http_response.text
+        try:
+            parsed = resp.parse()
+            text, usage = (parsed.choices[0].message.content or "").strip(), parsed.usage
+        except Exception as e:  # any body that is not a chat completion (not JSON, no choices, ...)
+            reason, raw = f"malformed response ({type(e).__name__}: {e})", body
+            continue
+        if not text:
+            reason, raw = "empty completion", body
+            continue
+        if isinstance(problem := parse_reply(text), str):
+            reason, raw = problem, text
+            continue
+        return Completion(key=key, raw=text, backend="endpoint", seconds=time.perf_counter() - start,
+                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0)  # fmt: skip
+    raise EndpointFailure(f"{reason} (after {cfg.max_retries} retries)", raw)
+
+
 def complete_endpoint(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone,
-                      on_error: Callable[[str, str], None]) -> None:  # fmt: skip
-    """Replies of an OpenAI-compatible endpoint, at most `cfg.concurrency` requests in flight."""
+                      on_error: Callable[[str, str, str], None]) -> None:  # fmt: skip
+    """Replies of an OpenAI-compatible endpoint, at most `cfg.concurrency` requests in flight. A prompt that still
+    fails after its retries goes to `on_error(key, reason, raw response)`; only good replies reach `on_done`."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     import openai
@@ -187,23 +246,13 @@ def complete_endpoint(jobs: list[tuple[str, list[dict[str, str]]]], cfg: Annotat
     client = openai.OpenAI(base_url=cfg.endpoint, api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
                            max_retries=cfg.max_retries, timeout=cfg.timeout)  # fmt: skip
 
-    def one(key: str, msgs: list[dict[str, str]]) -> Completion:
-        start = time.perf_counter()
-        resp = client.chat.completions.create(model=cfg.api_model, messages=msgs, max_tokens=cfg.max_new_tokens,
-                                              temperature=0.0)  # fmt: skip
-        usage = resp.usage
-        return Completion(key=key, raw=(resp.choices[0].message.content or "").strip(), backend="endpoint",
-                          prompt_tokens=usage.prompt_tokens if usage else 0,
-                          completion_tokens=usage.completion_tokens if usage else 0,
-                          seconds=time.perf_counter() - start)  # fmt: skip
-
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        futures = {pool.submit(one, key, msgs): key for key, msgs in jobs}
+        futures = {pool.submit(ask_endpoint, client, cfg, key, msgs): key for key, msgs in jobs}
         for fut in as_completed(futures):  # results are handled here, in one thread: no lock needed for the cache
             try:
                 on_done(fut.result())
-            except openai.OpenAIError as e:  # the client's own retries are spent
-                on_error(futures[fut], f"request failed after {cfg.max_retries} retries: {type(e).__name__}: {e}")
+            except EndpointFailure as e:
+                on_error(futures[fut], e.reason, e.raw)
 
 
 # ---------------------------------------------------------------------------------------------------- annotate
@@ -236,7 +285,7 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
         done = {c.key: c for c in read_jsonl(cache, Completion, tolerate_torn_tail=True)}
     cached_keys = set(done)
     todo = list({key: msgs for key, msgs in keyed if key not in done}.items())
-    errors: dict[str, str] = {}
+    errors: dict[str, tuple[str, str]] = {}
     unique = len({key for key, _ in keyed})  # identical prompts are asked once
     with JsonlAppender(cache) as appender, tqdm(total=unique, initial=unique - len(todo), desc=f"annotate {out.name}",
                                                  unit="q", disable=not progress) as bar:
@@ -245,8 +294,8 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
             appender.append(c)
             bar.update(1)
 
-        def on_error(key: str, reason: str) -> None:
-            errors[key] = reason  # not cached: a re-run tries again
+        def on_error(key: str, reason: str, raw: str) -> None:
+            errors[key] = (reason, raw)  # not cached: a re-run tries again
             bar.update(1)
 
         if todo and cfg.endpoint:
@@ -257,13 +306,13 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
 
 
 def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any]], done: dict[str, Completion],
-                   cached_keys: set[str], errors: dict[str, str], shots: list[FeedbackRecord], out: Path,
+                   cached_keys: set[str], errors: dict[str, tuple[str, str]], shots: list[FeedbackRecord], out: Path,
                    cfg: AnnotateConfig) -> list[FeedbackRecord]:  # fmt: skip
     who = annotator_id(cfg)
     records, failures = [], []
     for (q, pred), (key, _) in zip(items, keyed, strict=True):
         if key in errors:
-            failures.append(Failure(id=q.id, reason=errors[key], raw="", annotator=who))
+            failures.append(Failure(id=q.id, reason=errors[key][0], raw=errors[key][1], annotator=who))
             continue
         c = done[key]
         cost = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,

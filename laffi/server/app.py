@@ -2,6 +2,9 @@
 
 Every API call carries the annotator's token as `Authorization: Bearer <token>`; an annotator reads and writes only
 their own annotations, and only an admin token may export everyone's.
+
+Limits (HTTP 413 / 422): a request body over MAX_BODY_BYTES is refused before it is read in full, feedback over
+MAX_FEEDBACK_CHARS characters is refused, and every refusal carries a one-line `detail` naming the field.
 """
 
 from __future__ import annotations
@@ -10,21 +13,68 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException
-from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from laffi.errors import LaffiError
 from laffi.records import to_dict
 from laffi.server.store import Store
 
 STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY_BYTES = 64 * 1024  # an annotation is a verdict, a few sentences and a number: far below this
+MAX_FEEDBACK_CHARS = 5000
 
 
 class Annotation(BaseModel):
-    verdict: str
-    feedback: str
-    seconds: float = 0.0
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently dropped
+
+    verdict: str = Field(max_length=20)
+    feedback: str = Field(max_length=MAX_FEEDBACK_CHARS)
+    seconds: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+
+def one_line(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors (a list of dicts) as one line: which field (`feedback`, `index`) and what."""
+    e = exc.errors()[0]
+    if e["type"] == "json_invalid":
+        return f"body: not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})"
+    loc = [str(part) for part in e["loc"]]
+    if len(loc) > 1 and loc[0] in ("body", "path", "query", "header"):
+        loc = loc[1:]
+    return f"{'.'.join(loc)}: {e['msg']}".replace("\n", " ")
+
+
+def too_large() -> JSONResponse:
+    return JSONResponse(status_code=413, content={"detail": f"request body over {MAX_BODY_BYTES} bytes"})
+
+
+class BodySizeLimit:
+    """Refuses a body over MAX_BODY_BYTES with 413: a declared Content-Length before anything is read, a body sent
+    without one (chunked) as soon as the bytes read pass the limit. (FastAPI's own max_body_size answers a declared
+    length in plain text, and the page and clients here read a JSON `detail`.)"""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return await too_large()(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:  # FastAPI passes an HTTPException raised while reading the body to its handler
+                raise HTTPException(status_code=413)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def highlight(context: str, gold: list[str], starts: list[int], predicted: str) -> list[dict[str, str]]:
@@ -51,11 +101,24 @@ def create_app(db_path: str | Path) -> FastAPI:
     store = Store(db_path)
     app = FastAPI(title="laffi annotation", docs_url=None, redoc_url=None)
 
-    def annotator(authorization: str = Header(default="")) -> dict[str, Any]:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": one_line(exc)})
+
+    @app.exception_handler(413)
+    async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
+        return too_large()
+
+    app.add_middleware(BodySizeLimit)
+
+    # The API's handlers are `async`: each is a few sub-millisecond SQLite statements (WAL, synchronous=NORMAL), so
+    # they run on the event loop; as threadpool functions they took ~1.6x the server CPU under load (reliability.md).
+    # The export, which can be large, stays a plain function (run in a worker thread).
+    async def annotator(authorization: str = Header(default="")) -> dict[str, Any]:
         token = authorization.removeprefix("Bearer ").strip()
         who = store.who(token) if token else None
         if who is None:
-            raise HTTPException(status_code=401, detail="unknown token")
+            raise HTTPException(status_code=401, detail="unknown token", headers={"WWW-Authenticate": "Bearer"})
         return who
 
     @app.get("/", include_in_schema=False)
@@ -63,12 +126,12 @@ def create_app(db_path: str | Path) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/api/me")
-    def me(who: dict = Depends(annotator)) -> dict[str, Any]:
+    async def me(who: dict = Depends(annotator)) -> dict[str, Any]:
         return {**who, **store.progress(who["name"])}
 
     @app.get("/api/items/{index}")
-    def item(index: int, who: dict = Depends(annotator)) -> dict[str, Any]:
-        it = store.item_at(index)
+    async def item(index: int, who: dict = Depends(annotator)) -> dict[str, Any]:
+        it = store.item_at(index) if 0 <= index < store.item_count() else None  # SQLite overflows past 2**63
         if it is None:
             raise HTTPException(status_code=404, detail="no such item")
         return {
@@ -79,7 +142,9 @@ def create_app(db_path: str | Path) -> FastAPI:
         }  # fmt: skip
 
     @app.put("/api/annotations/{item_id}")
-    def save(item_id: str, body: Annotation, who: dict = Depends(annotator)) -> dict[str, Any]:
+    async def save(item_id: str, body: Annotation, who: dict = Depends(annotator)) -> dict[str, Any]:
+        if store.item(item_id) is None:
+            raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
         try:
             store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds)
         except LaffiError as e:
