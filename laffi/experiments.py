@@ -184,6 +184,12 @@ def split_stage(cfg: RunConfig, out: Path, log: Log) -> tuple[Path, Path]:
     train_all, eval_all = split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)
     train_qs = sample_questions(train_all, cfg.data.train_questions or None, cfg.data.split_seed)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)
+    return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
+
+
+def write_split(train_qs: list, eval_qs: list, train_file: Path, eval_file: Path, key: str,
+                log: Log) -> tuple[Path, Path]:  # fmt: skip
+    """Write both halves of a split (the eval file's marker covers the pair) and say what went where."""
     write_squad(train_qs, train_file)
     write_squad(eval_qs, eval_file)
     finish(eval_file, key)

@@ -32,9 +32,9 @@ import yaml
 
 from laffi import stages
 from laffi.config import ExperimentConfig, TrainConfig
-from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
+from laffi.data import load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.errors import LaffiError
-from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key
+from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key, write_split
 from laffi.records import FeedbackRecord, atomic_write_text, write_json, write_jsonl
 
 
@@ -124,12 +124,7 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
     rng = random.Random(cfg.data.split_seed)
     train_qs = rng.sample(train_all, largest)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
-    write_squad(train_qs, train_file)
-    write_squad(eval_qs, eval_file)
-    finish(eval_file, key)
-    log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
-        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
-    return train_file, eval_file
+    return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
 
 
 def subset_file(out: Path, train_qs: list, size: int) -> Path:
