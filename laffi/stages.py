@@ -187,10 +187,14 @@ def train(
     from `cfg.answers_from` and feedback on them) with `laffi.methods`, resumably under `out`.partial/, and leave
     what they made and a report beside the adapter files."""
     from laffi import methods
+    from laffi.distributed import launched
     from laffi.models import load_tokenizer
     from laffi.training import build_examples
     from laffi.training import train as run_training
 
+    if launched() and cfg.method in ("refine", "critique"):
+        # Their data-making stage generates and writes files; it is not shared out between processes.
+        raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
     tokenizer = load_tokenizer(model.name)
     answers, report = None, None
     if cfg.method == "refine":
