@@ -22,6 +22,10 @@ import torch
 
 from laffi.errors import LaffiError
 
+# Engines that take over steps the loop does itself (clipping, the optimizer step, saving sharded weights).
+UNSUPPORTED = {"FSDP": "its sharded gradients need clipping and saving through accelerate",
+               "DEEPSPEED": "its engine owns backward, clipping and the optimizer step"}  # fmt: skip
+
 
 def launched() -> bool:
     """True under a multi-process launcher (accelerate launch, torchrun), which sets WORLD_SIZE."""
@@ -53,6 +57,10 @@ class DataParallel:
         if self.accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
             raise LaffiError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate set up "
                              f"{self.accelerator.num_processes} process(es) ({self.accelerator.distributed_type})")
+        kind = str(self.accelerator.distributed_type).split(".")[-1]
+        if kind in UNSUPPORTED:
+            raise LaffiError(f"accelerate config: distributed_type {kind} is not supported by laffi train yet "
+                             f"({UNSUPPORTED[kind]}); use MULTI_GPU (configs/accelerate/multi_gpu_ddp.yaml)")
         if self.accelerator.mixed_precision == "fp16":
             # fp16 needs a loss scaler between backward, clipping and the step, which this loop does not have.
             raise LaffiError("accelerate config: mixed_precision fp16 is not supported by laffi train; use bf16 or no")
