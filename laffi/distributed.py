@@ -28,8 +28,10 @@ UNSUPPORTED = {"FSDP": "its sharded gradients need clipping and saving through a
 
 
 def launched() -> bool:
-    """True under a multi-process launcher (accelerate launch, torchrun), which sets WORLD_SIZE."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True under a multi-process launcher (torchrun, accelerate launch: WORLD_SIZE > 1), and under `accelerate
+    launch` with one process (it sets ACCELERATE_MIXED_PRECISION): then the loop runs on accelerate's device (a GPU)
+    with its mixed precision. A plain `laffi train` is neither, and runs the unchanged single-process loop."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
 class CompletionLoss(torch.nn.Module):
@@ -54,8 +56,8 @@ class DataParallel:
 
         # cpu=True where there is no accelerator: only then does accelerate set up gloo for torchrun's processes.
         self.accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-        if self.accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
-            raise LaffiError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate set up "
+        if self.accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
+            raise LaffiError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but accelerate set up "
                              f"{self.accelerator.num_processes} process(es) ({self.accelerator.distributed_type})")
         kind = str(self.accelerator.distributed_type).split(".")[-1]
         if kind in UNSUPPORTED:

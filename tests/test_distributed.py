@@ -34,7 +34,8 @@ def _train_cmd(data: Path, model: Path, out: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK") and not k.startswith("ACCELERATE_")}  # fmt: skip
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -92,8 +93,12 @@ def test_two_cpu_processes_match_one(tmp_path, small_squad, tiny_model_dir):
 
 def test_single_process_is_not_launched(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert not launched()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not launched()
     monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch, one process (single_gpu.yaml)
     assert launched()
