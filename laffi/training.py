@@ -206,7 +206,7 @@ def train(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    # Under `accelerate launch` / torchrun with N > 1 processes: data-parallel (laffi/distributed.py); else None.
+    # Under `accelerate launch` / torchrun: data-parallel on accelerate's device (laffi/distributed.py); else None.
     parallel = _data_parallel(model)
     is_main = parallel is None or parallel.is_main
     autocast = _lora_in_base_dtype(model)
@@ -317,7 +317,7 @@ def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) ->
 
 
 def _data_parallel(model: Any) -> Any:
-    """A `laffi.distributed.DataParallel` when launched on several processes, else None (the plain loop)."""
+    """A `laffi.distributed.DataParallel` when started by a launcher, else None (the plain loop)."""
     from laffi import distributed
 
     return distributed.DataParallel(model) if distributed.launched() else None
