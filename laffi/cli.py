@@ -48,19 +48,22 @@ def answer(
     first_answers: Path | None = typer.Option(None, help="With --revise: revise the answers in this generations "
                                               "JSONL (written by an earlier `--generations`) instead of answering "
                                               "again."),
+    engine: str = typer.Option("transformers", help="Generation engine: transformers or vllm (when installed; "
+                               "laffi/engines/vllm.py)."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
 
     With --revise, each question's history (first answer, predicted feedback, final answer) goes to
     OUT with the suffix .revisions.jsonl."""
     from laffi import stages
-    from laffi.config import AnswerConfig, ModelConfig
+    from laffi.config import AnswerConfig, ModelConfig, from_mapping
     from laffi.data import load_squad, resolve_data_path
 
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     cfg = AnswerConfig(shots=shots, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
+    cfg.engine = from_mapping(AnswerConfig, {"engine": engine}, "answer").engine  # checks the choice
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
                           generations_out=generations, first=first_answers, where=str(data))  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)

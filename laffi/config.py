@@ -52,6 +52,9 @@ class AnswerConfig:
     revise_rounds: int = _f(0, "Rounds of answer -> predicted feedback -> revised answer (needs a LaFFi adapter). The "
                             "'laffi+revise' method uses max(1, this).", min=0, max=10)
     feedback_max_new_tokens: int = _f(160, "Longest predicted feedback in a revision round, in tokens.", min=1)
+    engine: str = _f("transformers", "Generation engine: 'transformers' (default) or 'vllm' (when installed, on a GPU: "
+                     "prefix caching, LoRA served as a LoRARequest; same prompts and parsing; no revise rounds).",
+                     choices=("transformers", "vllm"))
 
 
 @dataclass

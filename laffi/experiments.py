@@ -207,6 +207,8 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     if not answer_cfg.revise_rounds:  # revision settings don't change plain answers: keep them out of the key
         settings.pop("revise_rounds")
         settings.pop("feedback_max_new_tokens")
+    if settings["engine"] == "transformers":  # the default engine keeps the keys of runs made before the setting
+        settings.pop("engine")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip

@@ -281,8 +281,10 @@ def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: 
     directory = cell_dir(out, cell)
     first = directory / "eval_answers.generations.jsonl"
     output = directory / "examples.json"
-    answer_cfg = replace(cfg.answer, revise_rounds=1)
-    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=asdict(answer_cfg))
+    # Revision runs on transformers whatever answer.engine says; the engine stays out of the key (as before it existed).
+    answer_cfg = replace(cfg.answer, revise_rounds=1, engine="transformers")
+    settings = {k: v for k, v in asdict(answer_cfg).items() if k != "engine"}
+    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=settings)
     if cached(output, key):
         return output
     begin(output, key)

@@ -40,6 +40,8 @@ def answer(
     from laffi.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
     from laffi.models import load_model, load_tokenizer
 
+    if settings.engine == "vllm":
+        return answer_vllm(questions, out, model, settings, adapter, generations_out, first, where)
     tokenizer = load_tokenizer(model.name)
     lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
     check_prompt_lengths(questions, tokenizer, lm, settings, where)
@@ -79,6 +81,43 @@ def answer(
     write_json(out, preds)
     for leftover in out.parent.glob(f"{partial.name}*"):
         leftover.unlink()
+    return preds
+
+
+def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settings: AnswerConfig, adapter: str | None,
+                generations_out: Path | None, first: Path | None, where: str) -> dict[str, str]:  # fmt: skip
+    """`answer` with `answer.engine: vllm` (laffi/engines/vllm.py): the same prompts, parsing and output files."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    from laffi.engines import vllm as engine
+    from laffi.generation import answer_prefix, stop_token_ids
+    from laffi.models import load_tokenizer, resolve_model
+
+    engine.require_vllm()
+    if settings.revise_rounds or first is not None:
+        raise LaffiError("answer.engine: revise rounds run on the 'transformers' engine only")
+    tokenizer = load_tokenizer(model.name)
+    path = resolve_model(model.name)
+    check_prompt_lengths(questions, tokenizer, SimpleNamespace(config=AutoConfig.from_pretrained(path)), settings,
+                         where)  # fmt: skip
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        generation_config = None
+    stops = stop_token_ids(tokenizer, SimpleNamespace(generation_config=generation_config))
+    start = time.perf_counter()
+    llm = engine.load(path, model.dtype, adapter)
+    gens = engine.answer_questions(llm, tokenizer, questions, settings.shots, settings.max_new_tokens, stops, adapter,
+                                   settings.require_in_context, answer_prefix(adapter))  # fmt: skip
+    timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": False,
+              "engine": "vllm"}  # fmt: skip
+    if generations_out is not None:
+        write_jsonl(generations_out, gens)
+    write_json(timing_path(out), timing)
+    preds = {g.id: g.answer for g in gens}
+    write_json(out, preds)
     return preds
 
 
@@ -187,10 +226,14 @@ def train(
     from `cfg.answers_from` and feedback on them) with `laffi.methods`, resumably under `out`.partial/, and leave
     what they made and a report beside the adapter files."""
     from laffi import methods
+    from laffi.distributed import launched
     from laffi.models import load_tokenizer
     from laffi.training import build_examples
     from laffi.training import train as run_training
 
+    if launched() and cfg.method in ("refine", "critique"):
+        # Their data-making stage generates and writes files; it is not shared out between processes.
+        raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
     tokenizer = load_tokenizer(model.name)
     answers, report = None, None
     if cfg.method == "refine":

@@ -206,6 +206,9 @@ def train(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    # Under `accelerate launch` / torchrun: data-parallel on accelerate's device (laffi/distributed.py); else None.
+    parallel = _data_parallel(model)
+    is_main = parallel is None or parallel.is_main
     autocast = _lora_in_base_dtype(model)
     model.train()
     rows = [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
@@ -217,16 +220,19 @@ def train(
     work = out.with_name(out.name + ".partial")
     log, start = _resume(work, model, optimizer, scheduler)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    bar = _progress_bar(len(schedule), start, progress)
+    bar = _progress_bar(len(schedule), start, progress and is_main)
     for step in range(start, len(schedule)):
         micro_batches = schedule[step]
         n_loss = sum(sum(rows[i]["completion_mask"]) for mb in micro_batches for i in mb)
-        total = 0.0
-        for mb in micro_batches:
-            with autocast:
-                loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
-            (loss_sum / n_loss).backward()
-            total += loss_sum.item()
+        if parallel is not None:
+            total = parallel.step(micro_batches, rows, n_loss, pad_id, autocast)
+        else:
+            total = 0.0
+            for mb in micro_batches:
+                with autocast:
+                    loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
+                (loss_sum / n_loss).backward()
+                total += loss_sum.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
         optimizer.step()
         scheduler.step()
@@ -236,11 +242,18 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{total / n_loss:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < len(schedule):
-            _checkpoint(work, model, optimizer, scheduler, log)
+            if is_main:
+                _checkpoint(work, model, optimizer, scheduler, log)
+            if parallel is not None:
+                parallel.wait()
     bar.close()
     info = _summary(cfg, examples, rows, log)
-    _save_adapter(model, tokenizer, out, log, info)
-    shutil.rmtree(work, ignore_errors=True)
+    if is_main:
+        _save_adapter(model, tokenizer, out, log, info)
+        shutil.rmtree(work, ignore_errors=True)
+    if parallel is not None:
+        parallel.wait()  # the adapter is complete on disk before any process returns
+        parallel.end()
     return info
 
 
@@ -269,8 +282,12 @@ def completion_loss_sum(model: Any, rows: list[dict[str, list[int]]], pad_id: in
     The LM head (a 49k-vocabulary matmul for SmolLM2) runs only on the positions that predict a completion token,
     never on the prompt: that is most of the sequence here, and full logits dominate memory on long passages.
     """
+    return loss_sum_of_batch(model, *batch_tensors(rows, pad_id))
+
+
+def batch_tensors(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[Any, Any, Any]:
+    """(input ids, attention mask, completion mask) of one right-padded micro-batch."""
     import torch
-    import torch.nn.functional as F
 
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -281,6 +298,13 @@ def completion_loss_sum(model: Any, rows: list[dict[str, list[int]]], pad_id: in
         ids[row, :n] = torch.tensor(r["input_ids"])
         attention[row, :n] = 1
         target_mask[row, :n] = torch.tensor(r["completion_mask"], dtype=torch.bool)
+    return ids, attention, target_mask
+
+
+def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) -> Any:
+    """`completion_loss_sum` on tensors made by `batch_tensors` (laffi.distributed runs it as DDP's forward)."""
+    import torch.nn.functional as F
+
     causal_lm = model.get_base_model()
     body = getattr(causal_lm, causal_lm.base_model_prefix)
     hidden = body(input_ids=ids, attention_mask=attention).last_hidden_state
@@ -290,6 +314,13 @@ def completion_loss_sum(model: Any, rows: list[dict[str, list[int]]], pad_id: in
     targets = ids[:, 1:][predict_from]
     logits = causal_lm.get_output_embeddings()(h).float()
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _data_parallel(model: Any) -> Any:
+    """A `laffi.distributed.DataParallel` when started by a launcher, else None (the plain loop)."""
+    from laffi import distributed
+
+    return distributed.DataParallel(model) if distributed.launched() else None
 
 
 def _lora_in_base_dtype(model: Any) -> Any:
