@@ -110,7 +110,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
 def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]:
     """Article split; the training questions in one seeded order (sizes take prefixes, so they are nested)."""
     src = resolve_data_path(cfg.data.path)
-    largest = max(cfg.train_sizes)
+    largest = max([*cfg.train_sizes, cfg.ablation_size])  # the ablation's size is sampled too (nested)
     settings = {**asdict(cfg.data), "train_questions": largest}
     key = stage_key(data=file_hash(src), settings=settings)
     train_file, eval_file = out / "data" / "train.json", out / "data" / "eval.json"

@@ -167,3 +167,20 @@ def test_critique_cell_critiques_the_sft_adapter_of_its_size_and_seed(grid_cfg, 
     assert info["config"]["answers_from"] == str(cells / "sft" / "n2-seed1" / "adapter")
     sft_info = json.loads((cells / "sft" / "n2-seed1" / "adapter" / "laffi_train.json").read_text())
     assert sft_info["config"]["answers_from"] == ""  # the setting never touches other methods' cache keys
+
+
+def test_ablation_size_beyond_train_sizes_is_sampled_too(grid_cfg, tmp_path):
+    """An ablation at a size larger than every train size trains on that many questions, never on fewer."""
+    from dataclasses import replace
+
+    from laffi.data import load_squad
+    from laffi.grid import split_stage
+
+    cfg = replace(grid_cfg[0], out_dir=str(tmp_path / "abl"), train_sizes=[2], ablation_size=4)
+    train_file, _ = split_stage(cfg, tmp_path / "abl", log=lambda m: None)
+    assert len(load_squad(train_file)) == 4
+    too_big = replace(cfg, out_dir=str(tmp_path / "big"), ablation_size=400)
+    from laffi.errors import LaffiError
+
+    with pytest.raises(LaffiError, match="train_sizes: 400 is more than"):
+        split_stage(too_big, tmp_path / "big", log=lambda m: None)
