@@ -245,6 +245,7 @@ def train(
     mix_seed: int = typer.Option(0, help="Seed of the human/AI split."),
     answers_from: Path | None = typer.Option(None, help="critique: the answers to critique, a predictions file "
                                              "{id: answer} or an adapter directory (= --set train.answers_from=)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
 
@@ -269,13 +270,22 @@ def train(
         unknown = [r.id for r in records if r.id not in known]
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
-    info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots)
+    _library_bars(progress)
+    info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots, progress)
     if split is not None:  # written after training: saving the adapter replaces the directory
         from laffi.records import write_json
 
         write_json(out / "feedback_mix.json", split)
     typer.echo(f"saved adapter to {out}: {info['examples']} examples, {info['steps']} steps, "
                f"final loss {info['final_loss']:.4f}", err=True)  # fmt: skip
+
+
+def _library_bars(progress: bool) -> None:
+    """--no-progress also silences transformers' own bars (loading weights), not only laffi's."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[list, dict]:
@@ -302,6 +312,7 @@ def score(
 def run(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set data.train_questions=300."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """All stages from one config; cached and resumable; prints the results table."""
     from laffi.config import load_run_config
@@ -309,7 +320,8 @@ def run(
     from laffi.reports import comparisons_table, results_table
 
     cfg = load_run_config(config, set_)
-    summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True))
+    _library_bars(progress)
+    summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
     held_out = ", ".join(summary["eval_articles"])
     typer.echo(f"\nHeld-out articles: {held_out}; {summary['train_questions']} training / "
                f"{summary['eval_questions']} evaluation questions.\n")  # fmt: skip
@@ -339,6 +351,7 @@ def experiment(
     from laffi.grid import run_experiment
 
     cfg = load_run_config(config, set_, ExperimentConfig)
+    _library_bars(progress)
     summary = run_experiment(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
     out = Path(cfg.out_dir)
     typer.echo((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())

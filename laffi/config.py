@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,18 @@ class TrainConfig:
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
     answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
                            "adapter directory (its answers on the training questions are generated).")
+    launcher: str = _f("", "How `laffi run` / `laffi experiment` (and `laffi train`) start training: '' trains in this "
+                       "process; a command such as 'torchrun --nproc_per_node 2' or 'accelerate launch --config_file "
+                       "configs/accelerate/multi_gpu_ddp.yaml' runs `-m laffi train` under it (data-parallel). "
+                       "refine and critique always train in this process. Not part of any cache key.")
+
+
+def train_cache_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide what training produces, for cache keys: how the processes are started does not
+    (a launched run computes the same updates up to float summation order, docs/scaling.md)."""
+    settings = asdict(cfg)
+    settings.pop("launcher")
+    return settings
 
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,

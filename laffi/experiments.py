@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from laffi import stages
-from laffi.config import AnswerConfig, RunConfig, TrainConfig
+from laffi.config import AnswerConfig, RunConfig, TrainConfig, train_cache_settings
 from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.metrics import abstain_predictions, squad_v2_scores
 from laffi.records import atomic_write_text, read_json, write_json
@@ -91,7 +91,7 @@ def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dic
     feedback_file = None
     if any(needs_feedback(m) for m in fine_tuned):
         answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
-        feedback_file = feedback_stage(cfg, out, train_qs, answers, log)
+        feedback_file = feedback_stage(cfg, out, train_qs, answers, log, progress)
     predictions = {"abstain": abstain_predictions(eval_qs)}
     revision = {}
     for method in cfg.methods:
@@ -250,14 +250,15 @@ def revision_summary(questions: list, preds_file: Path) -> dict[str, Any]:
     return out
 
 
-def feedback_stage(cfg: RunConfig, out: Path, questions: list, answers: Path, log: Log) -> Path:
+def feedback_stage(cfg: RunConfig, out: Path, questions: list, answers: Path, log: Log,
+                   progress: bool = True) -> Path:  # fmt: skip
     stage_dir = out / "feedback"
     output = stage_dir / "train.jsonl"
     key = stage_key(answers=file_hash(answers), annotate=asdict(cfg.annotate))
     if cached(output, key):
         return output
     begin(output, key)
-    records = stages.annotate(questions, stages.read_predictions(answers), output, cfg.annotate)
+    records = stages.annotate(questions, stages.read_predictions(answers), output, cfg.annotate, progress)
     finish(output, key)
     correct = sum(r.verdict == "correct" for r in records)
     log(f"feedback: {len(records)} records, {correct} answers judged correct")
@@ -275,7 +276,7 @@ def train_stage(cfg: RunConfig, out: Path, method: str, train_file: Path, feedba
     tcfg = method_train_config(cfg, method)
     uses_feedback = needs_feedback(method)
     key = stage_key(data=file_hash(train_file), feedback=file_hash(feedback_file) if uses_feedback else None,
-                    model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
+                    model=asdict(cfg.model), train=train_cache_settings(tcfg), shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
         log(f"train: {output} is up to date")
         return output

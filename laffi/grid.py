@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from laffi import stages
-from laffi.config import ExperimentConfig, TrainConfig
+from laffi.config import ExperimentConfig, TrainConfig, train_cache_settings
 from laffi.data import load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.errors import LaffiError
 from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key, write_split
@@ -145,7 +145,7 @@ def feedback_sources(cfg: ExperimentConfig, out: Path, cells: list[Cell], train_
     if any(p > 0 for p in fractions):
         sources["human"] = human_stage(cfg, out, train_qs, answers, log)
     if any(p < 1 for p in fractions):
-        sources["ai"] = ai_stage(cfg, out, train_qs, answers, log)
+        sources["ai"] = ai_stage(cfg, out, train_qs, answers, log, progress)
     return sources
 
 
@@ -181,7 +181,8 @@ def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str,
     return [by_id[q.id] for q in train_qs]
 
 
-def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log) -> Path:
+def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log,
+             progress: bool = True) -> Path:  # fmt: skip
     """Feedback from the `annotate` annotator. An LLM annotator learns from `annotate.examples` (default: the
     hand-written examples shipped with laffi, on passages outside SQuAD), never from the human feedback on these
     training questions: a question among its shots would have its own human feedback copied into its AI feedback."""
@@ -192,7 +193,7 @@ def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, lo
     if cached(output, key):
         return output
     begin(output, key)
-    records = stages.annotate(train_qs, stages.read_predictions(answers), output, cfg.annotate)
+    records = stages.annotate(train_qs, stages.read_predictions(answers), output, cfg.annotate, progress)
     finish(output, key)
     log(f"feedback: {len(records)} AI records ({cfg.annotate.annotator})")
     return output
@@ -249,7 +250,7 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
     tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed,
                           "answers_from": critique_source(cfg, out, cell, train_qs, feedback, log, progress)})
     key = stage_key(data=file_hash(data_file), feedback=file_hash(feedback_file) if feedback_file else None,
-                    model=asdict(cfg.model), train=asdict(tcfg), shots=cfg.answer.shots)  # fmt: skip
+                    model=asdict(cfg.model), train=train_cache_settings(tcfg), shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
         return output
     begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])

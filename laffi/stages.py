@@ -180,7 +180,8 @@ def read_predictions(path: Path, questions: list[Question] | None = None) -> dic
     return preds
 
 
-def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig) -> list[FeedbackRecord]:
+def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig,
+             progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
     """Feedback on every question that has a prediction, written as JSONL records."""
     from laffi.feedback import reference
 
@@ -188,7 +189,7 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
         from laffi.feedback.llm import annotate_llm, default_examples_path
 
         examples = read_feedback(Path(cfg.examples) if cfg.examples else default_examples_path())
-        return annotate_llm(questions, preds, examples, out, cfg)
+        return annotate_llm(questions, preds, examples, out, cfg, progress)
     if cfg.annotator == "simulated-human":
         from laffi.feedback.simulated import simulated_human_feedback
 
@@ -234,6 +235,8 @@ def train(
     if launched() and cfg.method in ("refine", "critique"):
         # Their data-making stage generates and writes files; it is not shared out between processes.
         raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
+    if cfg.launcher.strip() and not launched() and cfg.method not in ("refine", "critique"):
+        return launch_training(questions, feedback, out, model, cfg, shots, progress)
     tokenizer = load_tokenizer(model.name)
     answers, report = None, None
     if cfg.method == "refine":
@@ -248,6 +251,58 @@ def train(
         methods.save_report(out, cfg.method, report)
         info[cfg.method] = report["summary"]
     return info
+
+
+def launch_training(
+    questions: list[Question],
+    feedback: list[FeedbackRecord] | None,
+    out: Path,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    shots: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Run `<cfg.launcher> -m laffi train ...` on the same questions, feedback and settings (written beside `out`),
+    wait for it, and return what it recorded. The processes it starts resume from `out`.partial/ like any run."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    import yaml
+
+    from laffi.data import write_squad
+    from laffi.records import atomic_write_text
+    from laffi.training import TRAIN_INFO
+
+    try:
+        launcher = shlex.split(cfg.launcher)
+    except ValueError as exc:
+        raise LaffiError(f"train.launcher: cannot parse '{cfg.launcher}': {exc}") from None
+    inputs = out.with_name(out.name + ".launch")
+    inputs.mkdir(parents=True, exist_ok=True)
+    write_squad(questions, inputs / "data.json")
+    # The child trains in its own processes: launcher "" there, or it would launch again.
+    settings = {**asdict(cfg), "launcher": ""}
+    atomic_write_text(inputs / "config.yaml", yaml.safe_dump({"train": settings}, sort_keys=False))
+    cmd = [*launcher, "-m", "laffi", "train", "--method", cfg.method, "--data", str(inputs / "data.json"),
+           "--out", str(out), "--model", model.name, "--dtype", model.dtype, "--shots", str(shots),
+           "--config", str(inputs / "config.yaml"), "--progress" if progress else "--no-progress"]  # fmt: skip
+    if feedback is not None:
+        write_jsonl(inputs / "feedback.jsonl", feedback)
+        cmd += ["--feedback", str(inputs / "feedback.jsonl")]
+    try:
+        # stdout of the workers goes to our stderr: a caller's stdout (e.g. results) stays clean.
+        code = subprocess.run(cmd, stdout=sys.stderr, check=False).returncode
+    except OSError as exc:
+        raise LaffiError(f"train.launcher: cannot start '{launcher[0]}': {exc.strerror}") from None
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)  # rewritten on every launch
+    if code != 0:
+        raise LaffiError(f"train.launcher: '{cfg.launcher} -m laffi train' exited with status {code} (see its "
+                         "output above)")  # fmt: skip
+    return read_json(out / TRAIN_INFO, "training record")
 
 
 def score(data: Path, predictions: Path) -> dict[str, Any]:

@@ -114,3 +114,14 @@ def test_revise_reuses_first_answers(small_squad, tiny_model_dir, tmp_path):
                 "--first-answers", tmp_path / "short.jsonl")
     assert r.returncode == 2 and "short.jsonl" in r.stderr and "no first answer" in r.stderr, r.stderr
     assert not (tmp_path / "r2.json").exists()
+
+
+def test_no_progress_silences_every_bar(small_squad, tiny_model_dir, tmp_path):
+    """--no-progress: neither laffi's bars nor transformers' (loading weights) write to stderr."""
+    args = ["train", "--method", "sft", "--data", small_squad, "--model", tiny_model_dir, "--dtype", "float32",
+            "--set", "train.max_steps=1", "--set", "train.lora_r=2"]  # fmt: skip
+    quiet = run_cli(*args, "--out", tmp_path / "quiet", "--no-progress")
+    loud = run_cli(*args, "--out", tmp_path / "loud")
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Loading weights" in loud.stderr and "train:" in loud.stderr  # what the flag is to silence
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr and "\r" not in quiet.stderr

@@ -102,3 +102,62 @@ def test_single_process_is_not_launched(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch, one process (single_gpu.yaml)
     assert launched()
+
+
+def _train_config(**changes):
+    from laffi.config import TrainConfig
+
+    return TrainConfig(method="sft", epochs=2, batch_size=10, micro_batch_size=2, lora_r=4, learning_rate=0.01,
+                       lora_dropout=0, save_steps=2, **changes)  # fmt: skip
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_launcher_setting_trains_in_launched_processes(tmp_path, small_squad, tiny_model_dir, monkeypatch):
+    """`train.launcher` (what `laffi run` / `laffi experiment` use) starts `-m laffi train` under torchrun: same
+    updates as training in this process, the workers' record is returned, and the scratch inputs are gone."""
+    from laffi import stages
+    from laffi.config import ModelConfig
+    from laffi.data import load_squad
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    questions = load_squad(small_squad)
+    model = ModelConfig(str(tiny_model_dir), "float32")
+    here, launched_out = tmp_path / "here", tmp_path / "launched"
+    info_here = stages.train(questions, None, here, model, _train_config(), shots=0, progress=False)
+    launcher = f"{TORCHRUN} --nproc_per_node 2 --master_port {_free_port()}"
+    info = stages.train(questions, None, launched_out, model, _train_config(launcher=launcher), shots=0,
+                        progress=False)  # fmt: skip
+    assert info["steps"] == info_here["steps"] == 4
+    assert info["final_loss"] == pytest.approx(info_here["final_loss"], rel=1e-5)
+    assert info["config"]["launcher"] == ""  # the workers were told not to launch again
+    w1, w2 = _adapter(here), _adapter(launched_out)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert not launched_out.with_name("launched.launch").exists()
+
+
+def test_launcher_failures_are_one_line_errors(tmp_path, small_squad, tiny_model_dir):
+    from laffi import stages
+    from laffi.config import ModelConfig
+    from laffi.data import load_squad
+    from laffi.errors import LaffiError
+
+    questions = load_squad(small_squad)
+    model = ModelConfig(str(tiny_model_dir), "float32")
+    with pytest.raises(LaffiError, match=r"^train.launcher: cannot start 'no-such-launcher-x': "):
+        stages.train(questions, None, tmp_path / "a", model, _train_config(launcher="no-such-launcher-x"), 0, False)
+    with pytest.raises(LaffiError, match=r"^train.launcher: 'false -m laffi train' exited with status 1 "):
+        stages.train(questions, None, tmp_path / "b", model, _train_config(launcher="false"), 0, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [small_squad.name]  # no adapter, no scratch inputs
+
+
+def test_launcher_is_not_part_of_cache_keys():
+    from dataclasses import asdict
+
+    from laffi.config import train_cache_settings
+
+    plain = _train_config()
+    assert train_cache_settings(_train_config(launcher="torchrun --nproc_per_node 8")) == train_cache_settings(plain)
+    # Keys made before the setting existed stay valid: the settings are the old ones, launcher left out.
+    assert train_cache_settings(plain) == {k: v for k, v in asdict(plain).items() if k != "launcher"}
