@@ -12,6 +12,9 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +140,16 @@ def load_adapter(lm: Any, adapter: str, trainable: bool = False) -> Any:
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise LaffiError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    return PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)
+    with peft_quietly():
+        return PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT reads transformers 5's deprecated `is_gradient_checkpointing`: their FutureWarning, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _first_line(e: Exception) -> str:

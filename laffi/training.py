@@ -193,7 +193,7 @@ def train(
     import torch
     from peft import get_peft_model
 
-    from laffi.models import load_model, load_tokenizer
+    from laffi.models import load_model, load_tokenizer, peft_quietly
 
     if not examples:
         raise LaffiError("train: no training examples")
@@ -202,9 +202,10 @@ def train(
                          f"({cfg.micro_batch_size})")  # fmt: skip
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
-    model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
+    with peft_quietly():
+        model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
         model.enable_input_require_grads()
     # Under `accelerate launch` / torchrun: data-parallel on accelerate's device (laffi/distributed.py); else None.
     parallel = _data_parallel(model)
@@ -349,6 +350,15 @@ def _linear(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _enable_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass, under transformers 5's name when it has it (the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _progress_bar(total: int, start: int, enabled: bool) -> Any:
