@@ -13,7 +13,7 @@ import sqlite3
 import statistics
 import time
 
-import httpx
+from lean_client import Connection
 from server_helper import annotation_server, cpu_seconds
 
 from laffi.data import write_squad
@@ -34,29 +34,28 @@ def items(n: int) -> list[Question]:
     return out
 
 
-async def annotator(client: httpx.AsyncClient, name: str, token: str, ids: list[str], latencies: list[float],
+async def annotator(url: str, name: str, token: str, ids: list[str], latencies: list[float],
                     problems: list[str]) -> None:  # fmt: skip
     order = ids[:]
     random.Random(name).shuffle(order)  # each annotator its own order: writes to the same item interleave
     headers = {"Authorization": f"Bearer {token}"}
-    for k, item_id in enumerate(order):
-        body = {"verdict": "correct" if k % 2 else "incorrect", "feedback": f"{name} on {item_id}", "seconds": 1.5}
-        start = time.perf_counter()
-        r = await client.put(f"api/annotations/{item_id}", json=body, headers=headers)
-        latencies.append(time.perf_counter() - start)
-        if r.status_code != 200 or r.json()["progress"]["done"] != k + 1:
-            problems.append(f"{name} #{k} {item_id}: {r.status_code} {r.text[:200]}")
+    async with Connection(url) as conn:  # one keep-alive connection per annotator, as one browser tab
+        for k, item_id in enumerate(order):
+            body = {"verdict": "correct" if k % 2 else "incorrect", "feedback": f"{name} on {item_id}", "seconds": 1.5}
+            start = time.perf_counter()
+            status, text = await conn.request("PUT", f"/api/annotations/{item_id}", body, headers)
+            latencies.append(time.perf_counter() - start)
+            if status != 200 or json.loads(text)["progress"]["done"] != k + 1:
+                problems.append(f"{name} #{k} {item_id}: {status} {text[:200]!r}")
 
 
 async def run_load(url: str, tokens: dict[str, str], ids: list[str]) -> tuple[list[float], list[str], float]:
     latencies: list[float] = []
     problems: list[str] = []
-    limits = httpx.Limits(max_connections=ANNOTATORS, max_keepalive_connections=ANNOTATORS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(annotator(client, name, tok, ids, latencies, problems)
-                                                for name, tok in tokens.items())), TIME_LIMIT_S)  # fmt: skip
-        return latencies, problems, time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(annotator(url, name, tok, ids, latencies, problems)
+                                            for name, tok in tokens.items())), TIME_LIMIT_S)  # fmt: skip
+    return latencies, problems, time.perf_counter() - start
 
 
 def process_cpu() -> float:
