@@ -70,6 +70,8 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
     if cell.method != "base" and train_info.exists():
         t = read_json(train_info)
         info["train"] = {"examples": t["examples"], "steps": t["steps"], "final_loss": t["final_loss"]}
+        if cell.method in ("refine", "critique") and cell.method in t:
+            info["made_data"] = t[cell.method]  # what refine kept and why, or whose answers critique judged
     split = out / "feedback" / f"{cell.method}-{cell.name}.split.json"
     if split.exists():
         s = read_json(split)
@@ -228,6 +230,9 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
         lines += ["", f"## Revision ({path})", "", "| questions | changed | helped | hurt | q/s revision only |",
                   "|---:|---:|---:|---:|---:|", f"| {rev['questions']} | {rev['changed']} | {rev['helped']} | "
                   f"{rev['hurt']} | {rev['questions_per_second_revision_only']:.2f} |"]  # fmt: skip
+    made = made_data_table(s["cells"])
+    if made:
+        lines += ["", "## Training data that refine and critique made", "", made]
     lines += ["", "## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in s["plots"]]
     if s.get("attention"):
         a = s["attention"]
@@ -258,6 +263,25 @@ def groups_table(abstain: dict, rows: list[dict], by: str = "method") -> str:
                      f"{_pct(g['f1_sd'])} | {_pct(g['HasAns_f1_mean'])} | {_pct(g['NoAns_f1_mean'])} | "
                      f"{_pct(lo)}–{_pct(hi)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def made_data_table(cells: dict[str, dict]) -> str:
+    """refine: revised answers kept for training, and why the rest were dropped; critique: whose answers it was
+    trained to judge and how many of them the (reference) feedback calls correct."""
+    lines = []
+    for path, c in cells.items():
+        d = c.get("made_data")
+        if not d:
+            continue
+        if c["method"] == "refine":
+            why = "; ".join(f"{n} {reason}" for reason, n in d["reasons"].items())
+            lines.append(f"| {path} | revised {d['revised']}, kept {d['kept']}, dropped {d['dropped']} | {_md(why)} |")
+        else:
+            lines.append(f"| {path} | {d['answered']} answers of {_md(str(d['answers_from']))} | "
+                         f"{d['judged_correct']} judged correct by {d['annotator']} |")  # fmt: skip
+    if not lines:
+        return ""
+    return "\n".join(["| cell | data | detail |", "|---|---|---|", *lines])
 
 
 def cells_table(cells: dict[str, dict]) -> str:

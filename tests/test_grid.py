@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from laffi import grid_report
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import write_squad
 from laffi.grid import Cell, plan, run_experiment
@@ -167,6 +168,11 @@ def test_critique_cell_critiques_the_sft_adapter_of_its_size_and_seed(grid_cfg, 
     assert info["config"]["answers_from"] == str(cells / "sft" / "n2-seed1" / "adapter")
     sft_info = json.loads((cells / "sft" / "n2-seed1" / "adapter" / "laffi_train.json").read_text())
     assert sft_info["config"]["answers_from"] == ""  # the setting never touches other methods' cache keys
+    # The report says whose answers critique learned to judge, from the cell's own record.
+    made = info["critique"]
+    row = (f"| critique/n2-seed1 | {made['answered']} answers of {grid_report._md(made['answers_from'])} | "
+           f"{made['judged_correct']} judged correct by {made['annotator']} |")
+    assert made["answered"] == 2 and row in (tmp_path / "crit" / "results.md").read_text()
 
 
 def test_ablation_size_beyond_train_sizes_is_sampled_too(grid_cfg, tmp_path):
