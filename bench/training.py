@@ -45,7 +45,7 @@ def run_laffi(args, out: Path) -> dict:
     from laffi.training import train
 
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
-                      max_length=args.max_length)  # fmt: skip
+                      max_length=args.max_length, checkpoint_every=args.checkpoint_every)  # fmt: skip
     exs = examples(args.examples)
     start = time.perf_counter()
     info = train(MODEL, "bfloat16", exs, cfg, out, progress=False)
@@ -127,6 +127,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--which", choices=["laffi", "trl"])
     p.add_argument("--out", default="/tmp/laffi-bench-training")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="laffi side: train.checkpoint_every")
+    p.add_argument("--laffi-variants", default="", help="Also run laffi with these checkpoint_every values, e.g. 2,3")
     args = p.parse_args()
     if args.which:  # child process: one side only
         result = (run_laffi if args.which == "laffi" else run_trl)(args, Path(args.out) / args.which)
@@ -136,16 +138,20 @@ def main() -> None:
     tokens, flops = tokens_trained(args)
     peak = bf16_matmul_peak()
     results = {}
-    for which in ("trl", "laffi"):
-        cmd = [sys.executable, __file__, "--which", which, *sys.argv[1:]]
+    runs = [("trl", "trl", []), ("laffi", "laffi", [])]
+    runs += [(f"laffi/ckpt{n}", "laffi", ["--checkpoint-every", n]) for n in args.laffi_variants.split(",") if n]
+    for name, which, extra in runs:
+        cmd = [sys.executable, __file__, "--which", which, *sys.argv[1:], *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[which] = json.loads(proc.stdout.splitlines()[-1])
+        results[name] = json.loads(proc.stdout.splitlines()[-1])
     print(f"bf16 matmul peak (measured now): {peak / 1e9:.1f} GFLOP/s")
     for which, r in results.items():
         mfu = flops / r["seconds"] / peak
-        print(f"{which:6s} {tokens / r['seconds']:7.1f} tokens/s  MFU {100 * mfu:4.1f}%  "
+        print(f"{which:11s} {tokens / r['seconds']:7.1f} tokens/s  MFU {100 * mfu:4.1f}%  "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB  final loss {r['final_loss']:.4f}  "
               f"({r['seconds']:.1f} s for {args.steps} steps)")  # fmt: skip
+    for name in [n for n in results if n.startswith("laffi/")]:
+        print(f"ratio {name} / trl: {results['trl']['seconds'] / results[name]['seconds']:.2f}x")
     print(f"ratio laffi / trl: {results['trl']['seconds'] / results['laffi']['seconds']:.2f}x "
           f"(~{tokens} non-padding tokens, {args.steps} steps of {args.batch} examples, micro-batch {args.micro}, "
           f"max length {args.max_length})")

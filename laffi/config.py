@@ -101,6 +101,9 @@ class TrainConfig:
     seed: int = _f(0, "Seed of LoRA initialisation and data order.")
     gradient_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward pass: a fraction of "
                                       "the memory for ~1 more forward pass (bench/training_memory.py).")
+    checkpoint_every: int = _f(1, "With gradient_checkpointing: recompute every n-th decoder layer only (1: all); the "
+                               "others keep their activations: less recompute for more memory (bench/training.py). "
+                               "Not part of any cache key: the same numbers either way.", min=1)
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
     answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
                            "adapter directory (its answers on the training questions are generated).")
@@ -115,6 +118,7 @@ def train_cache_settings(cfg: TrainConfig) -> dict[str, Any]:
     (a launched run computes the same updates up to float summation order, docs/scaling.md)."""
     settings = asdict(cfg)
     settings.pop("launcher")
+    settings.pop("checkpoint_every")  # which layers recompute their forward: same computation, different memory
     return settings
 
 

@@ -205,7 +205,7 @@ def train(
     with peft_quietly():
         model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
     if cfg.gradient_checkpointing:
-        _enable_checkpointing(model)
+        _enable_checkpointing(model, cfg.checkpoint_every)
         model.enable_input_require_grads()
     # Under `accelerate launch` / torchrun: data-parallel on accelerate's device (laffi/distributed.py); else None.
     parallel = _data_parallel(model)
@@ -352,13 +352,16 @@ def _linear(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _enable_checkpointing(model: Any) -> None:
-    """Recompute activations in the backward pass, under transformers 5's name when it has it (the old name warns)."""
+def _enable_checkpointing(model: Any, every: int = 1) -> None:
+    """Recompute activations in the backward pass (every `every`-th layer), under transformers 5's name when it has
+    it (the old name warns and has no `every_n_layers`)."""
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every)
+    elif every == 1:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise LaffiError("train.checkpoint_every: needs transformers >= 5 (activation_checkpointing_enable)")
 
 
 def _progress_bar(total: int, start: int, enabled: bool) -> Any:

@@ -81,11 +81,14 @@ def test_gradient_checkpointing_trains_the_same(tmp_path, tiny_model_dir, tokeni
     qs = excerpt_questions[:4]
     exs = build_examples("laffi", qs, [reference.annotate(q, "") for q in qs], tokenizer, shots=0, seed=0)
     losses = {}
-    for ckpt in (False, True):
+    # (checkpointing, every n-th layer): off, every layer (the default), every second layer (train.checkpoint_every)
+    for ckpt, every in ((False, 1), (True, 1), (True, 2)):
         cfg = TrainConfig(max_steps=3, batch_size=4, micro_batch_size=2, lora_r=4, learning_rate=1e-2,
-                          gradient_checkpointing=ckpt)  # fmt: skip
-        train(str(tiny_model_dir), "float32", exs, cfg, tmp_path / str(ckpt), progress=False)
-        log = (tmp_path / str(ckpt) / "train_log.jsonl").read_text().splitlines()
-        losses[ckpt] = [json.loads(line)["loss"] for line in log]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    assert losses[True][0] != losses[True][-1]
+                          gradient_checkpointing=ckpt, checkpoint_every=every)  # fmt: skip
+        out = tmp_path / f"{ckpt}-{every}"
+        train(str(tiny_model_dir), "float32", exs, cfg, out, progress=False)
+        log = (out / "train_log.jsonl").read_text().splitlines()
+        losses[ckpt, every] = [json.loads(line)["loss"] for line in log]
+    assert losses[True, 1] == pytest.approx(losses[False, 1], rel=1e-5)
+    assert losses[True, 2] == pytest.approx(losses[False, 1], rel=1e-5)
+    assert losses[True, 1][0] != losses[True, 1][-1]
