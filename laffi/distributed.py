@@ -2,29 +2,38 @@
 
 laffi's training loop (laffi/training.py) accumulates the gradient of sum(loss) / n_loss over an optimizer step's
 micro-batches, where n_loss is the step's number of completion tokens. With N processes, process r runs micro-batches
-r, r+N, r+2N, ... of each step; DDP (set up by `accelerate.Accelerator`) all-reduces the gradients on each process's
-last micro-batch (the others run under `no_sync`). DDP averages over processes, so each loss is scaled by N: the
-all-reduced gradient is then exactly the single-process one (up to float summation order), the step's global n_loss
-is the same on every process (each tokenizes the whole data set), and the logged loss is the all-reduced sum / n_loss.
-Clipping and the AdamW step then see identical gradients everywhere and keep the replicas in lockstep.
+r, r+N, r+2N, ... of each step. Everything engine-specific goes through accelerate's documented loop API, so the same
+code runs DDP (MULTI_GPU, or MULTI_CPU with gloo), FSDP 2 and DeepSpeed ZeRO as the accelerate config says:
+`prepare(model, optimizer)`, `accumulate` (which skips the all-reduce, or tells DeepSpeed it is not at a gradient
+accumulation boundary, on all but a step's last pass), `backward`, `clip_grad_norm_`, the prepared optimizer's `step`.
 
-Only the main process writes checkpoints, the adapter and the log. Single-process runs never come here (see
-`launched`), so they are unchanged bit for bit. LoRA dropout draws different random numbers than one process would,
-so N processes match one exactly only with `train.lora_dropout=0` (as in tests/test_distributed.py).
+Every process runs the same number of passes per step, k = ceil(micro-batches per step / N), as accelerate's
+gradient accumulation and DeepSpeed's engine need: a process with fewer micro-batches in a step (a short last step)
+runs zero-weight passes over the step's shortest micro-batch. accelerate (or DeepSpeed) divides each pass's loss by k
+and the all-reduce averages over the N processes, so each loss is scaled by k * N / n_loss: the reduced gradient is
+then exactly the single-process one (up to float summation order), the step's global n_loss is the same on every
+process (each tokenizes the whole data set), and the logged loss is the all-reduced sum / n_loss.
+
+Only the main process writes the adapter and the log. With replicated state (DDP) it also writes the resumable
+checkpoint as the single-process loop does; with sharded state (FSDP, DeepSpeed) every process writes its shard
+through `accelerator.save_state`. Single-process runs never come here (see `launched`), so they are unchanged bit
+for bit. LoRA dropout draws different random numbers than one process would, so N processes match one exactly only
+with `train.lora_dropout=0` (as in tests/test_distributed.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from laffi.errors import LaffiError
 
-# Engines that take over steps the loop does itself (clipping, the optimizer step, saving sharded weights).
-UNSUPPORTED = {"FSDP": "its sharded gradients need clipping and saving through accelerate",
-               "DEEPSPEED": "its engine owns backward, clipping and the optimizer step"}  # fmt: skip
+SHARDED = ("FSDP", "DEEPSPEED")
+STATE_DIR = "accelerate_state"  # inside the run's .partial/ directory, for sharded engines
 
 
 def launched() -> bool:
@@ -35,12 +44,14 @@ def launched() -> bool:
 
 
 class CompletionLoss(torch.nn.Module):
-    """The loop's loss as a module's forward, so DDP sees the forward pass (it prepares the gradient all-reduce
-    there; calling the inner model directly would bypass it)."""
+    """The loop's loss as a module's forward, so the engine sees the forward pass: DDP prepares the gradient
+    all-reduce there, FSDP gathers the root's parameters (embeddings, LM head) there, DeepSpeed runs its hooks."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
+        # FSDP's transformer auto-wrap policy reads the decoder layer class from here.
+        self._no_split_modules = getattr(model.get_base_model(), "_no_split_modules", None)
 
     def forward(self, ids: Any, attention: Any, target_mask: Any) -> Any:
         from laffi.training import loss_sum_of_batch
@@ -48,60 +59,116 @@ class CompletionLoss(torch.nn.Module):
         return loss_sum_of_batch(self.model, ids, attention, target_mask)
 
 
+def passes_per_step(cfg: Any, world: int) -> int:
+    """k: micro-batches each process runs per optimizer step (the longest share of a full step)."""
+    return math.ceil(cfg.batch_size // cfg.micro_batch_size / world)
+
+
 class DataParallel:
-    """One process of a data-parallel run: which micro-batches it runs, and the all-reduces."""
+    """One process of a data-parallel run: the engine, which micro-batches it runs, and the all-reduces."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any, cfg: Any) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import GradientAccumulationPlugin
 
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.k = passes_per_step(cfg, world)
+        # sync_with_dataloader=False: steps are counted by the loop's passes (no prepared dataloader here).
+        plugin = GradientAccumulationPlugin(num_steps=self.k, sync_with_dataloader=False)
         # cpu=True where there is no accelerator: only then does accelerate set up gloo for torchrun's processes.
-        self.accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-        if self.accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
-            raise LaffiError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but accelerate set up "
-                             f"{self.accelerator.num_processes} process(es) ({self.accelerator.distributed_type})")
-        kind = str(self.accelerator.distributed_type).split(".")[-1]
-        if kind in UNSUPPORTED:
-            raise LaffiError(f"accelerate config: distributed_type {kind} is not supported by laffi train yet "
-                             f"({UNSUPPORTED[kind]}); use MULTI_GPU (configs/accelerate/multi_gpu_ddp.yaml)")
-        if self.accelerator.mixed_precision == "fp16":
+        self.accelerator = Accelerator(cpu=not torch.accelerator.is_available(), gradient_accumulation_plugin=plugin)
+        acc = self.accelerator
+        if acc.num_processes != world:
+            raise LaffiError(f"WORLD_SIZE is {world} but accelerate set up {acc.num_processes} process(es) "
+                             f"({acc.distributed_type})")  # fmt: skip
+        if acc.mixed_precision == "fp16":
             # fp16 needs a loss scaler between backward, clipping and the step, which this loop does not have.
             raise LaffiError("accelerate config: mixed_precision fp16 is not supported by laffi train; use bf16 or no")
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
-        self.device = self.accelerator.device
-        model.to(self.device)
-        self.loss = self.accelerator.prepare(CompletionLoss(model))
+        self.kind = str(acc.distributed_type).split(".")[-1]
+        self.sharded = self.kind in SHARDED
+        if self.kind == "DEEPSPEED":
+            _fill_deepspeed_config(acc, cfg, self.k)
+        self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.device = acc.device
+        self.model = model
+        if self.kind != "DEEPSPEED":
+            model.to(self.device)  # DeepSpeed's engine places (and casts) the model itself
+        self.loss, self.optimizer = acc.prepare(CompletionLoss(model), optimizer)
 
     def step(self, micro_batches: list[list[int]], rows: list[dict], n_loss: int, pad_id: int, autocast: Any) -> float:
         """Forward and backward of this process's share of one optimizer step; returns the step's summed loss over
-        all processes. Gradients are all-reduced when it returns."""
+        all processes. Gradients are reduced when it returns (for DeepSpeed, the engine has also stepped)."""
         from laffi.training import batch_tensors
 
-        mine = micro_batches[self.rank :: self.world]
-        # A process with no micro-batch this step (a short last step) still joins the all-reduce, with a zero-weight
-        # pass over the step's first micro-batch: DDP needs every process to run the same number of synced backwards.
-        weight = 1.0
-        if not mine:
-            mine, weight = micro_batches[:1], 0.0
+        mine = [(mb, 1.0) for mb in micro_batches[self.rank :: self.world]]
+        mine += [(micro_batches[0], 0.0)] * (self.k - len(mine))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for k, mb in enumerate(mine):
+        for mb, weight in mine:
             tensors = [t.to(self.device) for t in batch_tensors([rows[i] for i in mb], pad_id)]
-            last = k == len(mine) - 1
-            with self._sync(last):
+            with self.accelerator.accumulate(self.loss):
                 with autocast:
                     loss_sum = self.loss(*tensors)
-                self.accelerator.backward(loss_sum * (weight * self.world / n_loss))
+                self.accelerator.backward(loss_sum * (weight * self.k * self.world / n_loss))
             total += loss_sum.detach().double() * weight
         return self.accelerator.reduce(total, reduction="sum").item()
 
-    def _sync(self, last: bool) -> Any:
-        import contextlib
+    def clip_and_step(self, max_norm: float) -> float:
+        """Clip the reduced gradients and step the optimizer; returns the gradient norm before clipping.
+        DeepSpeed clips (`gradient_clipping`, set to `max_norm`) and steps inside `backward`; its norm is read back."""
+        norm = self.accelerator.clip_grad_norm_(self.loss.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(norm, "full_tensor"):  # FSDP 2 returns a DTensor
+            norm = norm.full_tensor()
+        return float(norm) if norm is not None else float("nan")
 
-        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.loss)
+    def adapter_state(self) -> dict[str, Any]:
+        """The trainable (LoRA) weights, whole and in float32 on the CPU, keyed as in `model.state_dict()`.
+        Every process must call it (FSDP gathers the shards); only the main process's copy is used."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if self.kind == "DEEPSPEED":
+                from deepspeed.utils import safe_get_full_fp32_param
+
+                t = safe_get_full_fp32_param(p)  # the fp32 master copy, not the bf16 working weights
+            else:
+                t = p.full_tensor() if hasattr(p, "full_tensor") else p
+            out[name] = t.detach().float().cpu()
+        return out
+
+    def save_state(self, work: Path) -> None:
+        """Sharded engines: every process writes its part of model, optimizer and RNG state."""
+        self.accelerator.save_state(str(work / STATE_DIR))
+
+    def load_state(self, work: Path) -> bool:
+        path = work / STATE_DIR
+        if not path.is_dir():
+            return False
+        self.accelerator.load_state(str(path))
+        return True
+
+    def register(self, scheduler: Any) -> None:
+        self.accelerator.register_for_checkpointing(scheduler)
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
 
     def end(self) -> None:
         self.accelerator.end_training()
+
+
+def _fill_deepspeed_config(acc: Any, cfg: Any, k: int) -> None:
+    """Values DeepSpeed needs and accelerate can only infer from a prepared dataloader (laffi has none), and the
+    loop's clipping: a config that sets them otherwise is refused rather than silently trained differently."""
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    wanted = {"train_micro_batch_size_per_gpu": cfg.micro_batch_size, "gradient_accumulation_steps": k,
+              "gradient_clipping": 1.0}  # fmt: skip
+    for key, value in wanted.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            raise LaffiError(f"accelerate config: deepspeed {key} is {ds[key]}, but laffi train needs {value} "
+                             f"(from train.batch_size / micro_batch_size and the number of processes); set it to auto")
+        ds[key] = value
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    acc.gradient_accumulation_steps = k

@@ -207,19 +207,20 @@ def train(
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model, cfg.checkpoint_every)
         model.enable_input_require_grads()
-    # Under `accelerate launch` / torchrun: data-parallel on accelerate's device (laffi/distributed.py); else None.
-    parallel = _data_parallel(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    # Under `accelerate launch` / torchrun: data-parallel on accelerate's engine (laffi/distributed.py); else None.
+    parallel = _data_parallel(model, optimizer, cfg)
+    optimizer = parallel.optimizer if parallel is not None else optimizer
     is_main = parallel is None or parallel.is_main
     autocast = _lora_in_base_dtype(model)
     model.train()
     rows = [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
     schedule = step_schedule(rows, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     warmup = int(cfg.warmup_ratio * len(schedule))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear(s, warmup, len(schedule)))
     work = out.with_name(out.name + ".partial")
-    log, start = _resume(work, model, optimizer, scheduler)
+    log, start = _resume(work, model, optimizer, scheduler, parallel)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = _progress_bar(len(schedule), start, progress and is_main)
     for step in range(start, len(schedule)):
@@ -227,6 +228,7 @@ def train(
         n_loss = sum(sum(rows[i]["completion_mask"]) for mb in micro_batches for i in mb)
         if parallel is not None:
             total = parallel.step(micro_batches, rows, n_loss, pad_id, autocast)
+            grad_norm = parallel.clip_and_step(1.0)
         else:
             total = 0.0
             for mb in micro_batches:
@@ -234,23 +236,22 @@ def train(
                     loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
                 (loss_sum / n_loss).backward()
                 total += loss_sum.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-        optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, "loss": total / n_loss, "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm, "loss_tokens": n_loss})  # fmt: skip
         bar.update(1)
         bar.set_postfix(loss=f"{total / n_loss:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < len(schedule):
-            if is_main:
-                _checkpoint(work, model, optimizer, scheduler, log)
-            if parallel is not None:
-                parallel.wait()
+            _checkpoint(work, model, optimizer, scheduler, log, parallel)
     bar.close()
     info = _summary(cfg, examples, rows, log)
+    # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
+    state = parallel.adapter_state() if parallel is not None else None
     if is_main:
-        _save_adapter(model, tokenizer, out, log, info)
+        _save_adapter(model, tokenizer, out, log, info, state)
         shutil.rmtree(work, ignore_errors=True)
     if parallel is not None:
         parallel.wait()  # the adapter is complete on disk before any process returns
@@ -317,11 +318,11 @@ def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) ->
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def _data_parallel(model: Any) -> Any:
+def _data_parallel(model: Any, optimizer: Any, cfg: TrainConfig) -> Any:
     """A `laffi.distributed.DataParallel` when started by a launcher, else None (the plain loop)."""
     from laffi import distributed
 
-    return distributed.DataParallel(model) if distributed.launched() else None
+    return distributed.DataParallel(model, optimizer, cfg) if distributed.launched() else None
 
 
 def _lora_in_base_dtype(model: Any) -> Any:
@@ -370,27 +371,44 @@ def _progress_bar(total: int, start: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled)
 
 
-def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: list[dict]) -> None:
+def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: list[dict], parallel: Any) -> None:
+    """Resumable state in `work`: one file from the main process when every process holds the whole state (one
+    process, DDP); accelerate's sharded save from every process under FSDP / DeepSpeed, plus the log."""
     import torch
     from peft import get_peft_model_state_dict
 
-    state = {
-        "adapter": get_peft_model_state_dict(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "log": log,
-        "torch_rng": torch.get_rng_state(),
-    }
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = work / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, work / "state.pt")
+    if parallel is not None and parallel.sharded:
+        parallel.save_state(work)  # the scheduler was registered with it in _resume
+        if parallel.is_main:
+            write_json(work / "log.json", {"log": log})
+        parallel.wait()
+        return
+    if parallel is None or parallel.is_main:
+        state = {
+            "adapter": get_peft_model_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "log": log,
+            "torch_rng": torch.get_rng_state(),
+        }
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / "state.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, work / "state.pt")
+    if parallel is not None:
+        parallel.wait()
 
 
-def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[list[dict], int]:
+def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: Any = None) -> tuple[list[dict], int]:
     import torch
     from peft import set_peft_model_state_dict
 
+    if parallel is not None and parallel.sharded:
+        parallel.register(scheduler)
+        if not (work / "log.json").exists() or not parallel.load_state(work):
+            return [], 0
+        log = json.loads((work / "log.json").read_text())["log"]
+        return log, len(log)
     path = work / "state.pt"
     if not path.exists():
         return [], 0
@@ -418,10 +436,11 @@ def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: l
     }
 
 
-def _save_adapter(model: Any, tokenizer: Any, out: Path, log: list[dict], info: dict) -> None:
+def _save_adapter(model: Any, tokenizer: Any, out: Path, log: list[dict], info: dict, state: Any = None) -> None:
+    """Write the adapter atomically; `state`: its weights gathered from a sharded engine (else read from `model`)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), state_dict=state)
     tokenizer.save_pretrained(str(tmp))
     with open(tmp / TRAIN_LOG, "w", encoding="utf-8") as f:
         for entry in log:

@@ -21,6 +21,7 @@ import pytest
 from laffi.distributed import launched
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 # 12 questions, 10 per step, 2 per micro-batch, 2 epochs: steps of 5 and 1 micro-batches. On a 5 one process runs 3
 # and the other 2 (uneven); on a 1 the second process has none (it joins the all-reduce with a zero weight).
 SETTINGS = ["--set", "train.epochs=2", "--set", "train.batch_size=10", "--set", "train.micro_batch_size=2",
@@ -39,9 +40,9 @@ def _env() -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
     # Own process group, killed whole on a timeout: a hung collective must not leave workers behind.
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, env={**_env(), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:
         _, err = proc.communicate(timeout=90)
@@ -89,6 +90,58 @@ def test_two_cpu_processes_match_one(tmp_path, small_squad, tiny_model_dir):
     # The run changed the weights (LoRA B starts at zero), so agreeing is not trivially true.
     assert max(w2[k].abs().max().item() for k in w2 if "lora_B" in k) > 1e-3
     assert not (double.with_name("double.partial")).exists() and not (double.with_name("double.tmp")).exists()
+
+
+def _fsdp_env(**changes: str) -> dict[str, str]:
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` puts in the environment (fsdp_x: FSDP_X),
+    in float32 for an exact comparison."""
+    import yaml
+
+    fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
+    env = {k.upper(): str(v).lower() if isinstance(v, bool) else str(v) for k, v in fsdp.items()}
+    return {**env, "ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no", **changes}
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_fsdp_on_two_cpu_processes_matches_one(tmp_path, small_squad, tiny_model_dir):
+    """configs/accelerate/fsdp.yaml's engine (accelerate's FSDP 2: sharded weights, gradients and optimizer state) on 2
+    gloo processes trains the same adapter as one process, and a run stopped after its checkpoint resumes from the
+    sharded state (accelerate's save_state) to the same end. accelerate sets up FSDP only on GPUs; tests/fsdp_on_cpu.py
+    turns it on for CPU processes, nothing else."""
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    _run([sys.executable, *_train_cmd(small_squad, tiny_model_dir, single)])
+
+    def on_fsdp(out: Path) -> list[str]:
+        return [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                str(Path(__file__).with_name("fsdp_on_cpu.py")), *_train_cmd(small_squad, tiny_model_dir, out)[2:]]
+
+    _run(on_fsdp(sharded), _fsdp_env())
+    one, two = _losses(single), _losses(sharded)
+    assert [e["step"] for e in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    w1, w2 = _adapter(single), _adapter(sharded)
+    assert sorted(w1) == sorted(w2)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert max(w2[k].abs().max().item() for k in w2 if "lora_B" in k) > 1e-3
+
+
+    # Stopped right after its step-2 checkpoint (accelerate's sharded save_state), then re-run: resumes to the same end.
+    resumed = tmp_path / "resumed"
+    with pytest.raises(AssertionError, match="exitcode  : 3"):
+        _run(on_fsdp(resumed), _fsdp_env(EXIT_AFTER_CHECKPOINT="1"))
+    state = resumed.with_name("resumed.partial")
+    saved = json.loads((state / "log.json").read_text())
+    assert not resumed.exists() and [e["step"] for e in saved["log"]] == [1, 2]
+    # Mark the saved steps: a re-run that started over instead of resuming would not carry the marks.
+    (state / "log.json").write_text(json.dumps({"log": [{**e, "resumed": True} for e in saved["log"]]}))
+    _run(on_fsdp(resumed), _fsdp_env())
+    assert [e.get("resumed", False) for e in _losses(resumed)] == [True, True, False, False]
+    assert [e["loss"] for e in _losses(resumed)] == pytest.approx([e["loss"] for e in two], rel=1e-6)
+    w3 = _adapter(resumed)
+    assert max((w2[k] - w3[k]).abs().max().item() for k in w2) < 1e-6
+    assert not state.exists()
 
 
 def test_single_process_is_not_launched(monkeypatch):

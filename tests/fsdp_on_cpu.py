@@ -1,0 +1,45 @@
+"""Run `python -m laffi ...` on accelerate's FSDP 2 engine with CPU processes (gloo): for tests only.
+
+accelerate prepares FSDP only on GPU-like devices: on CPU processes it sets MULTI_CPU even when the environment asks
+for FSDP (ACCELERATE_USE_FSDP=true and the FSDP_* settings, as `accelerate launch --config_file fsdp.yaml` sets them).
+PyTorch's FSDP 2 itself runs on CPU with gloo, so this wrapper only turns accelerate's state to FSDP after it has set
+up the process group, with the plugin read from that same environment; everything else (accelerate's
+`fsdp2_prepare_model`, clipping, no_sync, state dicts, laffi's loop) is the code a GPU run uses. Started by torchrun.
+"""
+
+import os
+import sys
+
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+_init = Accelerator.__init__
+
+
+def _init_as_fsdp(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    # Both singletons: AcceleratorState copies PartialState's fields each time it is constructed again.
+    PartialState._shared_state["distributed_type"] = self.state.distributed_type = DistributedType.FSDP
+    self.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment
+
+
+def _exit_after_checkpoint() -> None:
+    """EXIT_AFTER_CHECKPOINT=1: every process exits right after the run's first checkpoint (a crash, for resume tests)."""
+    from laffi import training
+
+    checkpoint = training._checkpoint
+
+    def checkpoint_then_exit(*args, **kwargs):
+        checkpoint(*args, **kwargs)
+        os._exit(3)
+
+    training._checkpoint = checkpoint_then_exit
+
+
+if __name__ == "__main__":
+    Accelerator.__init__ = _init_as_fsdp
+    if os.environ.get("EXIT_AFTER_CHECKPOINT") == "1":
+        _exit_after_checkpoint()
+    from laffi.cli import main
+
+    main(sys.argv[1:])
