@@ -69,14 +69,19 @@ class DataParallel:
 
     def __init__(self, model: Any, optimizer: Any, cfg: Any) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import GradientAccumulationPlugin
+        from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.k = passes_per_step(cfg, world)
         # sync_with_dataloader=False: steps are counted by the loop's passes (no prepared dataloader here).
         plugin = GradientAccumulationPlugin(num_steps=self.k, sync_with_dataloader=False)
-        # cpu=True where there is no accelerator: only then does accelerate set up gloo for torchrun's processes.
-        self.accelerator = Accelerator(cpu=not torch.accelerator.is_available(), gradient_accumulation_plugin=plugin)
+        cpu, handlers = not torch.accelerator.is_available(), []
+        if cpu and _deepspeed_requested():
+            # cpu=True would turn DeepSpeed off (MULTI_CPU); without it accelerate counts the processes right on CPU
+            # only when told the backend (DeepSpeed's CPU accelerator communicates over gloo).
+            cpu, handlers = False, [InitProcessGroupKwargs(backend="gloo")] if world > 1 else []
+        # Otherwise cpu=True where there is no accelerator: only then does accelerate set up gloo (MULTI_CPU).
+        self.accelerator = Accelerator(cpu=cpu, gradient_accumulation_plugin=plugin, kwargs_handlers=handlers)
         acc = self.accelerator
         if acc.num_processes != world:
             raise LaffiError(f"WORLD_SIZE is {world} but accelerate set up {acc.num_processes} process(es) "
@@ -157,6 +162,10 @@ class DataParallel:
 
     def end(self) -> None:
         self.accelerator.end_training()
+
+
+def _deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def _fill_deepspeed_config(acc: Any, cfg: Any, k: int) -> None:

@@ -248,6 +248,8 @@ def train(
             _checkpoint(work, model, optimizer, scheduler, log, parallel)
     bar.close()
     info = _summary(cfg, examples, rows, log)
+    if parallel is not None:  # provenance: which engine trained it, on how many processes
+        info["distributed"] = {"type": parallel.kind, "processes": parallel.world}
     # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
     state = parallel.adapter_state() if parallel is not None else None
     if is_main:

@@ -8,6 +8,7 @@ gloo adds the two sums), so losses must agree to 1e-5 relative and adapter weigh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,8 +44,8 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
     # Own process group, killed whole on a timeout: a hung collective must not leave workers behind.
-    proc = subprocess.Popen(cmd, env={**_env(), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**_env(), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
     try:
         _, err = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
@@ -77,71 +79,96 @@ def test_two_cpu_processes_match_one(tmp_path, small_squad, tiny_model_dir):
     # up torchrun's environment (MULTI_CPU, gloo) exactly as it does `accelerate launch --multi_gpu`'s on GPUs.
     _run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_free_port()),
           *_train_cmd(small_squad, tiny_model_dir, double)])
-    one, two = _losses(single), _losses(double)
+    _matches_single(single, double, "MULTI_CPU")
+
+
+HARNESS = str(Path(__file__).with_name("launch_harness.py"))
+
+
+def _fsdp_env(**changes: str) -> dict[str, str]:
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` puts in the environment (fsdp_x: FSDP_X),
+    in float32 for an exact comparison, and the harness's switch that lets accelerate run FSDP on CPU processes."""
+    import yaml
+
+    fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
+    env = {k.upper(): str(v).lower() if isinstance(v, bool) else str(v) for k, v in fsdp.items()}
+    return {**env, "ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no", "FSDP_ON_CPU": "1", **changes}
+
+
+def _matches_single(single: Path, run: Path, engine: str) -> None:
+    """`run` (2 processes on `engine`) trained what the single-process run `single` did: same steps, losses, gradient
+    norms and adapter, within float summation order."""
+    assert json.loads((run / "laffi_train.json").read_text())["distributed"] == {"type": engine, "processes": 2}
+    one, two = _losses(single), _losses(run)
     assert [e["step"] for e in two] == [1, 2, 3, 4]
     assert [e["loss_tokens"] for e in two] == [e["loss_tokens"] for e in one]
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    w1, w2 = _adapter(single), _adapter(double)
+    w1, w2 = _adapter(single), _adapter(run)
     assert sorted(w1) == sorted(w2)
-    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert worst < 1e-5, worst
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
     # The run changed the weights (LoRA B starts at zero), so agreeing is not trivially true.
     assert max(w2[k].abs().max().item() for k in w2 if "lora_B" in k) > 1e-3
-    assert not (double.with_name("double.partial")).exists() and not (double.with_name("double.tmp")).exists()
+    assert not run.with_name(run.name + ".partial").exists() and not run.with_name(run.name + ".tmp").exists()
 
 
-def _fsdp_env(**changes: str) -> dict[str, str]:
-    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` puts in the environment (fsdp_x: FSDP_X),
-    in float32 for an exact comparison."""
-    import yaml
-
-    fsdp = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]
-    env = {k.upper(): str(v).lower() if isinstance(v, bool) else str(v) for k, v in fsdp.items()}
-    return {**env, "ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no", **changes}
+def _resumes(start: Any, finished: Path, out: Path) -> None:
+    """`start(out, extra_env)` runs training to `out`. Stopped right after its step-2 checkpoint (the engine's sharded
+    accelerate save_state), a re-run resumes from it and ends where the uninterrupted run `finished` did."""
+    with pytest.raises(AssertionError, match="exitcode  : 3"):
+        start(out, {"EXIT_AFTER_CHECKPOINT": "1"})
+    state = out.with_name(out.name + ".partial")
+    saved = json.loads((state / "log.json").read_text())
+    assert not out.exists() and [e["step"] for e in saved["log"]] == [1, 2]
+    # Mark the saved steps: a re-run that started over instead of resuming would not carry the marks.
+    (state / "log.json").write_text(json.dumps({"log": [{**e, "resumed": True} for e in saved["log"]]}))
+    start(out, {})
+    assert [e.get("resumed", False) for e in _losses(out)] == [True, True, False, False]
+    assert [e["loss"] for e in _losses(out)] == pytest.approx([e["loss"] for e in _losses(finished)], rel=1e-6)
+    w1, w2 = _adapter(finished), _adapter(out)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-6
+    assert not state.exists()
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
 def test_fsdp_on_two_cpu_processes_matches_one(tmp_path, small_squad, tiny_model_dir):
     """configs/accelerate/fsdp.yaml's engine (accelerate's FSDP 2: sharded weights, gradients and optimizer state) on 2
-    gloo processes trains the same adapter as one process, and a run stopped after its checkpoint resumes from the
-    sharded state (accelerate's save_state) to the same end. accelerate sets up FSDP only on GPUs; tests/fsdp_on_cpu.py
-    turns it on for CPU processes, nothing else."""
+    gloo processes trains the same adapter as one process, and resumes from its sharded checkpoint. accelerate sets
+    up FSDP only on GPUs; tests/launch_harness.py turns it on for CPU processes, nothing else."""
+
+    def on_fsdp(out: Path, env: dict[str, str]) -> None:
+        _run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_free_port()), HARNESS,
+              *_train_cmd(small_squad, tiny_model_dir, out)[2:]], _fsdp_env(**env))  # fmt: skip
+
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     _run([sys.executable, *_train_cmd(small_squad, tiny_model_dir, single)])
-
-    def on_fsdp(out: Path) -> list[str]:
-        return [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(_free_port()),
-                str(Path(__file__).with_name("fsdp_on_cpu.py")), *_train_cmd(small_squad, tiny_model_dir, out)[2:]]
-
-    _run(on_fsdp(sharded), _fsdp_env())
-    one, two = _losses(single), _losses(sharded)
-    assert [e["step"] for e in two] == [1, 2, 3, 4]
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    w1, w2 = _adapter(single), _adapter(sharded)
-    assert sorted(w1) == sorted(w2)
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
-    assert max(w2[k].abs().max().item() for k in w2 if "lora_B" in k) > 1e-3
+    on_fsdp(sharded, {})
+    _matches_single(single, sharded, "FSDP")
+    _resumes(on_fsdp, sharded, tmp_path / "resumed")
 
 
-    # Stopped right after its step-2 checkpoint (accelerate's sharded save_state), then re-run: resumes to the same end.
-    resumed = tmp_path / "resumed"
-    with pytest.raises(AssertionError, match="exitcode  : 3"):
-        _run(on_fsdp(resumed), _fsdp_env(EXIT_AFTER_CHECKPOINT="1"))
-    state = resumed.with_name("resumed.partial")
-    saved = json.loads((state / "log.json").read_text())
-    assert not resumed.exists() and [e["step"] for e in saved["log"]] == [1, 2]
-    # Mark the saved steps: a re-run that started over instead of resuming would not carry the marks.
-    (state / "log.json").write_text(json.dumps({"log": [{**e, "resumed": True} for e in saved["log"]]}))
-    _run(on_fsdp(resumed), _fsdp_env())
-    assert [e.get("resumed", False) for e in _losses(resumed)] == [True, True, False, False]
-    assert [e["loss"] for e in _losses(resumed)] == pytest.approx([e["loss"] for e in two], rel=1e-6)
-    w3 = _adapter(resumed)
-    assert max((w2[k] - w3[k]).abs().max().item() for k in w2) < 1e-6
-    assert not state.exists()
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_zero2_on_two_cpu_processes_matches_one(tmp_path, small_squad, tiny_model_dir):
+    """configs/accelerate/deepspeed_zero2.yaml, as shipped but for 2 processes and float32, started with `accelerate
+    launch` on CPU processes (DeepSpeed's CPU accelerator, gloo): its engine does backward, gradient reduction,
+    clipping and the AdamW step; the losses and the adapter are one process's, and it resumes from its checkpoint."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "deepspeed_zero2.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no")
+    (tmp_path / "ds.yaml").write_text(yaml.safe_dump(config))
+
+    def on_deepspeed(out: Path, env: dict[str, str]) -> None:
+        _run([str(TORCHRUN.with_name("accelerate")), "launch", "--config_file", str(tmp_path / "ds.yaml"),
+              "--main_process_port", str(_free_port()), HARNESS, *_train_cmd(small_squad, tiny_model_dir, out)[2:]],
+             {"DS_ACCELERATOR": "cpu", **env})  # fmt: skip
+
+    single, zero2 = tmp_path / "single", tmp_path / "zero2"
+    _run([sys.executable, *_train_cmd(small_squad, tiny_model_dir, single)])
+    on_deepspeed(zero2, {})
+    _matches_single(single, zero2, "DEEPSPEED")
+    _resumes(on_deepspeed, zero2, tmp_path / "resumed")
 
 
 def test_single_process_is_not_launched(monkeypatch):
@@ -216,3 +243,29 @@ def test_launcher_is_not_part_of_cache_keys():
     # Keys made before the setting existed stay valid: the settings are the old ones, launcher left out.
     assert train_cache_settings(plain) == {k: v for k, v in asdict(plain).items()
                                            if k not in ("launcher", "checkpoint_every")}  # fmt: skip
+
+
+def test_deepspeed_settings_laffi_fills_and_refuses():
+    """DeepSpeed needs its micro-batch size and accumulation steps before `prepare` (accelerate infers them only from
+    a prepared dataloader); laffi fills them from its own settings and refuses values that would train differently."""
+    from types import SimpleNamespace
+
+    from laffi.distributed import _fill_deepspeed_config, passes_per_step
+    from laffi.errors import LaffiError
+
+    cfg = _train_config()  # batch 10, micro-batches of 2: 5 per step
+    assert [passes_per_step(cfg, n) for n in (1, 2, 3, 5, 8)] == [5, 3, 2, 1, 1]
+
+    def accelerator(**ds):
+        plugin = SimpleNamespace(deepspeed_config={"train_batch_size": "auto", **ds})
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), gradient_accumulation_steps=1)
+
+    acc = accelerator(gradient_clipping=1.0, gradient_accumulation_steps="auto")
+    _fill_deepspeed_config(acc, cfg, 3)
+    assert acc.state.deepspeed_plugin.deepspeed_config == {
+        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3, "gradient_clipping": 1.0}  # fmt: skip
+    assert acc.gradient_accumulation_steps == 3
+    with pytest.raises(LaffiError, match=r"^accelerate config: deepspeed gradient_clipping is 0.5, but laffi train "):
+        _fill_deepspeed_config(accelerator(gradient_clipping=0.5), cfg, 3)
+    with pytest.raises(LaffiError, match=r"deepspeed gradient_accumulation_steps is 1, but laffi train needs 3 "):
+        _fill_deepspeed_config(accelerator(gradient_accumulation_steps=1), cfg, 3)

@@ -1,10 +1,13 @@
-"""Run `python -m laffi ...` on accelerate's FSDP 2 engine with CPU processes (gloo): for tests only.
+"""`python -m laffi ...` for the data-parallel tests, started by torchrun or `accelerate launch`, with two test hooks.
 
-accelerate prepares FSDP only on GPU-like devices: on CPU processes it sets MULTI_CPU even when the environment asks
-for FSDP (ACCELERATE_USE_FSDP=true and the FSDP_* settings, as `accelerate launch --config_file fsdp.yaml` sets them).
-PyTorch's FSDP 2 itself runs on CPU with gloo, so this wrapper only turns accelerate's state to FSDP after it has set
-up the process group, with the plugin read from that same environment; everything else (accelerate's
-`fsdp2_prepare_model`, clipping, no_sync, state dicts, laffi's loop) is the code a GPU run uses. Started by torchrun.
+FSDP_ON_CPU=1: accelerate prepares FSDP only on GPU-like devices; on CPU processes it sets MULTI_CPU even when the
+environment asks for FSDP (ACCELERATE_USE_FSDP=true and the FSDP_* settings, as `accelerate launch --config_file
+fsdp.yaml` sets them). PyTorch's FSDP 2 itself runs on CPU with gloo, so this only turns accelerate's state to FSDP
+after it has set up the process group, with the plugin read from that same environment; everything else
+(accelerate's `fsdp2_prepare_model`, clipping, no_sync, save_state, laffi's loop) is the code a GPU run uses.
+
+EXIT_AFTER_CHECKPOINT=1: every process exits (status 3) right after the run's first checkpoint: a crash, for the
+resume tests.
 """
 
 import os
@@ -24,7 +27,6 @@ def _init_as_fsdp(self, *args, **kwargs):
 
 
 def _exit_after_checkpoint() -> None:
-    """EXIT_AFTER_CHECKPOINT=1: every process exits right after the run's first checkpoint (a crash, for resume tests)."""
     from laffi import training
 
     checkpoint = training._checkpoint
@@ -37,7 +39,8 @@ def _exit_after_checkpoint() -> None:
 
 
 if __name__ == "__main__":
-    Accelerator.__init__ = _init_as_fsdp
+    if os.environ.get("FSDP_ON_CPU") == "1":
+        Accelerator.__init__ = _init_as_fsdp
     if os.environ.get("EXIT_AFTER_CHECKPOINT") == "1":
         _exit_after_checkpoint()
     from laffi.cli import main
