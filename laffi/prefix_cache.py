@@ -78,7 +78,12 @@ def greedy_ids(
 ) -> list[list[int]] | None:
     """Greedy continuations of every prompt as token ids (ending with the stop token if one came, as `model.generate`
     returns them), or None when this model's cache is not a plain per-layer key/value cache (the caller then falls
-    back to the plain path)."""
+    back to the plain path).
+
+    Continuous batching: up to `batch_size` rows decode together; when half of them have stopped, queued prompts
+    join (their suffixes prefilled over their cached prefixes, their caches appended to the batch). Answers are short
+    and their lengths vary a lot (most stop within a few tokens, a few run to `max_new_tokens`), so a fixed batch
+    would spend most decode steps on one or two long rows. `on_batch(indices, tokens)` reports rows as they stop."""
     import torch
 
     level0, groups = plan(encoded)
@@ -88,24 +93,37 @@ def greedy_ids(
         prefix_kv = _prefill(model, encoded[0][:level0], None, 0)
         if prefix_kv is None:
             return None
-        rows = [(i, g) for g in groups for i in g.members]
+        queue = [(i, g) for g in groups for i in g.members]
         segments: dict[int, list[tuple[Any, Any]]] = {}
-        remaining = {id(g): len(g.members) for g in groups}
+        unadmitted = {id(g): len(g.members) for g in groups}
         outputs: list[list[int]] = [[] for _ in encoded]
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            for _, g in batch:
-                if id(g) not in segments:
-                    ids = encoded[g.members[0]][level0 : g.prefix_len]
-                    segments[id(g)] = _prefill(model, ids, prefix_kv, level0) if ids else []
-            tokens = _decode_batch(model, encoded, batch, level0, prefix_kv, segments, max_new_tokens, stops, pad_id)
-            for (i, g), out in zip(batch, tokens, strict=True):
-                outputs[i] = out
-                remaining[id(g)] -= 1
-                if remaining[id(g)] == 0:
-                    del segments[id(g)]  # free a passage's cache once all its questions are answered
-            if on_batch is not None:
-                on_batch([i for i, _ in batch], tokens)
+        stop_set, done = set(stops), 0
+        live: _Rows | None = None
+        while done < len(encoded):
+            room = batch_size - (live.n if live else 0)
+            if queue and room >= batch_size - batch_size // 2:
+                admit, queue = queue[:room], queue[room:]
+                for _, g in admit:
+                    if id(g) not in segments:
+                        ids = encoded[g.members[0]][level0 : g.prefix_len]
+                        segments[id(g)] = _prefill(model, ids, prefix_kv, level0) if ids else []
+                new = _start_rows(model, encoded, admit, level0, prefix_kv, segments, pad_id)
+                for _, g in admit:
+                    unadmitted[id(g)] -= 1
+                    if unadmitted[id(g)] == 0:
+                        del segments[id(g)]  # every question on this passage holds its own copy now
+                finished = new.record(outputs, stop_set, max_new_tokens)  # their first tokens
+                live = new if live is None else live.join(new)
+            else:
+                assert live is not None
+                live.step(model)
+                finished = live.record(outputs, stop_set, max_new_tokens)
+            if finished:
+                done += len(finished)
+                if on_batch is not None:
+                    on_batch(finished, [outputs[i] for i in finished])
+                gone = set(finished)
+                live = live.keep([r for r, i in enumerate(live.rows) if i not in gone])
     return outputs
 
 
@@ -129,21 +147,91 @@ def _prefill(model: Any, ids: list[int], past: list[tuple[Any, Any]] | None, off
     return [(layer.keys[:, :, offset:], layer.values[:, :, offset:]) for layer in layers]
 
 
-def _decode_batch(
+@dataclass
+class _Rows:
+    """The rows decoding together: prompt indices, their key/value cache (one row each), 2-D attention mask over the
+    cache's columns, the position id of each row's next token, and each row's last chosen token (its next input)."""
+
+    rows: list[int]
+    cache: Any
+    attention: Any
+    next_pos: Any
+    chosen: list[int]
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def step(self, model: Any) -> None:
+        """One greedy decode step of every row."""
+        import torch
+
+        self.attention = torch.cat([self.attention, torch.ones((self.n, 1), dtype=torch.long)], dim=1)
+        out = model(input_ids=torch.tensor(self.chosen)[:, None], cache=self.cache, attention_mask=self.attention,
+                    position_ids=self.next_pos[:, None], use_cache=True, logits_to_keep=1)  # fmt: skip
+        self.cache = out.cache
+        self.next_pos = self.next_pos + 1
+        self.chosen = out.logits[:, -1].argmax(dim=-1).tolist()
+
+    def record(self, outputs: list[list[int]], stops: set[int], max_new_tokens: int) -> list[int]:
+        """Append each row's chosen token to its output; returns the prompt indices that have stopped."""
+        finished = []
+        for i, token in zip(self.rows, self.chosen, strict=True):
+            outputs[i].append(token)
+            if token in stops or len(outputs[i]) >= max_new_tokens:
+                finished.append(i)
+        return finished
+
+    def keep(self, rows: list[int]) -> _Rows | None:
+        """These rows only (positions in this batch), or None when none is left."""
+        import torch
+
+        if not rows:
+            return None
+        if len(rows) < self.n:
+            index = torch.tensor(rows)
+            self.cache.batch_select_indices(index)
+            self.attention, self.next_pos = self.attention[index], self.next_pos[index]
+            self.rows, self.chosen = [self.rows[r] for r in rows], [self.chosen[r] for r in rows]
+        return self
+
+    def join(self, other: _Rows) -> _Rows:
+        """Both batches' rows in one: the narrower cache is padded with masked columns on the left (every token
+        keeps its position id, so where its column is does not matter)."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        width = max(self.attention.shape[1], other.attention.shape[1])
+
+        def left_pad(t: Any, dim: int) -> Any:
+            missing = width - t.shape[dim]
+            if not missing:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        kv = [(torch.cat([left_pad(a.keys, 2), left_pad(b.keys, 2)]),
+               torch.cat([left_pad(a.values, 2), left_pad(b.values, 2)]))
+              for a, b in zip(self.cache.layers, other.cache.layers, strict=True)]  # fmt: skip
+        attention = torch.cat([left_pad(self.attention, 1), left_pad(other.attention, 1)])
+        return _Rows(rows=self.rows + other.rows, cache=DynamicCache(ddp_cache_data=kv), attention=attention,
+                     next_pos=torch.cat([self.next_pos, other.next_pos]), chosen=self.chosen + other.chosen)
+
+
+def _start_rows(
     model: Any,
     encoded: list[list[int]],
     batch: list[tuple[int, Group]],
     level0: int,
     prefix_kv: list[tuple[Any, Any]],
     segments: dict[int, list[tuple[Any, Any]]],
-    max_new_tokens: int,
-    stops: list[int],
     pad_id: int,
-) -> list[list[int]]:
-    """Prefill each row's suffix over its cached prefix, then greedy steps until every row has stopped.
+) -> _Rows:
+    """Prefill each row's suffix over its cached prefix; the rows with their first chosen token.
 
-    Column layout of row r: [level 0][pad][its group's segment][pad][its suffix][generated...], so every row's last
-    token sits in the same column. Padding is masked; position ids count real tokens only."""
+    Column layout of row r: [level 0][pad][its group's segment][pad][its suffix], so every row's last token sits in
+    the same column. Padding is masked; position ids count real tokens only."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -172,31 +260,7 @@ def _decode_batch(
                 keys[r, :, level0 + seg_w - seg_lens[r] : level0 + seg_w] = ks[0]
                 values[r, :, level0 + seg_w - seg_lens[r] : level0 + seg_w] = vs[0]
         kv.append((keys, values))
-    cache = DynamicCache(ddp_cache_data=kv)
-    outputs: list[list[int]] = [[] for _ in batch]
-    live = list(range(n))  # batch rows still generating, in cache row order
-    next_pos = positions[:, -1] + 1
-    stop_set = set(stops)
-    for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, cache=cache, attention_mask=attention, position_ids=positions,
-                    use_cache=True, logits_to_keep=1)  # fmt: skip
-        cache = out.cache
-        chosen = out.logits[:, -1].argmax(dim=-1).tolist()
-        keep = []
-        for row, token in enumerate(chosen):
-            outputs[live[row]].append(token)
-            if token not in stop_set and len(outputs[live[row]]) < max_new_tokens:
-                keep.append(row)
-        if not keep:
-            break
-        if len(keep) < len(live):  # drop finished rows: later steps only compute the live ones
-            index = torch.tensor(keep)
-            cache.batch_select_indices(index)
-            attention, next_pos = attention[index], next_pos[index]
-            chosen = [chosen[k] for k in keep]
-            live = [live[k] for k in keep]
-        input_ids = torch.tensor(chosen)[:, None]
-        positions = next_pos[:, None]
-        next_pos = next_pos + 1
-        attention = torch.cat([attention, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-    return outputs
+    out = model(input_ids=input_ids, cache=DynamicCache(ddp_cache_data=kv), attention_mask=attention,
+                position_ids=positions, use_cache=True, logits_to_keep=1)  # fmt: skip
+    return _Rows(rows=[i for i, _ in batch], cache=out.cache, attention=attention, next_pos=positions[:, -1] + 1,
+                 chosen=out.logits[:, -1].argmax(dim=-1).tolist())  # fmt: skip

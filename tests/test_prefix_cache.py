@@ -92,3 +92,28 @@ def test_on_batch_reports_every_prompt_once(tiny, excerpt_questions):
 
     out = generate(model, tok, texts, DecodeSettings(3, 3), on_batch=record)
     assert [seen[i] for i in range(len(texts))] == out
+
+
+def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny, excerpt_questions, monkeypatch):
+    """Continuous batching: queued prompts join while other rows are mid-answer (their caches padded to a common
+    width). Every row must produce what it produces decoded alone (batch size 1, where no batch is ever joined)."""
+    from laffi import prefix_cache
+
+    model, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    encoded = [tok(prompts.render(prompts.qa_messages(q, 2), tok), add_special_tokens=False)["input_ids"] for q in qs]
+    stops = stop_token_ids(tok, model)
+    free = greedy_ids(model, encoded, 10, 1, stops, tok.pad_token_id)
+    # A stop token that rows reach at different steps (or never), so rows leave at different times.
+    counts = {t: sum(t in ids for ids in free) for ids in free for t in ids[1:6]}
+    stop = max(counts, key=lambda t: (0 < counts[t] < len(free), -abs(counts[t] - len(free) / 2)))
+    alone = greedy_ids(model, encoded, 10, 1, [*stops, stop], tok.pad_token_id)
+    assert len({len(ids) for ids in alone}) > 2, [len(ids) for ids in alone]  # rows of several lengths
+    joins = []
+    join = prefix_cache._Rows.join
+    monkeypatch.setattr(prefix_cache._Rows, "join", lambda self, other: joins.append((self.n, other.n)) or
+                        join(self, other))  # fmt: skip
+    for batch_size in (2, 3, 4):
+        joins.clear()
+        assert greedy_ids(model, encoded, 10, batch_size, [*stops, stop], tok.pad_token_id) == alone
+        assert joins and all(live > 0 for live, _ in joins), (batch_size, [len(i) for i in alone])
