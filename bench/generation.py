@@ -112,7 +112,8 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=200)
     p.add_argument("--passage", choices=["any", "short", "medium", "long"], default="any")
     p.add_argument("--shots", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8, help="rows decoded together by the batched paths")
+    p.add_argument("--batch", default="8", help="rows decoded together by the batched paths; a comma-separated list "
+                   "runs laffi's path once per value, side by side (e.g. 8,16,32)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
@@ -131,10 +132,13 @@ def main() -> None:
     print(f"matmul peak ({args.dtype}, measured now): {peak / 1e9:.1f} GFLOP/s")
 
     runs = {"naive": lambda: naive(model, tokenizer, texts, args.max_new_tokens)}
+    batches = [int(b) for b in args.batch.split(",")]
     if not args.skip_plain:
-        plain = DecodeSettings(args.max_new_tokens, args.batch, reuse_prefix=False)
+        plain = DecodeSettings(args.max_new_tokens, batches[0], reuse_prefix=False)
         runs["plain"] = lambda: generate(model, tokenizer, texts, plain)
-    runs["laffi"] = lambda: generate(model, tokenizer, texts, DecodeSettings(args.max_new_tokens, args.batch))
+    for b in batches:
+        name = "laffi" if len(batches) == 1 else f"laffi-b{b}"
+        runs[name] = lambda b=b: generate(model, tokenizer, texts, DecodeSettings(args.max_new_tokens, b))
     results = {}
     for name, fn in runs.items():
         counter.flops = 0.0
@@ -145,10 +149,16 @@ def main() -> None:
         results[name] = (seconds, raws, counter.flops)
         same = sum(a == b for a, b in zip(raws, results["naive"][1], strict=True)) / len(raws)
         f1 = squad_v2_scores(questions, answers)["f1"]
-        print(f"{name:6s} {len(questions) / seconds:6.2f} questions/s  {results['naive'][0] / seconds:5.2f}x naive  "
+        print(f"{name:9s} {len(questions) / seconds:6.2f} questions/s  {results['naive'][0] / seconds:5.2f}x naive  "
               f"identical to naive {100 * same:5.1f}%  F1 {f1:5.1f}  "
               f"{counter.flops / seconds / 1e9:6.1f} GFLOP/s = {100 * counter.flops / seconds / peak:4.1f}% of peak  "
               f"({counter.flops / 1e12:.2f} TFLOP in {seconds:.1f} s)")  # fmt: skip
+        if name != "naive":
+            # speed-up = (work the naive loop does / work this path does) x (this path's FLOP/s / naive's FLOP/s)
+            naive_s, _, naive_flops = results["naive"]
+            work = naive_flops / counter.flops
+            rate = (counter.flops / seconds) / (naive_flops / naive_s)
+            print(f"{'':9s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Side-by-side: TRL's SFTTrainer vs laffi's training loop on the same LoRA work. Not a timed test.
 
-Both train the bundled model (bf16 weights, LoRA fp32) on the same tokenized LaFFi examples from the pool, with the
-same LoRA settings, batch and micro-batch sizes, learning rate and number of steps. Each runs in its own process, so
-peak RSS is its own. Prints non-padding tokens/s, the ratio, MFU (model FLOPs per second over the bf16 matmul peak
-measured in this run), peak RSS and the final loss of both.
+Both train the bundled model (bf16 weights, LoRA fp32) on the same tokenized LaFFi examples from the pool, in the
+same order (laffi's seeded schedule; TRL reads them sequentially), with the same LoRA settings, batch and
+micro-batch sizes, learning rate and number of steps. Each runs in its own process, so peak RSS is its own. Prints
+non-padding tokens/s, the ratio, MFU (model FLOPs per second over the bf16 matmul peak measured in this run), peak
+RSS, the final loss of both and their largest per-step loss difference (same work: the losses must be close).
+A third process, "bare f+b", runs only the frozen model's forward and backward on the same micro-batches: the MFU
+that no LoRA loop can exceed on this machine.
 
     .venv/bin/python bench/training.py --examples 200 --steps 8 --batch 4 --micro 4 --max-length 512
 
@@ -40,16 +43,65 @@ def examples(n: int):
     return build_examples("laffi", qs, feedback, load_tokenizer(MODEL), shots=2, seed=0)
 
 
-def run_laffi(args, out: Path) -> dict:
+def laffi_config(args):
     from laffi.config import TrainConfig
-    from laffi.training import train
 
-    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
-                      max_length=args.max_length, checkpoint_every=args.checkpoint_every)  # fmt: skip
-    exs = examples(args.examples)
+    return TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
+                       max_length=args.max_length, checkpoint_every=args.checkpoint_every)  # fmt: skip
+
+
+def consumed(args) -> list[dict]:
+    """The tokenized examples laffi's loop trains on, in its order (its seeded shuffle, `step_schedule`). TRL is given
+    the same examples in the same order, so both sides do exactly the same work and their losses are comparable."""
+    from laffi.models import load_tokenizer
+    from laffi.training import step_schedule, tokenize_example
+
+    tok = load_tokenizer(MODEL)
+    rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
+    return [rows[i] for step in step_schedule(rows, laffi_config(args)) for mb in step for i in mb]
+
+
+def run_laffi(args, out: Path) -> dict:
+    from laffi import models
+    from laffi.training import TRAIN_LOG, train
+
+    # Time from the end of model loading, as TRL's side is timed from trainer.train() (its model is loaded before).
+    loaded = {}
+    load = models.load_model
+
+    def timed_load(*a, **k):
+        model = load(*a, **k)
+        loaded["at"] = time.perf_counter()
+        return model
+
+    models.load_model = timed_load
+    train(MODEL, "bfloat16", examples(args.examples), laffi_config(args), out, progress=False)
+    seconds = time.perf_counter() - loaded["at"]
+    losses = [json.loads(line)["loss"] for line in (out / TRAIN_LOG).read_text().splitlines()]
+    return {"seconds": seconds, "losses": losses}
+
+
+def run_bare(args, out: Path) -> dict:
+    """The ceiling: forward and backward of the frozen bf16 model on the same micro-batches (gradients for the
+    activations only, no LoRA, no checkpointing, LM head on the loss positions as laffi does). A LoRA loop does this
+    work plus its own, so its MFU cannot exceed this one's on the same machine."""
+    import torch
+
+    from laffi.models import load_model
+    from laffi.training import batch_tensors
+
+    rows = consumed(args)
+    model = load_model(MODEL, dtype="bfloat16")
+    model.requires_grad_(False)
+    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
     start = time.perf_counter()
-    info = train(MODEL, "bfloat16", exs, cfg, out, progress=False)
-    return {"seconds": time.perf_counter() - start, "final_loss": info["final_loss"]}
+    for b in range(0, len(rows), args.micro):
+        ids, attention, target = batch_tensors(rows[b : b + args.micro], 0)
+        embeds = body.get_input_embeddings()(ids).detach().requires_grad_(True)
+        hidden = body(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+        logits = head(hidden[:, :-1][target[:, 1:]]).float()
+        torch.nn.functional.cross_entropy(logits, ids[:, 1:][target[:, 1:]]).backward()
+    return {"seconds": time.perf_counter() - start, "losses": [float("nan")]}
 
 
 def run_trl(args, out: Path) -> dict:
@@ -59,10 +111,9 @@ def run_trl(args, out: Path) -> dict:
 
     from laffi.config import TrainConfig
     from laffi.models import load_model, load_tokenizer
-    from laffi.training import lora_config, tokenize_example
+    from laffi.training import lora_config
 
     tok = load_tokenizer(MODEL)
-    rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
     cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
     sft_args = SFTConfig(
         output_dir=str(out), per_device_train_batch_size=args.micro,
@@ -70,26 +121,26 @@ def run_trl(args, out: Path) -> dict:
         learning_rate=cfg.learning_rate, max_steps=args.steps, lr_scheduler_type="linear", logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=args.max_length, completion_only_loss=True,
         disable_tqdm=True,
+        # Not a speed setting: the examples arrive already in laffi's order (see `consumed`), so both do the same work.
+        train_sampling_strategy="sequential",
     )  # fmt: skip
     torch.manual_seed(0)
     model = load_model(MODEL, dtype="bfloat16", trainable=True)
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=lora_config(cfg))  # fmt: skip
+    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(consumed(args)),
+                         processing_class=tok, peft_config=lora_config(cfg))  # fmt: skip
     start = time.perf_counter()
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {"seconds": time.perf_counter() - start, "final_loss": float(losses[-1])}
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    return {"seconds": time.perf_counter() - start, "losses": losses}
 
 
 def tokens_trained(args) -> tuple[int, float]:
-    """Non-padding tokens the steps consume (both sides see the same examples per step count), and model FLOPs."""
+    """Non-padding tokens of the examples both sides train on (the same ones), and their model FLOPs."""
     from transformers import AutoConfig
 
-    from laffi.models import load_tokenizer, resolve_model
-    from laffi.training import tokenize_example
+    from laffi.models import resolve_model
 
-    tok = load_tokenizer(MODEL)
-    rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
+    rows = consumed(args)
     cfg = AutoConfig.from_pretrained(resolve_model(MODEL))
     d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * d // cfg.num_attention_heads
@@ -99,8 +150,7 @@ def tokens_trained(args) -> tuple[int, float]:
         n, loss = len(r["input_ids"]), sum(r["completion_mask"])
         attention = layers * 4 * d * n * (n + 1) / 2  # QK^T and AV, causal
         flops += 2 * (2 * layer_params * n + attention + 2 * vocab * d * loss)  # forward + activation gradients
-    scale = args.batch * args.steps / len(rows)
-    return int(sum(len(r["input_ids"]) for r in rows) * scale), flops * scale
+    return sum(len(r["input_ids"]) for r in rows), flops
 
 
 def bf16_matmul_peak() -> float:
@@ -125,20 +175,21 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--which", choices=["laffi", "trl"])
+    p.add_argument("--which", choices=["laffi", "trl", "bare"])
     p.add_argument("--out", default="/tmp/laffi-bench-training")
     p.add_argument("--checkpoint-every", type=int, default=1, help="laffi side: train.checkpoint_every")
     p.add_argument("--laffi-variants", default="", help="Also run laffi with these checkpoint_every values, e.g. 2,3")
     args = p.parse_args()
     if args.which:  # child process: one side only
-        result = (run_laffi if args.which == "laffi" else run_trl)(args, Path(args.out) / args.which)
+        run = {"laffi": run_laffi, "trl": run_trl, "bare": run_bare}[args.which]
+        result = run(args, Path(args.out) / args.which)
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(json.dumps(result))
         return
     tokens, flops = tokens_trained(args)
     peak = bf16_matmul_peak()
     results = {}
-    runs = [("trl", "trl", []), ("laffi", "laffi", [])]
+    runs = [("trl", "trl", []), ("laffi", "laffi", []), ("bare f+b", "bare", [])]
     runs += [(f"laffi/ckpt{n}", "laffi", ["--checkpoint-every", n]) for n in args.laffi_variants.split(",") if n]
     for name, which, extra in runs:
         cmd = [sys.executable, __file__, "--which", which, *sys.argv[1:], *extra]
@@ -148,8 +199,12 @@ def main() -> None:
     for which, r in results.items():
         mfu = flops / r["seconds"] / peak
         print(f"{which:11s} {tokens / r['seconds']:7.1f} tokens/s  MFU {100 * mfu:4.1f}%  "
-              f"peak RSS {r['peak_rss_gib']:.2f} GiB  final loss {r['final_loss']:.4f}  "
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB  final loss {r['losses'][-1]:.4f}  "
               f"({r['seconds']:.1f} s for {args.steps} steps)")  # fmt: skip
+    for name in [n for n in results if n.startswith("laffi")]:
+        gap = max(abs(a - b) for a, b in zip(results[name]["losses"], results["trl"]["losses"], strict=True))
+        print(f"{name}: largest per-step loss difference from TRL {gap:.4f} over {args.steps} steps")
+    print("bare f+b: the frozen model's forward and backward alone on the same micro-batches: the MFU ceiling")
     for name in [n for n in results if n.startswith("laffi/")]:
         print(f"ratio {name} / trl: {results['trl']['seconds'] / results[name]['seconds']:.2f}x")
     print(f"ratio laffi / trl: {results['trl']['seconds'] / results['laffi']['seconds']:.2f}x "
