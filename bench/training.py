@@ -44,10 +44,18 @@ def examples(n: int):
 
 
 def laffi_config(args):
+    from dataclasses import replace
+
     from laffi.config import TrainConfig
 
-    return TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
-                       max_length=args.max_length, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
+                      max_length=args.max_length)  # fmt: skip
+    for setting in args.laffi_set:  # key=value, typed like the field's default
+        key, value = setting.split("=", 1)
+        default = getattr(cfg, key)
+        typed = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
+        cfg = replace(cfg, **{key: typed})
+    return cfg
 
 
 def consumed(args) -> list[dict]:
@@ -177,8 +185,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--which", choices=["laffi", "trl", "bare"])
     p.add_argument("--out", default="/tmp/laffi-bench-training")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="laffi side: train.checkpoint_every")
-    p.add_argument("--laffi-variants", default="", help="Also run laffi with these checkpoint_every values, e.g. 2,3")
+    p.add_argument("--laffi-set", action="append", default=[], help="laffi side: a train setting, key=value")
+    p.add_argument("--laffi-variants", default="", help="Also run laffi with other train settings: variants separated "
+                   "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
     args = p.parse_args()
     if args.which:  # child process: one side only
         run = {"laffi": run_laffi, "trl": run_trl, "bare": run_bare}[args.which]
@@ -190,7 +199,9 @@ def main() -> None:
     peak = bf16_matmul_peak()
     results = {}
     runs = [("trl", "trl", []), ("laffi", "laffi", []), ("bare f+b", "bare", [])]
-    runs += [(f"laffi/ckpt{n}", "laffi", ["--checkpoint-every", n]) for n in args.laffi_variants.split(",") if n]
+    for variant in [v for v in args.laffi_variants.split(";") if v]:
+        settings = variant.split("+")
+        runs.append((f"laffi/{variant}", "laffi", [a for kv in settings for a in ("--laffi-set", kv)]))
     for name, which, extra in runs:
         cmd = [sys.executable, __file__, "--which", which, *sys.argv[1:], *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -198,7 +209,7 @@ def main() -> None:
     print(f"bf16 matmul peak (measured now): {peak / 1e9:.1f} GFLOP/s")
     for which, r in results.items():
         mfu = flops / r["seconds"] / peak
-        print(f"{which:11s} {tokens / r['seconds']:7.1f} tokens/s  MFU {100 * mfu:4.1f}%  "
+        print(f"{which:11s}\n{'':11s} {tokens / r['seconds']:7.1f} tokens/s  MFU {100 * mfu:4.1f}%  "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB  final loss {r['losses'][-1]:.4f}  "
               f"({r['seconds']:.1f} s for {args.steps} steps)")  # fmt: skip
     for name in [n for n in results if n.startswith("laffi")]:

@@ -200,13 +200,15 @@ def train(
     if cfg.batch_size % cfg.micro_batch_size:
         raise LaffiError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                          f"({cfg.micro_batch_size})")  # fmt: skip
+    keep = _keep_names(cfg.checkpoint_keep)
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
     with peft_quietly():
         model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
     if cfg.gradient_checkpointing:
-        _enable_checkpointing(model, cfg.checkpoint_every)
-        model.enable_input_require_grads()
+        # Non-reentrant checkpointing needs no gradient on the inputs (PEFT's enable_input_require_grads is for the
+        # reentrant kind): without it the backward pass skips the gradient into the embeddings.
+        _enable_checkpointing(model, cfg.checkpoint_every, _keep_policy(keep, model))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     # Under `accelerate launch` / torchrun: data-parallel on accelerate's engine (laffi/distributed.py); else None.
@@ -240,6 +242,8 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        if cfg.trim_memory:
+            _trim_heap()
         log.append({"step": step + 1, "loss": total / n_loss, "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm, "loss_tokens": n_loss})  # fmt: skip
         bar.update(1)
@@ -355,16 +359,81 @@ def _linear(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _enable_checkpointing(model: Any, every: int = 1) -> None:
+def _enable_checkpointing(model: Any, every: int = 1, policy: Any = None) -> None:
     """Recompute activations in the backward pass (every `every`-th layer), under transformers 5's name when it has
-    it (the old name warns and has no `every_n_layers`)."""
+    it (the old name warns and has no `every_n_layers`); `policy`: what to keep instead of recomputing."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if policy is not None:
+        from functools import partial
+
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, policy)
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every)
+        enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
     elif every == 1:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
         raise LaffiError("train.checkpoint_every: needs transformers >= 5 (activation_checkpointing_enable)")
+
+
+KEEP_CHOICES = ("attention", "down")
+
+
+def _keep_names(keep: str) -> list[str]:
+    names = [k.strip() for k in keep.split(",") if k.strip()]
+    unknown = [k for k in names if k not in KEEP_CHOICES]
+    if unknown:
+        raise LaffiError(f"train.checkpoint_keep: unknown {unknown[0]!r} (choose from {', '.join(KEEP_CHOICES)})")
+    return names
+
+
+def _keep_policy(names: list[str], model: Any) -> Any:
+    """Selective checkpointing (torch.utils.checkpoint): the ops whose outputs `train.checkpoint_keep` names are
+    saved in the forward pass and replayed, not recomputed, in the backward pass; everything else is recomputed.
+
+    'attention': the fused attention kernels (their output is one hidden-size row per token, their recompute costs
+    ~10 % of a layer on CPU). 'down': matmuls whose inner dimension is larger than the hidden size, i.e. the MLP's
+    down projection (and its LoRA A): per byte kept they save intermediate/hidden times more recompute than any other
+    projection. Returns None for no names (recompute everything)."""
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if not names:
+        return None
+    aten = torch.ops.aten
+    attention = {getattr(aten, name).default for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, name)}
+    hidden = model.get_base_model().config.hidden_size
+
+    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+        if "attention" in names and op in attention:
+            return CheckpointPolicy.MUST_SAVE
+        if "down" in names and op is aten.mm.default and args[0].shape[-1] > hidden:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc's malloc_trim). PyTorch on CPU frees tensors to malloc, which
+    keeps the pages: without this, each step's peak adds to the last one's leftovers. No-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        lib = ctypes.CDLL(name) if name else None
+        _LIBC = lib if lib is not None and hasattr(lib, "malloc_trim") else False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def _progress_bar(total: int, start: int, enabled: bool) -> Any:

@@ -81,14 +81,82 @@ def test_gradient_checkpointing_trains_the_same(tmp_path, tiny_model_dir, tokeni
     qs = excerpt_questions[:4]
     exs = build_examples("laffi", qs, [reference.annotate(q, "") for q in qs], tokenizer, shots=0, seed=0)
     losses = {}
-    # (checkpointing, every n-th layer): off, every layer (the default), every second layer (train.checkpoint_every)
-    for ckpt, every in ((False, 1), (True, 1), (True, 2)):
+    # (checkpointing, every n-th layer, kept outputs, heap trimming): off; every layer with the default selective
+    # keep; recompute all; every second layer (train.checkpoint_every); only attention kept, without trimming.
+    variants = [(False, 1, "", True), (True, 1, "attention,down", True), (True, 1, "", True), (True, 2, "", True),
+                (True, 1, "attention", False)]  # fmt: skip
+    for ckpt, every, keep, trim in variants:
         cfg = TrainConfig(max_steps=3, batch_size=4, micro_batch_size=2, lora_r=4, learning_rate=1e-2,
-                          gradient_checkpointing=ckpt, checkpoint_every=every)  # fmt: skip
-        out = tmp_path / f"{ckpt}-{every}"
+                          gradient_checkpointing=ckpt, checkpoint_every=every, checkpoint_keep=keep,
+                          trim_memory=trim)  # fmt: skip
+        out = tmp_path / f"{ckpt}-{every}-{keep}-{trim}"
         train(str(tiny_model_dir), "float32", exs, cfg, out, progress=False)
         log = (out / "train_log.jsonl").read_text().splitlines()
-        losses[ckpt, every] = [json.loads(line)["loss"] for line in log]
-    assert losses[True, 1] == pytest.approx(losses[False, 1], rel=1e-5)
-    assert losses[True, 2] == pytest.approx(losses[False, 1], rel=1e-5)
-    assert losses[True, 1][0] != losses[True, 1][-1]
+        losses[ckpt, every, keep, trim] = [json.loads(line)["loss"] for line in log]
+    plain = losses[variants[0]]
+    for v in variants[1:]:
+        assert losses[v] == pytest.approx(plain, rel=1e-5), v
+    assert plain[0] != plain[-1]
+
+
+@pytest.mark.parametrize("keep", ["", "attention", "down", "attention,down"])
+def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_dir, tokenizer, excerpt_questions,
+                                                                     keep):  # fmt: skip
+    """train.checkpoint_keep: the backward pass recomputes the layers' forward except the kept ops, which are replayed
+    from the forward pass. Counted with a dispatch mode: attention kernels and down-projection matmuls run again in
+    the backward pass only when not kept; the LoRA gradients are the same either way."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from laffi.training import _enable_checkpointing, _keep_names, _keep_policy
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.attention = self.down = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in str(func) and "backward" not in str(func):  # forward kernels only
+                self.attention += 1
+            if func is torch.ops.aten.mm.default and args[0].shape[-1] > 32:  # tiny model: hidden 32
+                self.down += 1
+            return func(*args, **(kwargs or {}))
+
+    rows = _rows(tokenizer, excerpt_questions)
+    reference_grads = _lora_grads(_peft(tiny_model_dir, "float32"), rows, tokenizer.pad_token_id, _nothing())[1]
+    model = _peft(tiny_model_dir, "float32")
+    _enable_checkpointing(model, 1, _keep_policy(_keep_names(keep), model))
+    torch.manual_seed(1)
+    loss = completion_loss_sum(model, rows, tokenizer.pad_token_id)
+    with Count() as backward:
+        loss.backward()
+    layers = model.get_base_model().config.num_hidden_layers
+    assert backward.attention == (0 if "attention" in keep else layers)
+    # Recomputing the down projection runs its base matmul and its LoRA A matmul (inner dimension 64 > 32).
+    assert backward.down >= (0 if "down" in keep else 2 * layers)
+    recomputed_down = backward.down
+    grads = torch.cat([p.grad.flatten().float() for n, p in model.named_parameters() if "lora_" in n])
+    assert torch.allclose(grads, reference_grads, rtol=1e-4, atol=1e-6)
+    if "down" in keep:  # what remains are the backward pass's own matmuls (gradients through down), not recompute
+        model.zero_grad()
+        _enable_checkpointing(model, 1, None)
+        torch.manual_seed(1)
+        loss = completion_loss_sum(model, rows, tokenizer.pad_token_id)
+        with Count() as everything:
+            loss.backward()
+        assert everything.down == recomputed_down + 2 * layers
+
+
+def test_checkpoint_keep_names_are_checked():
+    from laffi.errors import LaffiError
+    from laffi.training import _keep_names
+
+    assert _keep_names(" attention , down ") == ["attention", "down"] and _keep_names("") == []
+    with pytest.raises(LaffiError, match=r"^train.checkpoint_keep: unknown 'mlp' \(choose from attention, down\)$"):
+        _keep_names("attention,mlp")
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
