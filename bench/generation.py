@@ -67,6 +67,7 @@ class FlopCounter:
         self.attn = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim
         self.head = 2 * cfg.vocab_size * cfg.hidden_size
         self.flops = 0.0
+        self.decode_steps = self.decode_rows = 0  # forward passes of one new token per row, and their rows
         body.register_forward_pre_hook(self._body, with_kwargs=True)
         model.get_output_embeddings().register_forward_hook(self._head)
 
@@ -75,6 +76,9 @@ class FlopCounter:
         if ids is None:
             return
         b, t = ids.shape
+        if t == 1:
+            self.decode_steps += 1
+            self.decode_rows += b
         mask = kwargs.get("attention_mask")
         ctx = mask.shape[1] if mask is not None else t
         # Attention: each new token sees about ctx - t/2 earlier tokens on average (causal within the new block).
@@ -142,6 +146,7 @@ def main() -> None:
     results = {}
     for name, fn in runs.items():
         counter.flops = 0.0
+        counter.decode_steps = counter.decode_rows = 0
         start = time.perf_counter()
         raws = fn()
         seconds = time.perf_counter() - start
@@ -158,7 +163,9 @@ def main() -> None:
             naive_s, _, naive_flops = results["naive"]
             work = naive_flops / counter.flops
             rate = (counter.flops / seconds) / (naive_flops / naive_s)
-            print(f"{'':9s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s")
+            rows = counter.decode_rows / max(1, counter.decode_steps)
+            print(f"{'':9s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s; "
+                  f"{counter.decode_steps} decode steps of {rows:.1f} rows on average")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,8 @@ def train(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
     with peft_quietly():
         model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
+    if cfg.fast_dropout:
+        _use_fast_dropout(model)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no gradient on the inputs (PEFT's enable_input_require_grads is for the
         # reentrant kind): without it the backward pass skips the gradient into the embeddings.
@@ -351,6 +353,20 @@ def _lora_in_base_dtype(model: Any) -> Any:
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
     return torch.autocast(param.device.type, dtype=torch.bfloat16)
+
+
+def _use_fast_dropout(model: Any) -> None:
+    """Swap PEFT's LoRA dropout modules for `laffi.dropout.FastDropout` (same probability, masks from numpy)."""
+    import torch
+
+    from laffi.dropout import FastDropout
+
+    for module in model.modules():
+        drop = getattr(module, "lora_dropout", None)
+        if isinstance(drop, torch.nn.ModuleDict):
+            for name, d in drop.items():
+                if isinstance(d, torch.nn.Dropout) and d.p > 0:
+                    drop[name] = FastDropout(d.p)
 
 
 def _linear(step: int, warmup: int, total: int) -> float:
