@@ -108,6 +108,7 @@ def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from laffi.models import peft_quietly
     from laffi.training import _enable_checkpointing, _keep_names, _keep_policy
 
     class Count(TorchDispatchMode):
@@ -125,7 +126,8 @@ def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_
     rows = _rows(tokenizer, excerpt_questions)
     reference_grads = _lora_grads(_peft(tiny_model_dir, "float32"), rows, tokenizer.pad_token_id, _nothing())[1]
     model = _peft(tiny_model_dir, "float32")
-    _enable_checkpointing(model, 1, _keep_policy(_keep_names(keep), model))
+    with peft_quietly():
+        _enable_checkpointing(model, 1, _keep_policy(_keep_names(keep), model))
     torch.manual_seed(1)
     loss = completion_loss_sum(model, rows, tokenizer.pad_token_id)
     with Count() as backward:
@@ -139,7 +141,8 @@ def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_
     assert torch.allclose(grads, reference_grads, rtol=1e-4, atol=1e-6)
     if "down" in keep:  # what remains are the backward pass's own matmuls (gradients through down), not recompute
         model.zero_grad()
-        _enable_checkpointing(model, 1, None)
+        with peft_quietly():
+            _enable_checkpointing(model, 1, None)
         torch.manual_seed(1)
         loss = completion_loss_sum(model, rows, tokenizer.pad_token_id)
         with Count() as everything:
