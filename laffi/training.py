@@ -317,7 +317,7 @@ def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) ->
 
     causal_lm = model.get_base_model()
     body = getattr(causal_lm, causal_lm.base_model_prefix)
-    hidden = body(input_ids=ids, attention_mask=attention).last_hidden_state
+    hidden = body(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state  # training: no cache
     # Position t predicts token t+1: take hidden states just before each completion token.
     predict_from = target_mask[:, 1:]
     h = hidden[:, :-1][predict_from]
