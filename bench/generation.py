@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--shots", type=int, default=2)
     p.add_argument("--batch", default="8", help="rows decoded together by the batched paths; a comma-separated list "
                    "runs laffi's path once per value, side by side (e.g. 8,16,32)")
+    p.add_argument("--workers", default="1", help="decoding threads of laffi's path (answer.workers); a "
+                   "comma-separated list runs each batch size with each value")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
@@ -140,9 +142,12 @@ def main() -> None:
     if not args.skip_plain:
         plain = DecodeSettings(args.max_new_tokens, batches[0], reuse_prefix=False)
         runs["plain"] = lambda: generate(model, tokenizer, texts, plain)
+    workers = [int(w) for w in args.workers.split(",")]
     for b in batches:
-        name = "laffi" if len(batches) == 1 else f"laffi-b{b}"
-        runs[name] = lambda b=b: generate(model, tokenizer, texts, DecodeSettings(args.max_new_tokens, b))
+        for w in workers:
+            name = "laffi" + (f"-b{b}" if len(batches) > 1 else "") + (f"-w{w}" if len(workers) > 1 else "")
+            settings = DecodeSettings(args.max_new_tokens, b, workers=w)
+            runs[name] = lambda settings=settings: generate(model, tokenizer, texts, settings)
     results = {}
     for name, fn in runs.items():
         counter.flops = 0.0
@@ -154,7 +159,7 @@ def main() -> None:
         results[name] = (seconds, raws, counter.flops)
         same = sum(a == b for a, b in zip(raws, results["naive"][1], strict=True)) / len(raws)
         f1 = squad_v2_scores(questions, answers)["f1"]
-        print(f"{name:9s} {len(questions) / seconds:6.2f} questions/s  {results['naive'][0] / seconds:5.2f}x naive  "
+        print(f"{name:12s} {len(questions) / seconds:6.2f} questions/s  {results['naive'][0] / seconds:5.2f}x naive  "
               f"identical to naive {100 * same:5.1f}%  F1 {f1:5.1f}  "
               f"{counter.flops / seconds / 1e9:6.1f} GFLOP/s = {100 * counter.flops / seconds / peak:4.1f}% of peak  "
               f"({counter.flops / 1e12:.2f} TFLOP in {seconds:.1f} s)")  # fmt: skip
@@ -164,7 +169,7 @@ def main() -> None:
             work = naive_flops / counter.flops
             rate = (counter.flops / seconds) / (naive_flops / naive_s)
             rows = counter.decode_rows / max(1, counter.decode_steps)
-            print(f"{'':9s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s; "
+            print(f"{'':12s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s; "
                   f"{counter.decode_steps} decode steps of {rows:.1f} rows on average")
 
 

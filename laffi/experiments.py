@@ -209,6 +209,8 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
         settings.pop("feedback_max_new_tokens")
     if settings["engine"] == "transformers":  # the default engine keeps the keys of runs made before the setting
         settings.pop("engine")
+    if settings["workers"] == 1:  # likewise one decoding thread
+        settings.pop("workers")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip

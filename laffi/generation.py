@@ -26,6 +26,8 @@ class DecodeSettings:
     batch_size: int = 8
     # Reuse the key/value cache of prefixes shared between prompts (same answers up to float rounding, much faster).
     reuse_prefix: bool = True
+    # Decoding threads sharing out the passages, each with an equal share of torch's threads (prefix path only).
+    workers: int = 1
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -63,7 +65,7 @@ def generate(
             if on_batch is not None:
                 on_batch(indices, [outputs[i] for i in indices])
 
-        args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded)
+        args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded, settings.workers)
         if prefix_cache.greedy_ids(model, encoded, *args) is not None:
             return outputs
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))

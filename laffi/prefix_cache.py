@@ -75,6 +75,7 @@ def greedy_ids(
     stops: list[int],
     pad_id: int,
     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+    workers: int = 1,
 ) -> list[list[int]] | None:
     """Greedy continuations of every prompt as token ids (ending with the stop token if one came, as `model.generate`
     returns them), or None when this model's cache is not a plain per-layer key/value cache (the caller then falls
@@ -83,7 +84,13 @@ def greedy_ids(
     Continuous batching: up to `batch_size` rows decode together; when half of them have stopped, queued prompts
     join (their suffixes prefilled over their cached prefixes, their caches appended to the batch). Answers are short
     and their lengths vary a lot (most stop within a few tokens, a few run to `max_new_tokens`), so a fixed batch
-    would spend most decode steps on one or two long rows. `on_batch(indices, tokens)` reports rows as they stop."""
+    would spend most decode steps on one or two long rows. `on_batch(indices, tokens)` reports rows as they stop.
+
+    `workers` > 1: the passages are shared out between that many threads, each decoding its share with its own batch
+    and an equal share of torch's threads. Decode steps are small, so one decoder leaves cores idle between and
+    within its operators; on 2 cores, 2 workers of 1 thread answered ~1.2x faster than 1 worker of 2 threads."""
+    import threading
+
     import torch
 
     level0, groups = plan(encoded)
@@ -91,15 +98,76 @@ def greedy_ids(
         return None
     with torch.inference_mode():
         prefix_kv = _prefill(model, encoded[0][:level0], None, 0)
-        if prefix_kv is None:
-            return None
-        queue = [(i, g) for g in groups for i in g.members]
-        segments: dict[int, list[tuple[Any, Any]]] = {}
-        unadmitted = {id(g): len(g.members) for g in groups}
-        outputs: list[list[int]] = [[] for _ in encoded]
-        stop_set, done = set(stops), 0
-        live: _Rows | None = None
-        while done < len(encoded):
+    if prefix_kv is None:
+        return None
+    outputs: list[list[int]] = [[] for _ in encoded]
+    lock = threading.Lock()
+
+    def report(finished: list[int]) -> None:
+        if on_batch is not None:
+            with lock:  # callers write files and progress bars
+                on_batch(finished, [outputs[i] for i in finished])
+
+    parts = _share_out(groups, encoded, workers)
+    args = (model, encoded, level0, prefix_kv, max_new_tokens, batch_size, set(stops), pad_id, outputs, report)
+    if len(parts) == 1:
+        _decode_groups(parts[0], *args)
+        return outputs
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+
+    def work(part: list[Group]) -> None:
+        torch.set_num_threads(max(1, threads // len(parts)))
+        _decode_groups(part, *args)
+
+    try:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for future in [pool.submit(work, part) for part in parts]:
+                future.result()  # re-raises a worker's exception here
+    finally:
+        torch.set_num_threads(threads)
+    return outputs
+
+
+def _share_out(groups: list[Group], encoded: list[list[int]], workers: int) -> list[list[Group]]:
+    """Whole passages (groups) per worker, balancing the tokens to prefill (longest first, to the lightest share)."""
+    parts: list[list[Group]] = [[] for _ in range(max(1, min(workers, len(groups))))]
+    load = [0] * len(parts)
+
+    def cost(g: Group) -> int:
+        return g.prefix_len + sum(len(encoded[i]) - g.prefix_len for i in g.members)
+
+    for g in sorted(groups, key=cost, reverse=True):
+        k = load.index(min(load))
+        parts[k].append(g)
+        load[k] += cost(g)
+    return [p for p in parts if p]
+
+
+def _decode_groups(
+    groups: list[Group],
+    model: Any,
+    encoded: list[list[int]],
+    level0: int,
+    prefix_kv: list[tuple[Any, Any]],
+    max_new_tokens: int,
+    batch_size: int,
+    stops: set[int],
+    pad_id: int,
+    outputs: list[list[int]],
+    report: Callable[[list[int]], None],
+) -> None:
+    """The continuous-batching loop over these groups' prompts (see `greedy_ids`); writes into `outputs`."""
+    import torch
+
+    queue = [(i, g) for g in groups for i in g.members]
+    segments: dict[int, list[tuple[Any, Any]]] = {}
+    unadmitted = {id(g): len(g.members) for g in groups}
+    todo = len(queue)
+    live: _Rows | None = None
+    with torch.inference_mode():  # per thread
+        while todo:
             room = batch_size - (live.n if live else 0)
             if queue and room >= batch_size - batch_size // 2:
                 admit, queue = queue[:room], queue[room:]
@@ -112,19 +180,17 @@ def greedy_ids(
                     unadmitted[id(g)] -= 1
                     if unadmitted[id(g)] == 0:
                         del segments[id(g)]  # every question on this passage holds its own copy now
-                finished = new.record(outputs, stop_set, max_new_tokens)  # their first tokens
+                finished = new.record(outputs, stops, max_new_tokens)  # their first tokens
                 live = new if live is None else live.join(new)
             else:
                 assert live is not None
                 live.step(model)
-                finished = live.record(outputs, stop_set, max_new_tokens)
+                finished = live.record(outputs, stops, max_new_tokens)
             if finished:
-                done += len(finished)
-                if on_batch is not None:
-                    on_batch(finished, [outputs[i] for i in finished])
+                todo -= len(finished)
+                report(finished)
                 gone = set(finished)
                 live = live.keep([r for r, i in enumerate(live.rows) if i not in gone])
-    return outputs
 
 
 def _prefill(model: Any, ids: list[int], past: list[tuple[Any, Any]] | None, offset: int) -> Any:

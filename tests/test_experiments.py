@@ -115,3 +115,32 @@ def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
     assert interrupted(key, "KEPT")[qid] == "KEPT"  # same inputs: the finished answer is reused
     assert interrupted("other-settings", "STALE")[qid] != "STALE"  # other inputs: partial state is discarded
     assert list(out.parent.glob(".eval_answers.json.partial*")) == []
+
+
+def test_answer_workers_enter_the_answer_key_only_when_not_one(run_cfg, tmp_path):
+    """answer.workers changes which rows decode together (bf16 rounding): another value re-answers; the default (1)
+    keeps the keys of runs made before the setting existed."""
+    from dataclasses import asdict
+
+    from laffi.experiments import marker, stage_key
+    from laffi.records import read_json
+
+    run_cfg.methods = ["base"]
+    run_pipeline(run_cfg, log=lambda m: None, progress=False)
+    out = tmp_path / "run" / "base" / "eval_answers.json"
+    one = read_json(marker(out))["key"]
+    run_cfg.answer.workers = 2
+    run_pipeline(run_cfg, log=lambda m: None, progress=False)
+    assert read_json(marker(out))["key"] != one
+    run_cfg.answer.workers = 1
+    run_pipeline(run_cfg, log=lambda m: None, progress=False)
+    assert read_json(marker(out))["key"] == one
+    # The key is the one made before `workers` existed: the answer settings without it.
+    from laffi.experiments import file_hash
+
+    settings = asdict(run_cfg.answer)
+    for k in ("revise_rounds", "feedback_max_new_tokens", "engine", "workers"):
+        settings.pop(k)
+    data = tmp_path / "run" / "data" / "eval.json"
+    assert one == stage_key(data=file_hash(data), model=asdict(run_cfg.model), answer=settings, adapter=None,
+                            first=None)  # fmt: skip

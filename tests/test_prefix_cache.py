@@ -117,3 +117,42 @@ def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny, excerpt
         joins.clear()
         assert greedy_ids(model, encoded, 10, batch_size, [*stops, stop], tok.pad_token_id) == alone
         assert joins and all(live > 0 for live, _ in joins), (batch_size, [len(i) for i in alone])
+
+
+def test_workers_share_out_passages_and_answer_as_one_decoder(tiny, excerpt_questions):
+    """answer.workers: threads decoding their share of the passages give one decoder's answers (fp32), every prompt is
+    reported once, and torch's thread count is restored afterwards."""
+    import torch
+
+    from laffi import prefix_cache
+
+    model, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    texts = [prompts.render(prompts.qa_messages(q, 2), tok) for q in qs]
+    one = generate(model, tok, texts, DecodeSettings(6, 4))
+    threads = torch.get_num_threads()
+    for workers in (2, 3):
+        seen: list[int] = []
+        many = generate(model, tok, texts, DecodeSettings(6, 4, workers=workers),
+                        on_batch=lambda idx, outs, seen=seen: seen.extend(idx))  # fmt: skip
+        assert many == one
+        assert sorted(seen) == list(range(len(texts)))
+        assert torch.get_num_threads() == threads
+    encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    _, groups = plan(encoded)
+    parts = prefix_cache._share_out(groups, encoded, 2)
+    assert len(parts) == 2 and sorted(id(g) for p in parts for g in p) == sorted(id(g) for g in groups)
+
+
+def test_a_worker_error_reaches_the_caller(tiny, excerpt_questions, monkeypatch):
+    from laffi import prefix_cache
+
+    model, tok = tiny
+    texts = [prompts.render(prompts.qa_messages(q, 2), tok) for q in questions_on_shared_passages(excerpt_questions)]
+
+    def broken(self, model):
+        raise RuntimeError("decode failed")
+
+    monkeypatch.setattr(prefix_cache._Rows, "step", broken)
+    with pytest.raises(RuntimeError, match="decode failed"):
+        generate(model, tok, texts, DecodeSettings(6, 4, workers=2))
