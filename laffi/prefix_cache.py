@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from laffi import prefix_attention
+
 # A group's own shared segment must be at least this many tokens to be worth a separate prefill.
 MIN_GROUP_TOKENS = 16
 
@@ -78,28 +80,45 @@ def greedy_ids(
     workers: int = 1,
 ) -> list[list[int]] | None:
     """Greedy continuations of every prompt as token ids (ending with the stop token if one came, as `model.generate`
-    returns them), or None when this model's cache is not a plain per-layer key/value cache (the caller then falls
-    back to the plain path).
+    returns them), or None when this model cannot attend this way (`prefix_attention.supported`; the caller then
+    falls back to the plain path).
 
     Continuous batching: up to `batch_size` rows decode together; when half of them have stopped, queued prompts
     join (their suffixes prefilled over their cached prefixes, their caches appended to the batch). Answers are short
     and their lengths vary a lot (most stop within a few tokens, a few run to `max_new_tokens`), so a fixed batch
     would spend most decode steps on one or two long rows. `on_batch(indices, tokens)` reports rows as they stop.
 
+    Level 0's keys/values are kept once and shared by every row (`prefix_attention`); each row's cache holds its
+    passage segment, question and answer only, in a buffer with room for the answer (`_SlabLayer`).
+
     `workers` > 1: the passages are shared out between that many threads, each decoding its share with its own batch
     and an equal share of torch's threads. Decode steps are small, so one decoder leaves cores idle between and
     within its operators; on 2 cores, 2 workers of 1 thread answered ~1.2x faster than 1 worker of 2 threads."""
+    level0, groups = plan(encoded)
+    if level0 < 1 or not prefix_attention.supported(model):
+        return None
+    with prefix_attention.using(model):
+        return _greedy_ids(model, encoded, level0, groups, max_new_tokens, batch_size, stops, pad_id, on_batch, workers)
+
+
+def _greedy_ids(
+    model: Any,
+    encoded: list[list[int]],
+    level0: int,
+    groups: list[Group],
+    max_new_tokens: int,
+    batch_size: int,
+    stops: list[int],
+    pad_id: int,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None,
+    workers: int,
+) -> list[list[int]]:
     import threading
 
     import torch
 
-    level0, groups = plan(encoded)
-    if level0 < 1:
-        return None
     with torch.inference_mode():
-        prefix_kv = _prefill(model, encoded[0][:level0], None, 0)
-    if prefix_kv is None:
-        return None
+        shared = _prefill(model, encoded[0][:level0], None)
     outputs: list[list[int]] = [[] for _ in encoded]
     lock = threading.Lock()
 
@@ -109,7 +128,7 @@ def greedy_ids(
                 on_batch(finished, [outputs[i] for i in finished])
 
     parts = _share_out(groups, encoded, workers)
-    args = (model, encoded, level0, prefix_kv, max_new_tokens, batch_size, set(stops), pad_id, outputs, report)
+    args = (model, encoded, shared, max_new_tokens, batch_size, set(stops), pad_id, outputs, report)
     if len(parts) == 1:
         _decode_groups(parts[0], *args)
         return outputs
@@ -149,8 +168,7 @@ def _decode_groups(
     groups: list[Group],
     model: Any,
     encoded: list[list[int]],
-    level0: int,
-    prefix_kv: list[tuple[Any, Any]],
+    shared: list[tuple[Any, Any]],
     max_new_tokens: int,
     batch_size: int,
     stops: set[int],
@@ -161,6 +179,7 @@ def _decode_groups(
     """The continuous-batching loop over these groups' prompts (see `greedy_ids`); writes into `outputs`."""
     import torch
 
+    level0 = shared[0][0].shape[2]
     queue = [(i, g) for g in groups for i in g.members]
     segments: dict[int, list[tuple[Any, Any]]] = {}
     unadmitted = {id(g): len(g.members) for g in groups}
@@ -174,14 +193,14 @@ def _decode_groups(
                 for _, g in admit:
                     if id(g) not in segments:
                         ids = encoded[g.members[0]][level0 : g.prefix_len]
-                        segments[id(g)] = _prefill(model, ids, prefix_kv, level0) if ids else []
-                new = _start_rows(model, encoded, admit, level0, prefix_kv, segments, pad_id)
+                        segments[id(g)] = _prefill(model, ids, shared) if ids else []
+                new = _start_rows(model, encoded, admit, shared, segments, pad_id, max_new_tokens)
                 for _, g in admit:
                     unadmitted[id(g)] -= 1
                     if unadmitted[id(g)] == 0:
                         del segments[id(g)]  # every question on this passage holds its own copy now
                 finished = new.record(outputs, stops, max_new_tokens)  # their first tokens
-                live = new if live is None else live.join(new)
+                live = new if live is None else live.join(new, max_new_tokens)
             else:
                 assert live is not None
                 live.step(model)
@@ -193,36 +212,93 @@ def _decode_groups(
                 live = live.keep([r for r, i in enumerate(live.rows) if i not in gone])
 
 
-def _prefill(model: Any, ids: list[int], past: list[tuple[Any, Any]] | None, offset: int) -> Any:
-    """Key/values of `ids` (one row) at positions offset.., on top of `past` (which covers positions 0..offset-1).
-
-    Returns only the new tokens' key/values per layer, or None if the model's cache has layers other than plain
-    dynamic ones (sliding windows etc. would not survive the slicing done here)."""
+def _prefill(model: Any, ids: list[int], shared: list[tuple[Any, Any]] | None) -> list[tuple[Any, Any]]:
+    """Key/values (per layer, one row) of `ids` following the `shared` tokens (or starting the prompt)."""
     import torch
-    from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+    offset = shared[0][0].shape[2] if shared else 0
+    cache = _slab_cache([(None, None)] * model.config.get_text_config().num_hidden_layers, 0, offset)
     input_ids = torch.tensor([ids])
     positions = torch.arange(offset, offset + len(ids))[None]
     attention = torch.ones((1, offset + len(ids)), dtype=torch.long)
     out = model(input_ids=input_ids, cache=cache, attention_mask=attention, position_ids=positions,
-                use_cache=True, logits_to_keep=1)  # fmt: skip
-    layers = out.cache.layers
-    if any(type(layer) is not DynamicLayer for layer in layers):
-        return None
-    return [(layer.keys[:, :, offset:], layer.values[:, :, offset:]) for layer in layers]
+                use_cache=True, logits_to_keep=1, shared_kv=shared)  # fmt: skip
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+
+def _slab_layer_class() -> type:
+    """`_SlabLayer`, defined on first use so that importing this module does not import transformers."""
+    global _SlabLayer
+    if _SlabLayer is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class SlabLayer(DynamicLayer):
+            """A cache layer of fixed width after `shared` tokens kept elsewhere (prefix_attention): (rows, heads,
+            width, dim) buffers whose first `filled` columns hold tokens; the rest is room for the tokens still to
+            come, written in place. Without buffers (None), the first update's tokens become them.
+
+            transformers' `DynamicLayer` concatenates on every update, copying every row's whole cache each decode
+            step (`aten::cat` was ~40 % of answering time in torch.profiler). Attention sees the whole buffer,
+            unfilled columns masked by the caller's attention mask (as wide as shared + buffer), so keys and values
+            stay one contiguous block: CPU batched matmuls over a view of part of a buffer were several times slower
+            than over a contiguous one."""
+
+            def __init__(self, keys: Any, values: Any, filled: int, shared: int) -> None:
+                super().__init__()
+                self.is_initialized = True
+                self.keys, self.values, self.filled, self.shared = keys, values, filled, shared
+
+            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+                if self.keys is None:
+                    self.keys, self.values = key_states, value_states
+                    self.filled = key_states.shape[2]
+                    return self.keys, self.values
+                end = self.filled + key_states.shape[2]
+                if end > self.keys.shape[2]:
+                    raise RuntimeError(f"answering cache out of room ({end} > {self.keys.shape[2]} columns)")
+                self.keys[:, :, self.filled : end] = key_states
+                self.values[:, :, self.filled : end] = value_states
+                self.filled = end
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.shared + self.filled
+
+            def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+                width = self.keys.shape[2] if self.keys is not None else query_length
+                return self.shared + width, 0  # (kv length, offset): the mask covers shared + the whole buffer
+
+            def batch_select_indices(self, indices: Any) -> None:
+                self.keys, self.values = self.keys[indices], self.values[indices]
+
+        _SlabLayer = SlabLayer
+    return _SlabLayer
+
+
+_SlabLayer: type | None = None
+
+
+def _slab_cache(slabs: list[tuple[Any, Any]], filled: int, shared: int) -> Any:
+    """A cache over per-layer (keys, values) buffers whose first `filled` columns hold the tokens after `shared`."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    cache.layers = [_slab_layer_class()(k, v, filled, shared) for k, v in slabs]
+    return cache
 
 
 @dataclass
 class _Rows:
-    """The rows decoding together: prompt indices, their key/value cache (one row each), 2-D attention mask over the
-    cache's columns, the position id of each row's next token, and each row's last chosen token (its next input)."""
+    """The rows decoding together: prompt indices, their own key/value cache (one row each, fixed width, after the
+    `shared` tokens), the 2-D attention mask over shared + cache columns, the position id of each row's next token,
+    and each row's last chosen token (its next input). The mask is 0 on unfilled columns until a step fills one."""
 
     rows: list[int]
     cache: Any
     attention: Any
     next_pos: Any
     chosen: list[int]
+    shared: list[tuple[Any, Any]]
 
     @property
     def n(self) -> int:
@@ -232,10 +308,10 @@ class _Rows:
         """One greedy decode step of every row."""
         import torch
 
-        self.attention = torch.cat([self.attention, torch.ones((self.n, 1), dtype=torch.long)], dim=1)
+        self.attention[:, self.cache.get_seq_length()] = 1  # the column this step's token is written to
         out = model(input_ids=torch.tensor(self.chosen)[:, None], cache=self.cache, attention_mask=self.attention,
-                    position_ids=self.next_pos[:, None], use_cache=True, logits_to_keep=1)  # fmt: skip
-        self.cache = out.cache
+                    position_ids=self.next_pos[:, None], use_cache=True, logits_to_keep=1,
+                    shared_kv=self.shared)  # fmt: skip
         self.next_pos = self.next_pos + 1
         self.chosen = out.logits[:, -1].argmax(dim=-1).tolist()
 
@@ -261,72 +337,74 @@ class _Rows:
             self.rows, self.chosen = [self.rows[r] for r in rows], [self.chosen[r] for r in rows]
         return self
 
-    def join(self, other: _Rows) -> _Rows:
-        """Both batches' rows in one: the narrower cache is padded with masked columns on the left (every token
-        keeps its position id, so where its column is does not matter)."""
+    def join(self, other: _Rows, room: int) -> _Rows:
+        """Both batches' rows in one cache with `room` free columns: the filled columns of the one with fewer are
+        padded with masked columns on the left (every token keeps its position id, so where its column is does not
+        matter)."""
         import torch
-        from transformers.cache_utils import DynamicCache
 
-        width = max(self.attention.shape[1], other.attention.shape[1])
-
-        def left_pad(t: Any, dim: int) -> Any:
-            missing = width - t.shape[dim]
-            if not missing:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        kv = [(torch.cat([left_pad(a.keys, 2), left_pad(b.keys, 2)]),
-               torch.cat([left_pad(a.values, 2), left_pad(b.values, 2)]))
-              for a, b in zip(self.cache.layers, other.cache.layers, strict=True)]  # fmt: skip
-        attention = torch.cat([left_pad(self.attention, 1), left_pad(other.attention, 1)])
-        return _Rows(rows=self.rows + other.rows, cache=DynamicCache(ddp_cache_data=kv), attention=attention,
-                     next_pos=torch.cat([self.next_pos, other.next_pos]), chosen=self.chosen + other.chosen)
+        s = self.shared[0][0].shape[2]
+        filled = [self.cache.layers[0].filled, other.cache.layers[0].filled]
+        width = max(filled)
+        parts = ((slice(0, self.n), self, filled[0]), (slice(self.n, None), other, filled[1]))
+        attention = torch.zeros((self.n + other.n, s + width + room), dtype=torch.long)
+        attention[:, :s] = 1
+        for rows, part, n in parts:
+            attention[rows, s + width - n : s + width] = part.attention[:, s : s + n]
+        slabs = []
+        for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
+            shape = (self.n + other.n, a.keys.shape[1], width + room, a.keys.shape[3])
+            keys, values = a.keys.new_zeros(shape), a.values.new_zeros(shape)
+            for (rows, _, n), layer in zip(parts, (a, b), strict=True):
+                keys[rows, :, width - n : width] = layer.keys[:, :, :n]
+                values[rows, :, width - n : width] = layer.values[:, :, :n]
+            slabs.append((keys, values))
+        return _Rows(rows=self.rows + other.rows, cache=_slab_cache(slabs, width, s), attention=attention,
+                     next_pos=torch.cat([self.next_pos, other.next_pos]), chosen=self.chosen + other.chosen,
+                     shared=self.shared)  # fmt: skip
 
 
 def _start_rows(
     model: Any,
     encoded: list[list[int]],
     batch: list[tuple[int, Group]],
-    level0: int,
-    prefix_kv: list[tuple[Any, Any]],
+    shared: list[tuple[Any, Any]],
     segments: dict[int, list[tuple[Any, Any]]],
     pad_id: int,
+    room: int,
 ) -> _Rows:
-    """Prefill each row's suffix over its cached prefix; the rows with their first chosen token.
+    """Prefill each row's suffix over its cached prefix; the rows with their first chosen token. Their caches have
+    `room` free columns after the suffix (for the answer's tokens).
 
-    Column layout of row r: [level 0][pad][its group's segment][pad][its suffix], so every row's last token sits in
-    the same column. Padding is masked; position ids count real tokens only."""
+    Column layout of row r: [level 0 (shared)][pad][its group's segment][pad][its suffix][room], so every row's last
+    token sits in the same column. Padding and room are masked; position ids count real tokens only."""
     import torch
-    from transformers.cache_utils import DynamicCache
 
+    level0 = shared[0][0].shape[2]
     n = len(batch)
     seg_lens = [g.prefix_len - level0 for _, g in batch]
     suffixes = [encoded[i][g.prefix_len :] for i, g in batch]
     seg_w, suf_w = max(seg_lens), max(len(s) for s in suffixes)
-    attention = torch.zeros((n, level0 + seg_w + suf_w), dtype=torch.long)
+    attention = torch.zeros((n, level0 + seg_w + suf_w + room), dtype=torch.long)
     attention[:, :level0] = 1
     input_ids = torch.full((n, suf_w), pad_id, dtype=torch.long)
     positions = torch.zeros((n, suf_w), dtype=torch.long)
     for r, ((_, g), s) in enumerate(zip(batch, suffixes, strict=True)):
         attention[r, level0 + seg_w - seg_lens[r] : level0 + seg_w] = 1
-        attention[r, level0 + seg_w + suf_w - len(s) :] = 1
+        attention[r, level0 + seg_w + suf_w - len(s) : level0 + seg_w + suf_w] = 1
         input_ids[r, suf_w - len(s) :] = torch.tensor(s)
         positions[r, suf_w - len(s) :] = torch.arange(g.prefix_len, g.prefix_len + len(s))
-    kv = []
-    for layer, (k0, v0) in enumerate(prefix_kv):
-        keys = k0.new_zeros((n, k0.shape[1], level0 + seg_w, k0.shape[3]))
-        values = v0.new_zeros((n, v0.shape[1], level0 + seg_w, v0.shape[3]))
-        keys[:, :, :level0] = k0
-        values[:, :, :level0] = v0
+    slabs = []
+    for layer, (k0, v0) in enumerate(shared):
+        shape = (n, k0.shape[1], seg_w + suf_w + room, k0.shape[3])
+        keys, values = k0.new_zeros(shape), v0.new_zeros(shape)
         for r, (_, g) in enumerate(batch):
             if seg_lens[r]:
                 ks, vs = segments[id(g)][layer]
-                keys[r, :, level0 + seg_w - seg_lens[r] : level0 + seg_w] = ks[0]
-                values[r, :, level0 + seg_w - seg_lens[r] : level0 + seg_w] = vs[0]
-        kv.append((keys, values))
-    out = model(input_ids=input_ids, cache=DynamicCache(ddp_cache_data=kv), attention_mask=attention,
-                position_ids=positions, use_cache=True, logits_to_keep=1)  # fmt: skip
+                keys[r, :, seg_w - seg_lens[r] : seg_w] = ks[0]
+                values[r, :, seg_w - seg_lens[r] : seg_w] = vs[0]
+        slabs.append((keys, values))
+    out = model(input_ids=input_ids, cache=_slab_cache(slabs, seg_w, level0), attention_mask=attention,
+                position_ids=positions, use_cache=True, logits_to_keep=1, shared_kv=shared)  # fmt: skip
     return _Rows(rows=[i for i, _ in batch], cache=out.cache, attention=attention, next_pos=positions[:, -1] + 1,
-                 chosen=out.logits[:, -1].argmax(dim=-1).tolist())  # fmt: skip
+                 chosen=out.logits[:, -1].argmax(dim=-1).tolist(), shared=shared)  # fmt: skip

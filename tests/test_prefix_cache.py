@@ -111,8 +111,8 @@ def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny, excerpt
     assert len({len(ids) for ids in alone}) > 2, [len(ids) for ids in alone]  # rows of several lengths
     joins = []
     join = prefix_cache._Rows.join
-    monkeypatch.setattr(prefix_cache._Rows, "join", lambda self, other: joins.append((self.n, other.n)) or
-                        join(self, other))  # fmt: skip
+    monkeypatch.setattr(prefix_cache._Rows, "join", lambda self, other, room: joins.append((self.n, other.n)) or
+                        join(self, other, room))  # fmt: skip
     for batch_size in (2, 3, 4):
         joins.clear()
         assert greedy_ids(model, encoded, 10, batch_size, [*stops, stop], tok.pad_token_id) == alone
