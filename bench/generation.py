@@ -67,18 +67,25 @@ class FlopCounter:
         self.attn = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim
         self.head = 2 * cfg.vocab_size * cfg.hidden_size
         self.flops = 0.0
-        self.decode_steps = self.decode_rows = 0  # forward passes of one new token per row, and their rows
+        self.decode_steps = self.decode_rows = 0  # decode forward passes (one step of every live row), their rows
         body.register_forward_pre_hook(self._body, with_kwargs=True)
         model.get_output_embeddings().register_forward_hook(self._head)
+        from laffi import prefix_cache
+
+        step = prefix_cache._Rows.step
+
+        def counted(rows, *args, **kwargs):  # laffi's decode steps (of one or more tokens per row: drafts)
+            self.decode_steps += 1
+            self.decode_rows += rows.n
+            return step(rows, *args, **kwargs)
+
+        prefix_cache._Rows.step = counted
 
     def _body(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             return
         b, t = ids.shape
-        if t == 1:
-            self.decode_steps += 1
-            self.decode_rows += b
         mask = kwargs.get("attention_mask")
         ctx = mask.shape[1] if mask is not None else t
         # Attention: each new token sees about ctx - t/2 earlier tokens on average (causal within the new block).
@@ -120,6 +127,8 @@ def main() -> None:
                    "runs laffi's path once per value, side by side (e.g. 8,16,32)")
     p.add_argument("--workers", default="1", help="decoding threads of laffi's path (answer.workers); a "
                    "comma-separated list runs each batch size with each value")
+    p.add_argument("--draft-tokens", default="2", help="answer.draft_tokens of laffi's path (guessed tokens checked "
+                   "per decode step; 0 = one token per step); a comma-separated list runs each value")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
@@ -143,11 +152,14 @@ def main() -> None:
         plain = DecodeSettings(args.max_new_tokens, batches[0], reuse_prefix=False)
         runs["plain"] = lambda: generate(model, tokenizer, texts, plain)
     workers = [int(w) for w in args.workers.split(",")]
+    drafts = [int(d) for d in args.draft_tokens.split(",")]
     for b in batches:
         for w in workers:
-            name = "laffi" + (f"-b{b}" if len(batches) > 1 else "") + (f"-w{w}" if len(workers) > 1 else "")
-            settings = DecodeSettings(args.max_new_tokens, b, workers=w)
-            runs[name] = lambda settings=settings: generate(model, tokenizer, texts, settings)
+            for d in drafts:
+                name = "laffi" + "".join(f"-{k}{v}" for k, v, vs in (("b", b, batches), ("w", w, workers),
+                                                                    ("d", d, drafts)) if len(vs) > 1)  # fmt: skip
+                settings = DecodeSettings(args.max_new_tokens, b, workers=w, draft_tokens=d)
+                runs[name] = lambda settings=settings: generate(model, tokenizer, texts, settings)
     results = {}
     for name, fn in runs.items():
         counter.flops = 0.0
@@ -163,7 +175,7 @@ def main() -> None:
               f"identical to naive {100 * same:5.1f}%  F1 {f1:5.1f}  "
               f"{counter.flops / seconds / 1e9:6.1f} GFLOP/s = {100 * counter.flops / seconds / peak:4.1f}% of peak  "
               f"({counter.flops / 1e12:.2f} TFLOP in {seconds:.1f} s)")  # fmt: skip
-        if name != "naive":
+        if name not in ("naive", "plain"):
             # speed-up = (work the naive loop does / work this path does) x (this path's FLOP/s / naive's FLOP/s)
             naive_s, _, naive_flops = results["naive"]
             work = naive_flops / counter.flops
@@ -171,6 +183,10 @@ def main() -> None:
             rows = counter.decode_rows / max(1, counter.decode_steps)
             print(f"{'':12s} = {work:.2f}x less work x {rate:.2f}x the naive loop's FLOP/s; "
                   f"{counter.decode_steps} decode steps of {rows:.1f} rows on average")
+        elif name == "plain":
+            print(f"{'':12s} = {results['naive'][2] / counter.flops:.2f}x less work x "
+                  f"{(counter.flops / seconds) / (results['naive'][2] / results['naive'][0]):.2f}x the naive loop's "
+                  "FLOP/s")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def answer(
     shots: int = typer.Option(2, min=0, max=4, help="Few-shot examples in the prompt (2+ include an unanswerable)."),
     limit: int | None = typer.Option(None, min=1, help="Answer only the first N questions of the file."),
     batch_size: int = typer.Option(8, min=1, help="Questions decoded together."),
-    workers: int = typer.Option(1, min=1, max=64, help="Decoding threads sharing out the passages (answer.workers)."),
+    workers: int = typer.Option(2, min=1, max=64, help="Decoding threads sharing out the passages (answer.workers)."),
+    draft_tokens: int = typer.Option(2, min=0, max=16, help="Guessed next tokens checked per decode step "
+                                     "(answer.draft_tokens; 0 = one token per step)."),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest answer generated, in tokens."),
     dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
     require_in_context: bool = typer.Option(False, help="Abstain when the answer is not a span of the passage."),
@@ -61,7 +63,8 @@ def answer(
     from laffi.data import load_squad, resolve_data_path
 
     questions = load_squad(resolve_data_path(str(data)))[:limit]
-    cfg = AnswerConfig(shots=shots, batch_size=batch_size, workers=workers, max_new_tokens=max_new_tokens,
+    cfg = AnswerConfig(shots=shots, batch_size=batch_size, workers=workers, draft_tokens=draft_tokens,
+                       max_new_tokens=max_new_tokens,
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
     cfg.engine = from_mapping(AnswerConfig, {"engine": engine}, "answer").engine  # checks the choice

@@ -211,6 +211,8 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
         settings.pop("engine")
     if settings["workers"] == 1:  # likewise one decoding thread
         settings.pop("workers")
+    if settings["draft_tokens"] == 0:  # and one token per decode step
+        settings.pop("draft_tokens")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip

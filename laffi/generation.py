@@ -28,6 +28,8 @@ class DecodeSettings:
     reuse_prefix: bool = True
     # Decoding threads sharing out the passages, each with an equal share of torch's threads (prefix path only).
     workers: int = 1
+    # Guessed next tokens checked per decode step (prompt lookup, prefix path only; 0: one token per step).
+    draft_tokens: int = 0
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -65,7 +67,8 @@ def generate(
             if on_batch is not None:
                 on_batch(indices, [outputs[i] for i in indices])
 
-        args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded, settings.workers)
+        args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded, settings.workers,
+                settings.draft_tokens)  # fmt: skip
         if prefix_cache.greedy_ids(model, encoded, *args) is not None:
             return outputs
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))

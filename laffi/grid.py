@@ -284,7 +284,8 @@ def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: 
     output = directory / "examples.json"
     # Revision runs on transformers whatever answer.engine says; the engine stays out of the key (as before it existed).
     answer_cfg = replace(cfg.answer, revise_rounds=1, engine="transformers")
-    settings = {k: v for k, v in asdict(answer_cfg).items() if k != "engine" and (k != "workers" or v != 1)}
+    settings = {k: v for k, v in asdict(answer_cfg).items()
+                if k != "engine" and (k, v) not in (("workers", 1), ("draft_tokens", 0))}  # fmt: skip
     key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=settings)
     if cached(output, key):
         return output

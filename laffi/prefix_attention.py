@@ -47,10 +47,10 @@ def attention(
     kv_heads = key.shape[1]
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
+    shared = shared_kv[module.layer_idx] if shared_kv is not None else None
     # Query heads j*rep .. j*rep+rep-1 share key/value head j (as transformers' repeat_kv lays them out).
     grouped = query.reshape(b, kv_heads, rep * q, dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2)).float()  # (batch, kv heads, rep*q, k)
-    shared = shared_kv[module.layer_idx] if shared_kv is not None else None
     if shared is not None:
         # Every row's queries against the one copy of the shared keys: a single (kv heads) batch of matmuls.
         everyone = grouped.transpose(0, 1).reshape(kv_heads, b * rep * q, dim)

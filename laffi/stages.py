@@ -56,7 +56,8 @@ def answer(
         with tqdm(total=len(questions), desc=f"answer {out.name}", unit="q", disable=not progress) as bar:
             gens = answer_questions(
                 lm, tokenizer, questions, settings.shots,
-                DecodeSettings(settings.max_new_tokens, settings.batch_size, workers=settings.workers),
+                DecodeSettings(settings.max_new_tokens, settings.batch_size, workers=settings.workers,
+                               draft_tokens=settings.draft_tokens),
                 partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
                 answer_prefix=answer_prefix(adapter),
             )  # fmt: skip
@@ -68,7 +69,8 @@ def answer(
         with tqdm(desc=f"revise {out.name}", unit="q", disable=not progress) as bar:
             revisions = revise_answers(
                 lm, tokenizer, questions, gens, settings.revise_rounds,
-                DecodeSettings(settings.feedback_max_new_tokens, settings.batch_size, workers=settings.workers),
+                DecodeSettings(settings.feedback_max_new_tokens, settings.batch_size, workers=settings.workers,
+                               draft_tokens=settings.draft_tokens),
                 partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
             )  # fmt: skip
         timing["revise_seconds"] = time.perf_counter() - start

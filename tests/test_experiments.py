@@ -117,30 +117,29 @@ def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
     assert list(out.parent.glob(".eval_answers.json.partial*")) == []
 
 
-def test_answer_workers_enter_the_answer_key_only_when_not_one(run_cfg, tmp_path):
-    """answer.workers changes which rows decode together (bf16 rounding): another value re-answers; the default (1)
-    keeps the keys of runs made before the setting existed."""
+@pytest.mark.parametrize("field,old,other", [("workers", 1, 3), ("draft_tokens", 0, 3)])
+def test_decoding_settings_enter_the_answer_key_except_at_their_old_behaviour(run_cfg, tmp_path, field, old, other):
+    """answer.workers and answer.draft_tokens change bf16 rounding (which rows decode together; tokens checked per
+    step): each value has its own answers, except that the behaviour from before the setting existed (1 worker, one
+    token per step) keeps the keys of runs made then."""
     from dataclasses import asdict
 
-    from laffi.experiments import marker, stage_key
+    from laffi.experiments import file_hash, marker, stage_key
     from laffi.records import read_json
 
     run_cfg.methods = ["base"]
-    run_pipeline(run_cfg, log=lambda m: None, progress=False)
     out = tmp_path / "run" / "base" / "eval_answers.json"
-    one = read_json(marker(out))["key"]
-    run_cfg.answer.workers = 2
-    run_pipeline(run_cfg, log=lambda m: None, progress=False)
-    assert read_json(marker(out))["key"] != one
-    run_cfg.answer.workers = 1
-    run_pipeline(run_cfg, log=lambda m: None, progress=False)
-    assert read_json(marker(out))["key"] == one
-    # The key is the one made before `workers` existed: the answer settings without it.
-    from laffi.experiments import file_hash
-
+    keys = {}
+    for value in (old, other, old):
+        setattr(run_cfg.answer, field, value)
+        run_pipeline(run_cfg, log=lambda m: None, progress=False)
+        keys.setdefault(value, read_json(marker(out))["key"])
+        assert read_json(marker(out))["key"] == keys[value]
+    assert keys[old] != keys[other]
+    # At the old behaviour the key is the one made before the setting existed: the answer settings without it.
     settings = asdict(run_cfg.answer)
-    for k in ("revise_rounds", "feedback_max_new_tokens", "engine", "workers"):
+    for k in ("revise_rounds", "feedback_max_new_tokens", "engine", field):
         settings.pop(k)
     data = tmp_path / "run" / "data" / "eval.json"
-    assert one == stage_key(data=file_hash(data), model=asdict(run_cfg.model), answer=settings, adapter=None,
-                            first=None)  # fmt: skip
+    assert keys[old] == stage_key(data=file_hash(data), model=asdict(run_cfg.model), answer=settings, adapter=None,
+                                  first=None)  # fmt: skip

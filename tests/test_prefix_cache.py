@@ -150,9 +150,65 @@ def test_a_worker_error_reaches_the_caller(tiny, excerpt_questions, monkeypatch)
     model, tok = tiny
     texts = [prompts.render(prompts.qa_messages(q, 2), tok) for q in questions_on_shared_passages(excerpt_questions)]
 
-    def broken(self, model):
+    def broken(self, *args):
         raise RuntimeError("decode failed")
 
     monkeypatch.setattr(prefix_cache._Rows, "step", broken)
     with pytest.raises(RuntimeError, match="decode failed"):
         generate(model, tok, texts, DecodeSettings(6, 4, workers=2))
+
+
+def test_draft_guesses_what_followed_the_latest_occurrence_of_the_last_tokens():
+    from laffi.prefix_cache import draft
+
+    prompt = [5, 6, 7, 8, 9, 6, 7, 1, 2, 3]
+    assert draft(prompt, [6, 7], 2) == [1, 2]  # the latest "6 7" (positions 5-6) is followed by 1 2
+    assert draft(prompt, [9, 6], 3) == [7, 1, 2]
+    assert draft(prompt, [4, 8], 2) == [9, 6]  # no "4 8": the last token alone
+    assert draft(prompt, [3], 2) == [3]  # the prompt's last 3 was followed by the output's own 3
+    assert draft(prompt, [4], 2) == []  # never seen
+    assert draft(prompt, [6, 7], 0) == [] and draft(prompt, [], 2) == []
+    assert draft([1, 2, 3, 1, 2, 4], [1, 2], 1) == [4]  # "1 2" is also the output's own tail: the latest earlier one
+
+
+def test_checked_guesses_give_greedy_decoding(tiny, excerpt_questions, monkeypatch):
+    """Right guesses are kept, wrong ones (and all after them) are dropped: the output is what one token per step
+    gives (fp32). Wrong guesses use up cache columns, so rows also outgrow their room here (max 10 new tokens)."""
+    from laffi import prefix_cache
+
+    model, tok = tiny
+    qs = questions_on_shared_passages(excerpt_questions)
+    encoded = [tok(prompts.render(prompts.qa_messages(q, 2), tok), add_special_tokens=False)["input_ids"] for q in qs]
+    stops = stop_token_ids(tok, model)
+    plain = greedy_ids(model, encoded, 10, 4, stops, tok.pad_token_id)
+    assert greedy_ids(model, encoded, 10, 4, stops, tok.pad_token_id, draft_tokens=3) == plain  # lookup guesses
+
+    truth = {tuple(e): out for e, out in zip(encoded, plain, strict=True)}
+    kept = []
+
+    def oracle(prompt, output, k):  # even prompts: the true next tokens; odd ones: one true token, then wrong ones
+        right = truth[tuple(prompt)][len(output) : len(output) + k]
+        if len(prompt) % 2 and right:
+            right = right[:1] + [t + 1 for t in right[1:]]
+        return right
+
+    step = prefix_cache._Rows.step
+
+    def counting(self, model, guesses, max_new_tokens):
+        step(self, model, guesses, max_new_tokens)
+        kept.extend(len(a) for a in self.accepted)
+
+    monkeypatch.setattr(prefix_cache, "draft", oracle)
+    monkeypatch.setattr(prefix_cache._Rows, "step", counting)
+    for batch_size in (1, 3, 4):
+        kept.clear()
+        assert greedy_ids(model, encoded, 10, batch_size, stops, tok.pad_token_id, draft_tokens=3) == plain
+        assert max(kept) == 3 and 0 < sum(kept) < sum(len(p) for p in plain)
+
+    monkeypatch.setattr(prefix_cache, "draft", lambda prompt, output, k: [0] * k)  # always wrong
+    widths = []
+    make_room = prefix_cache._Rows._make_room
+    monkeypatch.setattr(prefix_cache._Rows, "_make_room", lambda self, q, m: widths.append(
+        self.cache.layers[0].keys.shape[2]) or make_room(self, q, m))  # fmt: skip
+    assert greedy_ids(model, encoded, 10, 4, stops, tok.pad_token_id, draft_tokens=4) == plain
+    assert len(set(widths)) > 1  # buffers were widened
