@@ -1,12 +1,15 @@
 """Side-by-side: answering pool questions with a naive loop vs laffi's generation path. Not a timed test.
 
 (a) naive: one `model.generate` call per question, batch 1; (b) plain: laffi's batched path without prefix reuse
-(`reuse_prefix=False`, length-sorted left-padded batches); (c) laffi: the default path, which reuses the key/value
-cache of the shots prefix and of each passage (laffi/prefix_cache.py). Same prompts (`prompts.qa_messages`), greedy,
+(`reuse_prefix=False`, length-sorted left-padded batches); (c) laffi: the default path (answer settings' defaults:
+batch 8, 2 workers, 2 draft tokens), which reuses the key/value cache of the shots prefix and of each passage
+(laffi/prefix_cache.py), keeps one copy of the shots' keys/values for all rows (laffi/prefix_attention.py) and checks
+prompt-lookup guesses in each decode step. Same prompts (`prompts.qa_messages`), greedy,
 same stop tokens and max_new_tokens, one process, one model. Prints questions/s, the ratio to naive, the share of
 answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against the matmul peak measured in this run.
 
     .venv/bin/python bench/generation.py --questions 200
+    .venv/bin/python bench/generation.py --questions 200 --skip-plain --batch 8,16 --workers 1,2 --draft-tokens 0,2
     .venv/bin/python bench/generation.py --questions 50 --passage long --skip-plain
 
 `--passage short|medium|long` keeps questions whose passage is in that third of the pool's passage lengths; the
@@ -125,7 +128,7 @@ def main() -> None:
     p.add_argument("--shots", type=int, default=2)
     p.add_argument("--batch", default="8", help="rows decoded together by the batched paths; a comma-separated list "
                    "runs laffi's path once per value, side by side (e.g. 8,16,32)")
-    p.add_argument("--workers", default="1", help="decoding threads of laffi's path (answer.workers); a "
+    p.add_argument("--workers", default="2", help="decoding threads of laffi's path (answer.workers); a "
                    "comma-separated list runs each batch size with each value")
     p.add_argument("--draft-tokens", default="2", help="answer.draft_tokens of laffi's path (guessed tokens checked "
                    "per decode step; 0 = one token per step); a comma-separated list runs each value")
