@@ -23,10 +23,6 @@ from contextlib import contextmanager
 from typing import Any
 
 NAME = "laffi_prefix"
-# Above this many attention scores per call (rows x heads x new tokens x cached tokens), PyTorch's fused kernel, which
-# never holds them all, is faster than materialising them: e.g. 8 questions alone on their passages, ~200 new tokens
-# each. Below it (decode steps, a passage's segment, a batch of ~20-token questions) the plain matmuls are.
-FUSED_ABOVE = 2_000_000
 
 
 def attention(
@@ -52,9 +48,6 @@ def attention(
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     shared = shared_kv[module.layer_idx] if shared_kv is not None else None
-    total = key.shape[2] + (shared[0].shape[2] if shared is not None else 0)
-    if b * heads * q * total > FUSED_ABOVE:
-        return _fused(query, key, value, attention_mask, scale, shared), None
     # Query heads j*rep .. j*rep+rep-1 share key/value head j (as transformers' repeat_kv lays them out).
     grouped = query.reshape(b, kv_heads, rep * q, dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2)).float()  # (batch, kv heads, rep*q, k)
@@ -77,21 +70,6 @@ def attention(
         out = torch.matmul(everyone, shared[1][0]).view(kv_heads, b, rep * q, dim).transpose(0, 1).float()
         out = out.add_(torch.matmul(probs[..., s:], value).float()).to(value.dtype)
     return out.reshape(b, heads, q, dim).transpose(1, 2).contiguous(), None
-
-
-def _fused(query: Any, key: Any, value: Any, mask: Any, scale: float, shared: tuple[Any, Any] | None) -> Any:
-    """The same attention through `scaled_dot_product_attention` (shared keys copied in front of every row's)."""
-    import torch
-
-    if shared is not None:
-        rows = query.shape[0]
-        key = torch.cat([shared[0].expand(rows, -1, -1, -1), key], dim=2)
-        value = torch.cat([shared[1].expand(rows, -1, -1, -1), value], dim=2)
-    mask = _boolean_mask(mask, query.shape[2], key.shape[2])
-    mask = mask[:, :, 0] if mask.dim() == 5 else mask
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
-                                                           enable_gqa=True)  # fmt: skip
-    return out.transpose(1, 2).contiguous()
 
 
 def _boolean_mask(mask: Any, q: int, k: int) -> Any:
