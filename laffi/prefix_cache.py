@@ -6,7 +6,7 @@ the cost of answering, so instead of prefilling every prompt in full we:
 
 1. tokenize every full prompt and take the longest common token prefix of all of them (level 0: system + shots);
 2. group prompts whose token ids share a longer prefix (same passage) and prefill that segment once per group, on
-   top of level 0 (level 1);
+   top of level 0 (level 1); a prompt alone on its passage has all but its last token as its segment;
 3. decode rows in batches: each row's cache is level 0 + its group's segment, only its own suffix (the question) is
    prefilled, then greedy steps; a row leaves the batch as soon as it ends, so finished rows cost nothing.
 
@@ -47,6 +47,9 @@ def plan(encoded: list[list[int]], min_group_tokens: int = MIN_GROUP_TOKENS) -> 
 
     Sorting the token ids lexicographically puts prompts with long common prefixes next to each other; walking that
     order, a prompt joins the current group while it shares >= `min_group_tokens` more than level 0 with the group.
+    A prompt alone in its group keeps its whole prompt but the last token as its segment: prefilled as one unpadded
+    row, instead of as a ~200-token suffix padded next to other rows' ~20-token questions (every row of a batch is
+    padded to its longest suffix).
     """
     level0 = min(len(e) for e in encoded) - 1
     for e in encoded[1:]:
@@ -63,9 +66,6 @@ def plan(encoded: list[list[int]], min_group_tokens: int = MIN_GROUP_TOKENS) -> 
                 g.prefix_len = shared
                 continue
         groups.append(Group(prefix_len=len(encoded[i]) - 1, members=[i]))
-    for g in groups:
-        if len(g.members) == 1:  # nobody to share a segment with: prefill it with the suffix
-            g.prefix_len = level0
     return level0, groups
 
 

@@ -43,8 +43,8 @@ def test_plan_cuts_exact_prefixes_of_each_prompt(tiny, excerpt_questions):
         if len(g.members) > 1:
             assert g.prefix_len >= level0 + 16
             assert qs[g.members[0]].context[-20:] in tok.decode(lead[: g.prefix_len])
-        else:
-            assert g.prefix_len == level0
+        else:  # alone: all but the last token is its segment
+            assert g.prefix_len == len(lead) - 1
 
 
 def test_prefix_reuse_equals_plain_path_for_qa_and_feedback_prompts(tiny, excerpt_questions):
