@@ -2,7 +2,7 @@
 
 (a) naive: one `model.generate` call per question, batch 1; (b) plain: laffi's batched path without prefix reuse
 (`reuse_prefix=False`, length-sorted left-padded batches); (c) laffi: the default path (answer settings' defaults:
-batch 8, 2 workers, 2 draft tokens), which reuses the key/value cache of the shots prefix and of each passage
+batch 16, 2 workers, 2 draft tokens), which reuses the key/value cache of the shots prefix and of each passage
 (laffi/prefix_cache.py), keeps one copy of the shots' keys/values for all rows (laffi/prefix_attention.py) and checks
 prompt-lookup guesses in each decode step. Same prompts (`prompts.qa_messages`), greedy,
 same stop tokens and max_new_tokens, one process, one model. Prints questions/s, the ratio to naive, the share of
@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=200)
     p.add_argument("--passage", choices=["any", "short", "medium", "long"], default="any")
     p.add_argument("--shots", type=int, default=2)
-    p.add_argument("--batch", default="8", help="rows decoded together by the batched paths; a comma-separated list "
+    p.add_argument("--batch", default="16", help="rows decoded together by the batched paths; a comma-separated list "
                    "runs laffi's path once per value, side by side (e.g. 8,16,32)")
     p.add_argument("--workers", default="2", help="decoding threads of laffi's path (answer.workers); a "
                    "comma-separated list runs each batch size with each value")
