@@ -140,8 +140,17 @@ def test_workers_share_out_passages_and_answer_as_one_decoder(tiny, excerpt_ques
         assert torch.get_num_threads() == threads
     encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     _, groups = plan(encoded)
-    parts = prefix_cache._share_out(groups, encoded, 2)
-    assert len(parts) == 2 and sorted(id(g) for p in parts for g in p) == sorted(id(g) for g in groups)
+    pool = prefix_cache._Pool(groups, encoded, 1)
+    first = pool.take(4)  # whole passages, the biggest (most tokens to prefill) first, until they hold 4 prompts
+    sizes = [len(g.members) for g in first]
+    assert sum(sizes) >= 4 and sum(sizes[:-1]) < 4
+    cost = [g.prefix_len + sum(len(encoded[i]) - g.prefix_len for i in g.members) for g in groups]
+    assert first[0] is groups[cost.index(max(cost))]
+    assert pool.take(100) and not pool.groups and pool.take(1) == []
+    pool = prefix_cache._Pool(groups, encoded, 2)
+    left = sum(len(g.members) for g in pool.groups)
+    taken = pool.take(100)  # at most a quarter of what is left (two decoders), in whole passages
+    assert sum(len(g.members) for g in taken[:-1]) < -(-left // 4) <= sum(len(g.members) for g in taken)
 
 
 def test_a_worker_error_reaches_the_caller(tiny, excerpt_questions, monkeypatch):
@@ -169,6 +178,15 @@ def test_draft_guesses_what_followed_the_latest_occurrence_of_the_last_tokens():
     assert draft(prompt, [4], 2) == []  # never seen
     assert draft(prompt, [6, 7], 0) == [] and draft(prompt, [], 2) == []
     assert draft([1, 2, 3, 1, 2, 4], [1, 2], 1) == [4]  # "1 2" is also the output's own tail: the latest earlier one
+
+
+def test_queue_is_sorted_by_suffix_length():
+    from laffi.prefix_cache import Group, _by_suffix_length
+
+    a, b = Group(prefix_len=3, members=[0, 1, 2]), Group(prefix_len=2, members=[3, 4])
+    encoded = [[0] * 9, [0] * 5, [0] * 7, [0] * 4, [0] * 3]  # suffixes 6, 2, 4 | 2, 1
+    queue = [(i, g) for g in (a, b) for i in g.members]
+    assert [i for i, _ in _by_suffix_length(queue, encoded)] == [4, 1, 3, 2, 0]  # stable: 1 before 3
 
 
 def test_checked_guesses_give_greedy_decoding(tiny, excerpt_questions, monkeypatch):
