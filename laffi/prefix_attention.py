@@ -18,6 +18,7 @@ layer, batch dimension 1), which transformers passes on to every attention call.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,18 +51,18 @@ def attention(
     shared = shared_kv[module.layer_idx] if shared_kv is not None else None
     # Query heads j*rep .. j*rep+rep-1 share key/value head j (as transformers' repeat_kv lays them out).
     grouped = query.reshape(b, kv_heads, rep * q, dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)).float()  # (batch, kv heads, rep*q, k)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv heads, rep*q, k)
     if shared is not None:
         # Every row's queries against the one copy of the shared keys: a single (kv heads) batch of matmuls.
         everyone = grouped.transpose(0, 1).reshape(kv_heads, b * rep * q, dim)
-        first = torch.matmul(everyone, shared[0][0].transpose(-1, -2)).float()
+        first = torch.matmul(everyone, shared[0][0].transpose(-1, -2))
         first = first.view(kv_heads, b, rep * q, -1).transpose(0, 1)
         scores = torch.cat([first, scores], dim=-1)
-    scores.mul_(scale)
     total = scores.shape[-1]
-    mask = _boolean_mask(attention_mask, q, total)
-    scores.view(b, kv_heads, rep, q, total).masked_fill_(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    # Scaled, masked and made float32 in one pass (3-4x faster than a float copy, an in-place scale and a
+    # masked_fill over these ~2 MB of scores; the same values).
+    scores = torch.add(_bias(attention_mask, q, total), scores.view(b, kv_heads, rep, q, total), alpha=scale)
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, kv_heads, rep * q, total)
     if shared is None:
         out = torch.matmul(probs, value)
     else:
@@ -72,15 +73,24 @@ def attention(
     return out.reshape(b, heads, q, dim).transpose(1, 2).contiguous(), None
 
 
-def _boolean_mask(mask: Any, q: int, k: int) -> Any:
-    """(batch or 1, 1, 1, q, k) boolean, True where a query attends; no mask means causal (new tokens last)."""
+_cached = threading.local()  # per decoding thread: the last mask seen and its bias
+
+
+def _bias(mask: Any, q: int, k: int) -> Any:
+    """(batch or 1, 1, 1, q, k) float32, 0 where a query attends and -inf elsewhere; no mask means causal (new tokens
+    last). transformers passes every layer the same mask: its bias is made once per forward pass."""
     import torch
 
+    if mask is not None and getattr(_cached, "mask", None) is mask:
+        return _cached.bias
     if mask is None:
-        return torch.ones((q, k), dtype=torch.bool).tril_(k - q)
-    if mask.dtype != torch.bool:  # an additive float mask
-        mask = mask == 0
-    return mask[:, :, None] if mask.dim() == 4 else mask
+        allowed = torch.ones((q, k), dtype=torch.bool).tril_(k - q)
+    else:
+        allowed = mask if mask.dtype == torch.bool else mask == 0  # boolean, or additive float
+        allowed = allowed[:, :, None] if allowed.dim() == 4 else allowed
+    bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+    _cached.mask, _cached.bias = mask, bias
+    return bias
 
 
 def _register() -> None:

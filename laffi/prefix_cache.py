@@ -452,7 +452,7 @@ class _Rows:
         slabs = []
         for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
             shape = (self.n + other.n, a.keys.shape[1], width + room, a.keys.shape[3])
-            keys, values = a.keys.new_empty(shape), a.values.new_zeros(shape)  # see _start_rows
+            keys, values = a.keys.new_zeros(shape), a.values.new_zeros(shape)  # see _start_rows
             for (rows, _, n), layer in zip(parts, (a, b), strict=True):
                 keys[rows, :, width - n : width] = layer.keys[:, :, :n]
                 values[rows, :, width - n : width] = layer.values[:, :, :n]
@@ -495,9 +495,9 @@ def _start_rows(
     slabs = []
     for layer, (k0, v0) in enumerate(shared):
         shape = (n, k0.shape[1], seg_w + suf_w + room, k0.shape[3])
-        # Unfilled columns are masked: keys may hold anything there (their scores are replaced), values must be
-        # finite (a masked column still multiplies its zero weight).
-        keys, values = k0.new_empty(shape), v0.new_zeros(shape)
+        # Unfilled columns are masked, but must hold finite numbers: a masked column's score still gets its -inf
+        # added (prefix_attention) and its value still multiplies its zero weight.
+        keys, values = k0.new_zeros(shape), v0.new_zeros(shape)
         for r, (_, g) in enumerate(batch):
             if seg_lens[r]:
                 ks, vs = segments[id(g)][layer]
