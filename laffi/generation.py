@@ -55,7 +55,7 @@ def generate(
     """Greedy continuations of `texts`. `on_batch(indices, outputs)` is called after each batch (for resume)."""
     import torch
 
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # one call: ~2x faster
     outputs: list[str] = [""] * len(texts)
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

@@ -49,6 +49,11 @@ def attention(
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     shared = shared_kv[module.layer_idx] if shared_kv is not None else None
+    if shared is not None and b == 1:
+        # One row (a passage's prefill): its keys/values after a copy of the shared ones are one small copy, cheaper
+        # than joining and splitting its ~2 MB of scores and weights.
+        key, value = torch.cat([shared[0], key], dim=2), torch.cat([shared[1], value], dim=2)
+        shared = None
     # Query heads j*rep .. j*rep+rep-1 share key/value head j (as transformers' repeat_kv lays them out).
     grouped = query.reshape(b, kv_heads, rep * q, dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # (batch, kv heads, rep*q, k)
