@@ -64,9 +64,9 @@ def attention(
         first = first.view(kv_heads, b, rep * q, -1).transpose(0, 1)
         scores = torch.cat([first, scores], dim=-1)
     total = scores.shape[-1]
-    # Scaled, masked and made float32 in one pass (3-4x faster than a float copy, an in-place scale and a
-    # masked_fill over these ~2 MB of scores; the same values).
-    scores = torch.add(_bias(attention_mask, q, total), scores.view(b, kv_heads, rep, q, total), alpha=scale)
+    # Float32, scaled, then masked by adding a -inf bias: the same values as masked_fill, 1.5-4x faster for these
+    # shapes (a single mixed-dtype torch.add with the bias was up to 17x slower for a batch of questions).
+    scores = scores.view(b, kv_heads, rep, q, total).float().mul_(scale).add_(_bias(attention_mask, q, total))
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, kv_heads, rep * q, total)
     if shared is None:
         out = torch.matmul(probs, value)
