@@ -12,6 +12,9 @@ answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against th
     .venv/bin/python bench/generation.py --questions 200 --skip-plain --batch 8,16 --workers 1,2 --draft-tokens 0,2
     .venv/bin/python bench/generation.py --questions 50 --passage long --skip-plain
 
+Both paths run with the malloc settings laffi's commands apply at start (laffi/allocator.py); `--default-malloc`
+leaves glibc's defaults.
+
 `--passage short|medium|long` keeps questions whose passage is in that third of the pool's passage lengths; the
 questions are taken in pool order (SQuAD groups questions by passage, as a real answer stage sees them).
 """
@@ -135,7 +138,13 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is (laffi's commands "
+                   "apply laffi/allocator.py's settings at start; here both paths get them unless this is given)")
     args = p.parse_args()
+    if not args.default_malloc:
+        from laffi.allocator import keep_freed_memory
+
+        print(f"malloc keeps freed memory (laffi/allocator.py): {keep_freed_memory()}")
 
     questions = pick_questions(args.questions, args.passage)
     tokenizer = load_tokenizer(MODEL)
