@@ -37,7 +37,8 @@ def answer(
     shots: int = typer.Option(2, min=0, max=4, help="Few-shot examples in the prompt (2+ include an unanswerable)."),
     limit: int | None = typer.Option(None, min=1, help="Answer only the first N questions of the file."),
     batch_size: int = typer.Option(16, min=1, help="Questions decoded together (per worker)."),
-    workers: int = typer.Option(2, min=1, max=64, help="Decoding threads sharing out the passages (answer.workers)."),
+    workers: int = typer.Option(2, min=1, max=64, help="Decoding threads taking passages from a shared pool "
+                                "(answer.workers)."),
     draft_tokens: int = typer.Option(2, min=0, max=16, help="Guessed next tokens checked per decode step "
                                      "(answer.draft_tokens; 0 = one token per step)."),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest answer generated, in tokens."),

@@ -47,10 +47,10 @@ class AnswerConfig:
     shots: int = _f(2, "Few-shot examples in the QA prompt (0-4; 2 or more include an unanswerable one).", min=0, max=4)
     batch_size: int = _f(16, "Questions decoded together (per worker). 16 answered ~9 % faster than 8 on 2 CPU cores "
                          "with 2 workers (bench/generation.py --batch 8,16).", min=1)
-    workers: int = _f(2, "Decoding threads: the passages are shared out between them, each with an equal share of "
-                      "torch's threads (one decoder leaves cores idle between its small operators). On 2 CPU cores, 2 "
-                      "answered ~1.2x faster than 1 (bench/generation.py --workers 1,2); answers can differ in bf16 "
-                      "rounding, as with another batch size.", min=1, max=64)
+    workers: int = _f(2, "Decoding threads: each takes passages from a shared pool as it needs rows, with an equal "
+                      "share of torch's threads (one decoder leaves cores idle between its small operators). On 2 "
+                      "CPU cores, 2 answered ~1.2x faster than 1 (bench/generation.py --workers 1,2); answers can "
+                      "differ in bf16 rounding, as with another batch size.", min=1, max=64)
     draft_tokens: int = _f(2, "Guessed next tokens checked per decode step (prompt lookup: what followed the "
                            "answer's last tokens in the prompt; answers are mostly spans of the passage). The output "
                            "is greedy decoding's up to float rounding, in fewer steps; 0 = one token per step.",

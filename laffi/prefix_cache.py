@@ -92,9 +92,10 @@ def greedy_ids(
     Level 0's keys/values are kept once and shared by every row (`prefix_attention`); each row's cache holds its
     passage segment, question and answer only, in a buffer with room for the answer (`_SlabLayer`).
 
-    `workers` > 1: the passages are shared out between that many threads, each decoding its share with its own batch
-    and an equal share of torch's threads. Decode steps are small, so one decoder leaves cores idle between and
-    within its operators; on 2 cores, 2 workers of 1 thread answered ~1.2x faster than 1 worker of 2 threads.
+    `workers` > 1: that many threads decode, each with its own batch and an equal share of torch's threads, taking
+    passages from a shared pool as they need rows (`_Pool`). Decode steps are small, so one decoder leaves cores idle
+    between and within its operators; on 2 cores, 2 workers of 1 thread answered ~1.2x faster than 1 worker of 2
+    threads. Each decoder admits its queued questions shortest first (`_by_suffix_length`), to pad less.
 
     `draft_tokens` > 0: prompt-lookup speculation. Answers are mostly spans of the passage, so each decode step
     guesses a row's next tokens as those that followed the latest earlier occurrence of its last tokens in its prompt
