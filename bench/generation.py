@@ -11,6 +11,7 @@ answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against th
     .venv/bin/python bench/generation.py --questions 200
     .venv/bin/python bench/generation.py --questions 200 --skip-plain --batch 8,16 --workers 1,2 --draft-tokens 0,2
     .venv/bin/python bench/generation.py --questions 50 --passage long --skip-plain
+    .venv/bin/python bench/generation.py --questions 200 --skip-plain --reference-dtype float32
 
 Both paths run with the malloc settings laffi's commands apply at start (laffi/allocator.py); `--default-malloc`
 leaves glibc's defaults.
@@ -138,6 +139,9 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--skip-plain", action="store_true", help="leave out (b), the batched path without prefix reuse")
+    p.add_argument("--reference-dtype", default="", help="also answer with the naive loop in this dtype (e.g. "
+                   "float32) and print how many answers of each path agree with it: how far bf16 rounding alone "
+                   "moves greedy answers")
     p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is (laffi's commands "
                    "apply laffi/allocator.py's settings at start; here both paths get them unless this is given)")
     args = p.parse_args()
@@ -199,6 +203,14 @@ def main() -> None:
             print(f"{'':12s} = {results['naive'][2] / counter.flops:.2f}x less work x "
                   f"{(counter.flops / seconds) / (results['naive'][2] / results['naive'][0]):.2f}x the naive loop's "
                   "FLOP/s")
+    if args.reference_dtype:
+        # Greedy answers flip where two tokens' logits are within rounding of each other: the same loop in another
+        # dtype shows how many answers rounding alone moves, naive loop included.
+        reference = naive(load_model(MODEL, dtype=args.reference_dtype), tokenizer, texts, args.max_new_tokens)
+        for name, (_, raws, _) in results.items():
+            same = sum(a == b for a, b in zip(raws, reference, strict=True))
+            print(f"{name:12s} agrees with the naive loop in {args.reference_dtype}: {same}/{len(raws)} "
+                  f"({100 * same / len(raws):.1f}%)")
 
 
 if __name__ == "__main__":
