@@ -13,6 +13,9 @@ that no LoRA loop can exceed on this machine.
 Model FLOPs per non-padding token: 4 x (decoder-layer parameters) + attention (forward 2N, backward 2N for the
 activation gradients; the frozen base needs no weight gradients, LoRA's are negligible), plus the LM head on the
 positions that carry loss. Recomputation under gradient checkpointing is not counted (it is overhead, not work).
+
+LAFFI_BENCH_KEEP_FREED_MEMORY=1 applies laffi/allocator.py's malloc settings on every side (they are for answering:
+they made both trainers slower or bigger here).
 """
 
 from __future__ import annotations
@@ -190,6 +193,10 @@ def main() -> None:
                    "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
     args = p.parse_args()
     if args.which:  # child process: one side only
+        if os.environ.get("LAFFI_BENCH_KEEP_FREED_MEMORY") == "1":  # laffi/allocator.py, on every side
+            from laffi.allocator import keep_freed_memory
+
+            keep_freed_memory()
         run = {"laffi": run_laffi, "trl": run_trl, "bare": run_bare}[args.which]
         result = run(args, Path(args.out) / args.which)
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
