@@ -134,14 +134,16 @@ def annotate(
 def annotate_export(
     db: Path = typer.Option(..., help="Annotation database (SQLite) of `laffi annotate-server`."),
     out: Path = typer.Option(..., help="Feedback records to write (JSONL), annotator = human:<name>."),
-    annotator: str | None = typer.Option(None, help="Only this annotator's work."),
+    annotator: str | None = typer.Option(None, help="Only this annotator's work: NAME or human:NAME (an unknown "
+                                         "name is an error)."),
 ) -> None:
-    """Export human annotations as feedback records (the same type every annotator writes)."""
+    """Export human annotations as feedback records (the same type every annotator writes), each with the answer
+    it judged."""
     from laffi.records import write_jsonl
-    from laffi.server.store import Store
 
-    _require_db(db)
-    records = Store(db).export(annotator)
+    store = _require_db(db)
+    records = store.export(annotator)
+    store.close()
     write_jsonl(out, records)
     typer.echo(f"wrote {len(records)} human feedback records to {out}", err=True)
 
@@ -149,21 +151,25 @@ def annotate_export(
 @annotate_app.command("import")
 def annotate_import(
     db: Path = typer.Option(..., help="Annotation database (SQLite) whose items the feedback is about."),
-    file: Path = typer.Option(..., "--file", help="Feedback written elsewhere: FeedbackRecord JSONL, or CSV with "
-                              "columns id, verdict, feedback[, annotator, seconds]."),
+    file: Path = typer.Option(..., "--file", help="Feedback written elsewhere: FeedbackRecord JSONL, or UTF-8 CSV "
+                              "with columns id, verdict, feedback[, annotator, seconds, predicted_answer]."),
     annotator: str | None = typer.Option(None, help="Annotator name for every row (else the file's column)."),
 ) -> None:
-    """Import feedback written elsewhere into the annotation database (then `annotate export` includes it)."""
-    from laffi.server.store import Store
+    """Import feedback written elsewhere into the annotation database (then `annotate export` includes it).
 
-    _require_db(db)
-    n = Store(db).import_file(file, annotator)
+    All or nothing (every row is checked before any is written) and idempotent: a row replaces the same annotator's
+    annotation of the same item and answer, so importing a file twice is the same as once."""
+    store = _require_db(db)
+    n = store.import_file(file, annotator)
+    store.close()
     typer.echo(f"imported {n} annotations into {db}", err=True)
 
 
-def _require_db(db: Path) -> None:
-    if not db.is_file():
-        raise LaffiError(f"{db}: annotation database not found")
+def _require_db(db: Path):  # -> laffi.server.store.Store (imported lazily: the server's modules load slowly)
+    """Open an existing annotation database; a missing file, a directory or another kind of file is an error."""
+    from laffi.server.store import Store
+
+    return Store(db, create=False)
 
 
 annotators_app = typer.Typer(no_args_is_help=True, help="Manage the annotation app's annotators.")
@@ -177,9 +183,13 @@ def annotators_add(
     admin: bool = typer.Option(False, help="May export everyone's annotations from the app."),
 ) -> None:
     """Create an annotator and print their token (shown only once)."""
-    from laffi.server.store import Store
+    from laffi.server.store import Store, check_annotator_name
 
-    typer.echo(Store(db).add_annotator(name, admin))
+    check_annotator_name(name)  # before the database is created: a refused name leaves no file behind
+    store = Store(db)
+    token = store.add_annotator(name, admin)
+    store.close()
+    typer.echo(token)
 
 
 @app.command("annotate-server")
@@ -193,14 +203,21 @@ def annotate_server(
     """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
     from laffi import stages
     from laffi.data import load_squad, resolve_data_path
-    from laffi.server.app import serve
+    from laffi.server.app import bind, serve
     from laffi.server.store import Store
 
     questions = load_squad(resolve_data_path(str(data)))
     preds = stages.read_predictions(predictions, questions)
-    n = Store(db).add_items(questions, preds)
+    sock = bind(host, port)  # a busy port is a one-line error before the database is touched
+    try:
+        store = Store(db)
+        n = store.add_items(questions, preds)
+        store.close()
+    except BaseException:
+        sock.close()
+        raise
     typer.echo(f"{n} items in {db}; serving on http://{host}:{port}/", err=True)
-    serve(db, host, port)
+    serve(db, sock)
 
 
 @app.command("feedback-report")

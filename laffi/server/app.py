@@ -4,12 +4,25 @@ Every API call carries the annotator's token as `Authorization: Bearer <token>`;
 their own annotations, and only an admin token may export everyone's.
 
 Limits (HTTP 413 / 422): a request body over MAX_BODY_BYTES is refused before it is read in full, feedback over
-MAX_FEEDBACK_CHARS characters is refused, and every refusal carries a one-line `detail` naming the field.
+MAX_FEEDBACK_CHARS characters is refused, `seconds` must be a finite number from 0 to MAX_SECONDS (24 h), and every
+refusal carries a one-line `detail` naming the field. A save that names the answer the annotator saw (`predicted`) is
+refused with 409 when the item's answer has changed since.
+
+The app serves no /docs, /redoc or /openapi.json: they would describe the API to anyone without a token, and the
+page is the only client it needs.
+
+While it runs, the app checkpoints the SQLite WAL into the database file every CHECKPOINT_EVERY_S seconds after a
+write, and fully when it shuts down, so the .sqlite file alone holds every annotation once the server has stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import re
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laffi.errors import LaffiError
 from laffi.records import to_dict
-from laffi.server.store import Store
+from laffi.server.store import MAX_SECONDS, AnswerChanged, Store
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 64 * 1024  # an annotation is a verdict, a few sentences and a number: far below this
 MAX_FEEDBACK_CHARS = 5000
+CHECKPOINT_EVERY_S = 2.0
 
 
 class Annotation(BaseModel):
@@ -32,7 +46,8 @@ class Annotation(BaseModel):
 
     verdict: str = Field(max_length=20)
     feedback: str = Field(max_length=MAX_FEEDBACK_CHARS)
-    seconds: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    seconds: float = Field(default=0.0, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)
+    predicted: str | None = None  # the answer the annotator judged, as the page showed it
 
 
 def one_line(exc: RequestValidationError) -> str:
@@ -97,9 +112,24 @@ def highlight(context: str, gold: list[str], starts: list[int], predicted: str) 
     return segments
 
 
-def create_app(db_path: str | Path) -> FastAPI:
+def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> FastAPI:
     store = Store(db_path)
-    app = FastAPI(title="laffi annotation", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def checkpoints() -> None:
+            while True:
+                await asyncio.sleep(checkpoint_every_s)
+                store.checkpoint_if_written()
+
+        task = asyncio.create_task(checkpoints())
+        try:
+            yield
+        finally:
+            task.cancel()
+            store.close()  # a full checkpoint: the .sqlite file alone is then the whole database
+
+    app = FastAPI(title="laffi annotation", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,12 +171,15 @@ def create_app(db_path: str | Path) -> FastAPI:
             "annotation": store.annotation(who["name"], it["id"]), "progress": store.progress(who["name"]),
         }  # fmt: skip
 
-    @app.put("/api/annotations/{item_id}")
+    # `:path`: an item id may contain '/' (the page sends it percent-encoded, which the router decodes first).
+    @app.put("/api/annotations/{item_id:path}")
     async def save(item_id: str, body: Annotation, who: dict = Depends(annotator)) -> dict[str, Any]:
         if store.item(item_id) is None:
             raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
         try:
-            store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds)
+            store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds, body.predicted)
+        except AnswerChanged as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
         except LaffiError as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         return {"saved": item_id, "progress": store.progress(who["name"])}
@@ -163,7 +196,23 @@ def create_app(db_path: str | Path) -> FastAPI:
     return app
 
 
-def serve(db_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for `serve`, or a one-line error: binding before serving turns a busy port into
+    `--port: ... is already in use` instead of uvicorn's own log line, and nothing is written before it is known."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LaffiError(f"--port: {host}:{port} is already in use") from None
+        raise LaffiError(f"--host: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
+def serve(db_path: Path, sock: socket.socket) -> None:
+    """Serve the app on a socket from `bind` until interrupted (SIGINT/SIGTERM shut it down cleanly)."""
     import uvicorn
 
-    uvicorn.run(create_app(db_path), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(create_app(db_path), log_level="warning")).run(sockets=[sock])
