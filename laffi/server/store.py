@@ -130,16 +130,18 @@ class Store:
             self.db.executescript(SCHEMA)
             columns = {r["name"] for r in self.db.execute("PRAGMA table_info(annotations)")}
             if "predicted" not in columns:
+                # Statement by statement: executescript would commit before its first statement, outside this
+                # transaction, and a failure halfway would leave the annotations table renamed.
                 with self._write():
                     for statement in MIGRATE_V1.split(";"):
                         if statement.strip():
                             self.db.execute(statement)
-        except sqlite3.DatabaseError as e:
-            self._forget(created)
-            raise LaffiError(f"{self.path}: not a laffi annotation database ({e})") from None
-        except sqlite3.Error as e:
+        except sqlite3.OperationalError as e:  # cannot open, read-only, locked (a subclass of DatabaseError)
             self._forget(created)
             raise LaffiError(f"{self.path}: cannot open ({e})") from None
+        except sqlite3.DatabaseError as e:  # "file is not a database" and the like
+            self._forget(created)
+            raise LaffiError(f"{self.path}: not a laffi annotation database ({e})") from None
         except OSError as e:
             self._forget(created)
             raise LaffiError(f"{self.path}: cannot create ({e.strerror or e})") from None
@@ -160,7 +162,8 @@ class Store:
             try:
                 yield
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:  # SQLite itself rolls back on some errors (disk full, I/O)
+                    self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
             self._dirty = True

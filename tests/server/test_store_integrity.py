@@ -174,6 +174,25 @@ def test_a_bad_row_3_imports_nothing(db, qs, tmp_path, kind):
     assert exported(db) == []
 
 
+def test_an_import_that_fails_while_writing_leaves_nothing_written(db, qs, tmp_path, monkeypatch):
+    """Rows are written in one transaction: a failure at the second row undoes the first."""
+    path = tmp_path / "fb.csv"
+    path.write_text("id,verdict,feedback,annotator\n" + "".join(f"{q.id},correct,Yes.,carol\n" for q in qs[:3]))
+    store = Store(db)
+    calls = []
+
+    def fail_second(name: str) -> None:
+        calls.append(name)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        store.db.execute("INSERT OR IGNORE INTO annotators VALUES (?,NULL,0,0)", (name,))
+
+    monkeypatch.setattr(store, "_ensure_annotator", fail_second)
+    with pytest.raises(sqlite3.OperationalError):
+        store.import_file(path)
+    assert store.export() == [] and "carol" not in store.annotator_names()
+
+
 @pytest.mark.parametrize("seconds", ["inf", "nan", "-inf", "1e308", str(MAX_SECONDS + 1), "-1"])
 def test_import_refuses_non_finite_or_absurd_seconds(db, qs, tmp_path, seconds):
     path = tmp_path / "fb.csv"
@@ -330,6 +349,21 @@ def test_export_takes_the_human_prefix_and_refuses_an_unknown_annotator(db, qs, 
     one_line_error(laffi("annotate", "export", "--db", db, "--out", out, "--annotator", "nobody"),
                    "no annotator 'nobody'", "known: alice, bob")  # fmt: skip
     assert not out.exists()
+
+
+def test_export_and_import_leave_a_sqlite_file_of_another_program_unchanged(tmp_path):
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    feedback = tmp_path / "fb.csv"
+    feedback.write_text("id,verdict,feedback\nq,correct,x\n")
+    for args in (["export", "--out", tmp_path / "o.jsonl"], ["import", "--file", feedback, "--annotator", "x"]):
+        r = laffi("annotate", args[0], "--db", other, *args[1:])
+        one_line_error(r, f"{other}: not a laffi annotation database")
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["fb.csv", "other.sqlite"]
 
 
 @contextlib.contextmanager
