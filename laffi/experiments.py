@@ -83,6 +83,8 @@ def finish(output: Path, key: str) -> None:
 
 def run_pipeline(cfg: RunConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out_dir)
+    # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
+    load_squad(resolve_data_path(cfg.data.path))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     train_file, eval_file = split_stage(cfg, out, log)

@@ -84,6 +84,8 @@ def plan(cfg: ExperimentConfig) -> tuple[list[Cell], list[Cell]]:
 
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out_dir)
+    # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
+    load_squad(resolve_data_path(cfg.data.path))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     main, ablation = plan(cfg)

@@ -1,0 +1,83 @@
+"""Check output locations before any work starts.
+
+A command that loads a model and answers for minutes must not discover at the end that `--out` is a directory, that
+its parent is a file, that the directory is read-only, or that `--out` is the input it is reading. Each check here
+raises `LaffiError` naming the option and the path, and creates nothing: the writable-directory probe makes and removes
+one temporary file in the nearest directory that already exists.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from laffi.errors import LaffiError
+
+
+def show(path: str | Path) -> str:
+    """A path for a one-line message: control characters (a newline in a file name) come out escaped."""
+    text = str(path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return repr(text)
+    return text
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The closest ancestor of `path` (or `path`'s parent itself) that exists; raises if one of them is a file."""
+    parent = path.absolute().parent
+    for d in (parent, *parent.parents):
+        if d.exists() or d.is_symlink():
+            if not d.is_dir():
+                raise NotADirectoryError(d)
+            return d
+    return Path("/")
+
+
+def _check_writable_dir(directory: Path, flag: str, target: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".laffi-write-probe.")
+    except OSError as e:
+        reason = "permission denied" if isinstance(e, PermissionError) else (e.strerror or type(e).__name__).lower()
+        raise LaffiError(f"{flag} {show(target)}: cannot write in {show(directory)} ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | Path, flag: str, inputs: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+    """`path` can be written as a file: not a directory, no file among its parents, in a writable directory, and not
+    the same file as any of `inputs` ((option, path) pairs; writing over an input would destroy it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise LaffiError(f"{flag} {show(path)}: is a directory, expected a file path")
+    for option, source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise LaffiError(f"{flag} {show(path)}: is the same file as {option}; it would overwrite the input")
+    _check_location(path, flag)
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """`path` can be used (or created) as an output directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LaffiError(f"{flag} {show(path)}: exists and is not a directory")
+    if path.is_dir():
+        _check_writable_dir(path, flag, path)
+        return
+    _check_location(path, flag)
+
+
+def _check_location(path: Path, flag: str) -> None:
+    try:
+        directory = _nearest_existing(path)
+    except NotADirectoryError as e:
+        raise LaffiError(f"{flag} {show(path)}: {show(e.args[0])} is a file, not a directory") from None
+    _check_writable_dir(directory, flag, path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
