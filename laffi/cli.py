@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from laffi.errors import LaffiError
+from laffi.outputs import check_output_dir, check_output_file, show
 
 app = typer.Typer(
     add_completion=False,
@@ -54,6 +55,7 @@ def answer(
                                               "again."),
     engine: str = typer.Option("transformers", help="Generation engine: transformers or vllm (when installed; "
                                "laffi/engines/vllm.py)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
 
@@ -64,6 +66,10 @@ def answer(
     from laffi.config import AnswerConfig, ModelConfig, from_mapping
     from laffi.data import load_squad, resolve_data_path
 
+    inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers)]
+    check_output_file(out, "--out", inputs)
+    if generations is not None:
+        check_output_file(generations, "--generations", [*inputs, ("--out", out)])
     keep_freed_memory()  # before any tensor exists: answering ~6 % faster (laffi/allocator.py; not for training)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     cfg = AnswerConfig(shots=shots, batch_size=batch_size, workers=workers, draft_tokens=draft_tokens,
@@ -72,7 +78,8 @@ def answer(
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
     cfg.engine = from_mapping(AnswerConfig, {"engine": engine}, "answer").engine  # checks the choice
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
-                          generations_out=generations, first=first_answers, where=str(data))  # fmt: skip
+                          generations_out=generations, progress=progress, first=first_answers,
+                          where=str(data))  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 
@@ -117,6 +124,7 @@ def annotate(
                          max_retries=max_retries, batch_size=batch_size, max_new_tokens=max_new_tokens)  # fmt: skip
     if annotator not in ("reference", "llm", "simulated-human"):
         raise LaffiError(f"--annotator: must be one of reference, llm, simulated-human, got '{annotator}'")
+    check_output_file(out, "--out", [("--data", data), ("--predictions", predictions), ("--examples", examples)])
     questions = load_squad(resolve_data_path(str(data)))
     preds = stages.read_predictions(predictions, questions)
     records = stages.annotate(questions, preds, out, cfg)
@@ -238,6 +246,9 @@ def feedback_report(
     from laffi.feedback.report import filter_contradictions, report_markdown
     from laffi.records import write_json, write_jsonl
 
+    for flag, path in (("--out", out), ("--filtered-out", filtered_out)):
+        if path is not None:
+            check_output_file(path, flag, [("--human", human), ("--ai", ai), ("--failures", failures)])
     ai_records = stages.read_feedback(ai)
     failures = failures or (failures_path(ai) if failures_path(ai).exists() else None)
     n_fail = len(read_failures(failures)) if failures else None
@@ -279,7 +290,14 @@ def train(
     from laffi.data import load_squad, resolve_data_path
 
     extra = [f"train.answers_from={answers_from}"] if answers_from else []
-    run_cfg = load_run_config(config, [f"train.method={method}", *set_, *extra])
+    run_cfg = load_run_config(config, [("--method", f"train.method={method}"), *set_, *extra])  # errors name --method
+    check_output_dir(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "adapter_config.json").exists():
+        # Saving replaces the whole directory: never do that to a folder that holds something other than an adapter.
+        raise LaffiError(f"--out {show(out)}: not empty and not an adapter directory; give a new directory")
+    for flag, path in (("--data", data), ("--feedback", feedback), ("--human-feedback", human_feedback)):
+        if path is not None and Path(path).resolve().is_relative_to(Path(out).resolve()):
+            raise LaffiError(f"--out {show(out)}: contains {flag} {show(path)}; saving the adapter would replace it")
     questions = load_squad(resolve_data_path(str(data)))
     records = stages.read_feedback(feedback) if feedback else None
     split = None
@@ -344,6 +362,7 @@ def run(
     from laffi.reports import comparisons_table, results_table
 
     cfg = load_run_config(config, set_)
+    check_output_dir(cfg.out_dir, "out_dir")
     _library_bars(progress)
     summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
     held_out = ", ".join(summary["eval_articles"])
@@ -375,6 +394,7 @@ def experiment(
     from laffi.grid import run_experiment
 
     cfg = load_run_config(config, set_, ExperimentConfig)
+    check_output_dir(cfg.out_dir, "out_dir")
     _library_bars(progress)
     summary = run_experiment(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
     out = Path(cfg.out_dir)
@@ -397,6 +417,7 @@ def attention(
     """Attention entropy, distance and where the answer position looks, per layer and head, for each model."""
     from laffi.attention import attention_report, parse_adapters
 
+    check_output_dir(out, "--out")
     report = attention_report(model, str(data), parse_adapters(adapters), questions, out, shots=shots, dtype=dtype,
                               seed=seed, log=lambda m: typer.echo(m, err=True))  # fmt: skip
     typer.echo(report["markdown"])
@@ -407,22 +428,50 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except LaffiError as e:
-        _err(str(e))
+        _err(_one_line(str(e)))
         sys.exit(2)
     except KeyboardInterrupt:
         _err("interrupted (re-run the same command to resume)")
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
+    except OSError as e:
+        # A file-system failure no check foresaw (disk full, a file removed mid-run): still one line, not a traceback.
+        where = f"{show(e.filename)}: " if e.filename else ""
+        _err(f"{where}{(e.strerror or type(e).__name__).lower()}")
+        sys.exit(2)
+    except Exception as e:
+        code = _click_exit(e)
+        if code is None:
+            raise
+        sys.exit(code)
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _click_exceptions(e: BaseException) -> set[str]:
+    """Names of the click exception classes `e` is an instance of, from ANY copy of click.
+
+    typer >= 0.26 ships its own click (`typer._click`), whose classes are not `click.exceptions.*`: matching by class
+    name and module keeps usage errors one line whichever copy raised them (tests/test_cli_usage.py runs each)."""
+    return {c.__name__ for c in type(e).__mro__ if c.__module__.endswith("click.exceptions")}
+
+
+def _click_exit(e: Exception) -> int | None:
+    """Print a click/typer exception the laffi way and return the exit code; None when `e` is not one."""
+    kinds = _click_exceptions(e)
+    if "Exit" in kinds:
+        return e.exit_code
+    if "Abort" in kinds:
+        _err("aborted")
+        return 1
+    if "NoArgsIsHelpError" in kinds:  # `laffi` or `laffi annotators` alone: typer has printed the help already
+        return 2
+    if "ClickException" not in kinds:
+        return None
+    command = getattr(getattr(e, "ctx", None), "command_path", "") or "laffi"
+    _err(_one_line(f"{command}: {e.format_message()}"))
+    return 2  # every usage error is bad input (click's own FileError would say 1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")).strip()
 
 
 if __name__ == "__main__":
