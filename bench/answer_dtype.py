@@ -19,7 +19,7 @@ POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v
 
 def main() -> None:
     from laffi.data import load_squad
-    from laffi.generation import DecodeSettings, answer_questions
+    from laffi.engines.generation import DecodeSettings, answer_questions
     from laffi.metrics import squad_v2_scores
     from laffi.models import load_model, load_tokenizer
 

@@ -1,4 +1,4 @@
-"""Side-by-side: PyTorch's dropout vs laffi.dropout.FastDropout (numpy PCG64 masks) on LoRA-input-shaped tensors.
+"""Side-by-side: PyTorch's dropout vs training.dropout.FastDropout (numpy PCG64 masks) on LoRA-input-shaped tensors.
 Not a timed test. Prints milliseconds per call for each, in one process, and the ratio.
 
     .venv/bin/python bench/dropout.py
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from laffi.dropout import FastDropout
+from laffi.training.dropout import FastDropout
 
 
 def per_call_ms(fn, x, reps: int = 30) -> float:

@@ -3,7 +3,7 @@
 (a) naive: one `model.generate` call per question, batch 1; (b) plain: laffi's batched path without prefix reuse
 (`reuse_prefix=False`, length-sorted left-padded batches); (c) laffi: the default path (answer settings' defaults:
 batch 16, 2 workers, 2 draft tokens), which reuses the key/value cache of the shots prefix and of each passage
-(laffi/prefix_cache.py), keeps one copy of the shots' keys/values for all rows (laffi/prefix_attention.py) and checks
+(prefix_cache.py), keeps one copy of the shots' keys/values for all rows (engines/prefix_attention.py) and checks
 prompt-lookup guesses in each decode step. Same prompts (`prompts.qa_messages`), greedy,
 same stop tokens and max_new_tokens, one process, one model. Prints questions/s, the ratio to naive, the share of
 answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against the matmul peak measured in this run.
@@ -13,7 +13,7 @@ answers identical to naive, SQuAD 2.0 F1 of each, and achieved FLOP/s against th
     .venv/bin/python bench/generation.py --questions 50 --passage long --skip-plain
     .venv/bin/python bench/generation.py --questions 200 --skip-plain --reference-dtype float32
 
-Both paths run with the malloc settings laffi's commands apply at start (laffi/allocator.py); `--default-malloc`
+Both paths run with the malloc settings laffi's commands apply at start (laffi/engines/allocator.py); `--default-malloc`
 leaves glibc's defaults.
 
 `--passage short|medium|long` keeps questions whose passage is in that third of the pool's passage lengths; the
@@ -77,7 +77,7 @@ class FlopCounter:
         self.decode_steps = self.decode_rows = 0  # decode forward passes (one step of every live row), their rows
         body.register_forward_pre_hook(self._body, with_kwargs=True)
         model.get_output_embeddings().register_forward_hook(self._head)
-        from laffi import prefix_cache
+        from laffi.engines import prefix_cache
 
         step = prefix_cache._Rows.step
 
@@ -105,7 +105,7 @@ class FlopCounter:
 def naive(model, tokenizer, texts: list[str], max_new: int) -> list[str]:
     import torch
 
-    from laffi.generation import stop_token_ids
+    from laffi.engines.generation import stop_token_ids
 
     stops = stop_token_ids(tokenizer, model)
     out = []
@@ -122,7 +122,7 @@ def main() -> None:
     import torch
 
     from laffi import prompts
-    from laffi.generation import DecodeSettings, generate
+    from laffi.engines.generation import DecodeSettings, generate
     from laffi.metrics import squad_v2_scores
     from laffi.models import load_model, load_tokenizer, torch_dtype
 
@@ -143,12 +143,12 @@ def main() -> None:
                    "float32) and print how many answers of each path agree with it: how far bf16 rounding alone "
                    "moves greedy answers")
     p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is (laffi's commands "
-                   "apply laffi/allocator.py's settings at start; here both paths get them unless this is given)")
+                   "apply engines/allocator.py's settings at start; here both paths get them unless this is given)")
     args = p.parse_args()
     if not args.default_malloc:
-        from laffi.allocator import keep_freed_memory
+        from laffi.engines.allocator import keep_freed_memory
 
-        print(f"malloc keeps freed memory (laffi/allocator.py): {keep_freed_memory()}")
+        print(f"malloc keeps freed memory (laffi/engines/allocator.py): {keep_freed_memory()}")
 
     questions = pick_questions(args.questions, args.passage)
     tokenizer = load_tokenizer(MODEL)

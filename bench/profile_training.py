@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import training as bench  # noqa: E402  (bench/training.py: same examples and settings)
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from laffi import training  # noqa: E402
+from laffi.training import loop as training  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ Model FLOPs per non-padding token: 4 x (decoder-layer parameters) + attention (f
 activation gradients; the frozen base needs no weight gradients, LoRA's are negligible), plus the LM head on the
 positions that carry loss. Recomputation under gradient checkpointing is not counted (it is overhead, not work).
 
-LAFFI_BENCH_KEEP_FREED_MEMORY=1 applies laffi/allocator.py's malloc settings on every side (they are for answering:
+LAFFI_BENCH_KEEP_FREED_MEMORY=1 applies engines/allocator.py's malloc settings on every side (they are for answering:
 they made both trainers slower or bigger here).
 """
 
@@ -39,7 +39,7 @@ def examples(n: int):
     from laffi.data import load_squad, sample_questions
     from laffi.feedback import reference
     from laffi.models import load_tokenizer
-    from laffi.training import build_examples
+    from laffi.training.loop import build_examples
 
     qs = sample_questions(load_squad(POOL), n, seed=0)
     feedback = [reference.annotate(q, "") for q in qs]  # feedback on abstentions: realistic for the base model
@@ -65,7 +65,7 @@ def consumed(args) -> list[dict]:
     """The tokenized examples laffi's loop trains on, in its order (its seeded shuffle, `step_schedule`). TRL is given
     the same examples in the same order, so both sides do exactly the same work and their losses are comparable."""
     from laffi.models import load_tokenizer
-    from laffi.training import step_schedule, tokenize_example
+    from laffi.training.loop import step_schedule, tokenize_example
 
     tok = load_tokenizer(MODEL)
     rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
@@ -74,7 +74,7 @@ def consumed(args) -> list[dict]:
 
 def run_laffi(args, out: Path) -> dict:
     from laffi import models
-    from laffi.training import TRAIN_LOG, train
+    from laffi.training.loop import TRAIN_LOG, train
 
     # Time from the end of model loading, as TRL's side is timed from trainer.train() (its model is loaded before).
     loaded = {}
@@ -99,7 +99,7 @@ def run_bare(args, out: Path) -> dict:
     import torch
 
     from laffi.models import load_model
-    from laffi.training import batch_tensors
+    from laffi.training.loop import batch_tensors
 
     rows = consumed(args)
     model = load_model(MODEL, dtype="bfloat16")
@@ -122,7 +122,7 @@ def run_trl(args, out: Path) -> dict:
 
     from laffi.config import TrainConfig
     from laffi.models import load_model, load_tokenizer
-    from laffi.training import lora_config
+    from laffi.training.loop import lora_config
 
     tok = load_tokenizer(MODEL)
     cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
@@ -193,8 +193,8 @@ def main() -> None:
                    "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
     args = p.parse_args()
     if args.which:  # child process: one side only
-        if os.environ.get("LAFFI_BENCH_KEEP_FREED_MEMORY") == "1":  # laffi/allocator.py, on every side
-            from laffi.allocator import keep_freed_memory
+        if os.environ.get("LAFFI_BENCH_KEEP_FREED_MEMORY") == "1":  # laffi/engines/allocator.py, on every side
+            from laffi.engines.allocator import keep_freed_memory
 
             keep_freed_memory()
         run = {"laffi": run_laffi, "trl": run_trl, "bare": run_bare}[args.which]

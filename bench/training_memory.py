@@ -39,7 +39,7 @@ def longest_examples(n: int, max_length: int):
     from laffi.data import load_squad
     from laffi.feedback import reference
     from laffi.models import load_tokenizer
-    from laffi.training import build_examples, tokenize_example
+    from laffi.training.loop import build_examples, tokenize_example
 
     tok = load_tokenizer(MODEL)
     qs = sorted(load_squad(POOL), key=lambda q: -len(q.context))[: 4 * n]
@@ -51,8 +51,8 @@ def longest_examples(n: int, max_length: int):
 def child(args) -> None:
     import contextlib
 
-    from laffi import training
     from laffi.config import TrainConfig
+    from laffi.training import loop as training
 
     checkpointing, bf16_lora, malloc = VARIANTS[args.variant]
     if not bf16_lora:  # PEFT's default: LoRA weights fp32, each layer's input cast to fp32 for them

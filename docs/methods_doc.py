@@ -1,7 +1,7 @@
 """Regenerate the example sequences in docs/methods.md from the code: `.venv/bin/python docs/methods_doc.py`.
 
 Each block between `<!-- sequence:NAME -->` and `<!-- /sequence -->` is replaced by the exact training sequence that
-laffi.training builds for one hand-made example, decoded token run by token run, with the tokens that carry loss
+laffi.training.loop builds for one hand-made example, decoded token run by token run, with the tokens that carry loss
 between ⟦ and ⟧. tests/test_methods_doc.py fails when the file and the code disagree.
 """
 
@@ -33,7 +33,7 @@ def example_inputs():
 def sequences(tokenizer) -> dict[str, str]:
     """NAME -> the training sequence of that case, shots = 0, seed = 0."""
     from laffi import prompts
-    from laffi.training import build_examples
+    from laffi.training.loop import build_examples
 
     x = example_inputs()
     q = x["question"]
@@ -56,7 +56,7 @@ def sequences(tokenizer) -> dict[str, str]:
 
 def show(example, tokenizer) -> str:
     """The tokenized sequence as text: runs of loss-bearing tokens between ⟦ and ⟧."""
-    from laffi.training import tokenize_example
+    from laffi.training.loop import tokenize_example
 
     row = tokenize_example(example, tokenizer, max_length=100_000)
     text, run, flag = [], [], 0

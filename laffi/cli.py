@@ -61,16 +61,16 @@ def answer(
 
     With --revise, each question's history (first answer, predicted feedback, final answer) goes to
     OUT with the suffix .revisions.jsonl."""
-    from laffi import stages
-    from laffi.allocator import keep_freed_memory
     from laffi.config import AnswerConfig, ModelConfig, from_mapping
     from laffi.data import load_squad, resolve_data_path
+    from laffi.engines.allocator import keep_freed_memory
+    from laffi.pipeline import stages
 
     inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers)]
     check_output_file(out, "--out", inputs)
     if generations is not None:
         check_output_file(generations, "--generations", [*inputs, ("--out", out)])
-    keep_freed_memory()  # before any tensor exists: answering ~6 % faster (laffi/allocator.py; not for training)
+    keep_freed_memory()  # before any tensor exists: answering ~6 % faster (engines/allocator.py; not for training)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     cfg = AnswerConfig(shots=shots, batch_size=batch_size, workers=workers, draft_tokens=draft_tokens,
                        max_new_tokens=max_new_tokens,
@@ -112,9 +112,9 @@ def annotate(
     """Write natural-language feedback on each predicted answer."""
     if ctx.invoked_subcommand is not None:
         return
-    from laffi import stages
     from laffi.config import AnnotateConfig
     from laffi.data import load_squad, resolve_data_path
+    from laffi.pipeline import stages
 
     for name, value in (("--data", data), ("--predictions", predictions), ("--out", out)):
         if value is None:
@@ -209,8 +209,8 @@ def annotate_server(
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
 ) -> None:
     """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
-    from laffi import stages
     from laffi.data import load_squad, resolve_data_path
+    from laffi.pipeline import stages
     from laffi.server.app import bind, serve
     from laffi.server.store import Store
 
@@ -240,10 +240,10 @@ def feedback_report(
                                              "answers here (JSONL)."),
 ) -> None:
     """Agreement of AI with human feedback (accuracy, Cohen's kappa), contradictions with the gold answers, cost."""
-    from laffi import stages
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import feedback_report as build
     from laffi.feedback.report import filter_contradictions, report_markdown
+    from laffi.pipeline import stages
     from laffi.records import write_json, write_jsonl
 
     for flag, path in (("--out", out), ("--filtered-out", filtered_out)):
@@ -285,9 +285,9 @@ def train(
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
 
     With --human-feedback, the split of the hybrid mix is written to OUT/feedback_mix.json."""
-    from laffi import stages
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
+    from laffi.pipeline import stages
 
     extra = [f"train.answers_from={answers_from}"] if answers_from else []
     run_cfg = load_run_config(config, [("--method", f"train.method={method}"), *set_, *extra])  # errors name --method
@@ -345,7 +345,7 @@ def score(
     predictions: Path = typer.Argument(..., help="Predictions file {question_id: answer}."),
 ) -> None:
     """SQuAD 2.0 scores, the same keys and values as the official evaluate-v2.0.py."""
-    from laffi import stages
+    from laffi.pipeline import stages
 
     typer.echo(json.dumps(stages.score(data, predictions), indent=2))
 
@@ -358,8 +358,8 @@ def run(
 ) -> None:
     """All stages from one config; cached and resumable; prints the results table."""
     from laffi.config import load_run_config
-    from laffi.experiments import run_pipeline
-    from laffi.reports import comparisons_table, results_table
+    from laffi.pipeline.run import run_pipeline
+    from laffi.report.tables import comparisons_table, results_table
 
     cfg = load_run_config(config, set_)
     check_output_dir(cfg.out_dir, "out_dir")
@@ -391,7 +391,7 @@ def experiment(
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.grid import run_experiment
+    from laffi.pipeline.experiment import run_experiment
 
     cfg = load_run_config(config, set_, ExperimentConfig)
     check_output_dir(cfg.out_dir, "out_dir")

@@ -1,4 +1,4 @@
-"""The data that the `refine` and `critique` training methods make before they train (see laffi.training).
+"""The data that the `refine` and `critique` training methods make before they train (see laffi.training.loop).
 
 - refine (Scheurer et al. 2022, "ILF"): the model being trained is shown its first answer and the feedback on it and
   writes a revised answer; the revisions that the feedback's verdict and the SQuAD normalisation accept become the
@@ -86,7 +86,7 @@ def _generate(ids: list[str], prompt: Callable[[Any, str], str], parse: Callable
         return done
     from tqdm.auto import tqdm
 
-    from laffi.generation import DecodeSettings, generate_records
+    from laffi.engines.generation import DecodeSettings, generate_records
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model.name)
@@ -146,7 +146,7 @@ def critique_feedback(questions: list[Question], answers_from: str, out: Path, m
     `answers_from` is a predictions file ({id: answer}, as `laffi answer` writes; any model) or a PEFT adapter
     directory, whose answers (the run's model + that adapter, `shots` shots) are generated here."""
     from laffi.feedback import reference
-    from laffi.stages import read_predictions
+    from laffi.pipeline.stages import read_predictions
 
     if not answers_from:
         raise LaffiError("train.answers_from: method 'critique' needs the answers to critique: a predictions file "
@@ -170,7 +170,7 @@ def critique_feedback(questions: list[Question], answers_from: str, out: Path, m
 
 def _adapter_answers(questions: list[Question], adapter: Path, out: Path, model: ModelConfig, shots: int,
                      progress: bool) -> dict[str, str]:  # fmt: skip
-    from laffi.generation import answer_prefix
+    from laffi.engines.generation import answer_prefix
 
     if not (adapter / "adapter_config.json").exists():
         raise LaffiError(f"train.answers_from: {adapter}: not a PEFT adapter directory (no adapter_config.json)")

@@ -27,7 +27,7 @@ def _init_as_fsdp(self, *args, **kwargs):
 
 
 def _exit_after_checkpoint() -> None:
-    from laffi import training
+    from laffi.training import loop as training
 
     checkpoint = training._checkpoint
 

@@ -1,4 +1,4 @@
-"""laffi/allocator.py: glibc keeps freed memory for reuse, so big temporaries stop being faulted in again."""
+"""laffi/engines/allocator.py: glibc keeps freed memory for reuse, so big temporaries stop being faulted in again."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 WORKLOAD = """
 import resource, sys
-from laffi.allocator import keep_freed_memory
+from laffi.engines.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
 block = b"\\1" * (40 << 20)  # 40 MiB: above glibc's largest adaptive mmap threshold (32 MiB)
 del block

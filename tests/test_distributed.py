@@ -1,4 +1,4 @@
-"""Data-parallel training (laffi/distributed.py): 2 CPU processes (gloo) under `accelerate launch` compute the same
+"""Data-parallel training (training/distributed.py): 2 CPU processes (gloo) under `accelerate launch` compute the same
 updates as one process, on the tiny random model.
 
 Tolerance: the two runs differ only in float32 summation order (each process sums its micro-batches' gradients, then
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from laffi.distributed import launched
+from laffi.training.distributed import launched
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
@@ -195,9 +195,9 @@ def _train_config(**changes):
 def test_launcher_setting_trains_in_launched_processes(tmp_path, small_squad, tiny_model_dir, monkeypatch):
     """`train.launcher` (what `laffi run` / `laffi experiment` use) starts `-m laffi train` under torchrun: same
     updates as training in this process, the workers' record is returned, and the scratch inputs are gone."""
-    from laffi import stages
     from laffi.config import ModelConfig
     from laffi.data import load_squad
+    from laffi.pipeline import stages
 
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
@@ -218,10 +218,10 @@ def test_launcher_setting_trains_in_launched_processes(tmp_path, small_squad, ti
 
 
 def test_launcher_failures_are_one_line_errors(tmp_path, small_squad, tiny_model_dir):
-    from laffi import stages
     from laffi.config import ModelConfig
     from laffi.data import load_squad
     from laffi.errors import LaffiError
+    from laffi.pipeline import stages
 
     questions = load_squad(small_squad)
     model = ModelConfig(str(tiny_model_dir), "float32")
@@ -252,8 +252,8 @@ def test_deepspeed_settings_laffi_fills_and_refuses():
     a prepared dataloader); laffi fills them from its own settings and refuses values that would train differently."""
     from types import SimpleNamespace
 
-    from laffi.distributed import _fill_deepspeed_config, passes_per_step
     from laffi.errors import LaffiError
+    from laffi.training.distributed import _fill_deepspeed_config, passes_per_step
 
     cfg = _train_config()  # batch 10, micro-batches of 2: 5 per step
     assert [passes_per_step(cfg, n) for n in (1, 2, 3, 5, 8)] == [5, 3, 2, 1, 1]

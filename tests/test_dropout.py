@@ -1,9 +1,9 @@
-"""laffi/dropout.py: LoRA dropout with masks from numpy's generator, seeded from torch's."""
+"""laffi/training/dropout.py: LoRA dropout with masks from numpy's generator, seeded from torch's."""
 
 import pytest
 import torch
 
-from laffi.dropout import FastDropout
+from laffi.training.dropout import FastDropout
 
 
 def test_keeps_with_probability_one_minus_p_and_rescales():
@@ -44,7 +44,7 @@ def test_checkpointing_recompute_redraws_the_forward_masks(tmp_path, tiny_model_
     from laffi.config import TrainConfig
     from laffi.feedback import reference
     from laffi.models import load_tokenizer
-    from laffi.training import build_examples, train
+    from laffi.training.loop import build_examples, train
 
     tok = load_tokenizer(str(tiny_model_dir))
     qs = excerpt_questions[:4]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from laffi.config import load_run_config
-from laffi.experiments import run_pipeline
+from laffi.pipeline.run import run_pipeline
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     timing = json.loads((run / "laffi+revise" / "eval_answers.timing.json").read_text())
     assert timing["first_answers_from"].endswith("laffi/eval_answers.generations.jsonl")
     # The table's numbers are the scores of the files on disk.
-    from laffi import stages
+    from laffi.pipeline import stages
 
     for method in ["base", "sft", "laffi", "laffi+sft", "laffi+revise"]:
         again = stages.score(run / "data" / "eval.json", run / method / "eval_answers.json")
@@ -95,7 +95,7 @@ def test_changed_setting_reruns_only_what_depends_on_it(run_cfg, tmp_path):
 
 
 def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
-    from laffi.experiments import marker
+    from laffi.pipeline.run import marker
     from laffi.records import Generation, JsonlAppender, read_json, write_json
 
     run_cfg.methods = ["base"]
@@ -124,7 +124,7 @@ def test_decoding_settings_enter_the_answer_key_except_at_their_old_behaviour(ru
     token per step) keeps the keys of runs made then."""
     from dataclasses import asdict
 
-    from laffi.experiments import file_hash, marker, stage_key
+    from laffi.pipeline.run import file_hash, marker, stage_key
     from laffi.records import read_json
 
     run_cfg.methods = ["base"]

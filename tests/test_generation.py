@@ -2,7 +2,7 @@
 
 import pytest
 
-from laffi.generation import DecodeSettings, answer_questions, generate
+from laffi.engines.generation import DecodeSettings, answer_questions, generate
 from laffi.records import Generation, JsonlAppender, read_jsonl
 
 
@@ -38,7 +38,7 @@ def test_answer_questions_resumes_from_partial(tiny, excerpt_questions, tmp_path
 
 
 def test_revised_answer_rules():
-    from laffi.generation import revised_answer
+    from laffi.engines.generation import revised_answer
 
     ctx = "Rollo led the Normans in 911."
     stated = 'Verdict: incorrect. x. The right answer is "Rollo".'
@@ -54,7 +54,7 @@ def test_revised_answer_rules():
 
 
 def test_revise_rounds_records_and_stopping(monkeypatch, excerpt_questions):
-    import laffi.generation as gen
+    import laffi.engines.generation as gen
     from laffi.records import Generation
 
     qs = excerpt_questions[:3]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from laffi import grid_report
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import write_squad
-from laffi.grid import Cell, plan, run_experiment
+from laffi.pipeline.experiment import Cell, plan, run_experiment
+from laffi.report import experiment as grid_report
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_plan_runs_base_once_and_dedupes_the_ablation():
 def test_grid_report_matches_the_cells(grid_cfg):
     grid_cfg, summary, logs = grid_cfg
     out = Path(grid_cfg.out_dir)
-    from laffi import stages
     from laffi.data import load_squad
+    from laffi.pipeline import stages
 
     train = load_squad(out / "data" / "train.json")
     eval_qs = load_squad(out / "data" / "eval.json")
@@ -128,7 +128,7 @@ def test_report_aggregates_known_predictions(grid_cfg, tmp_path):
     """Rebuild the report after planting predictions with known scores: the group rows, the paired test and the
     verdict follow the files."""
     from laffi.data import load_squad
-    from laffi.grid_report import write_report
+    from laffi.report.experiment import write_report
 
     grid_cfg = grid_cfg[0]
     out = tmp_path / "exp"
@@ -180,7 +180,7 @@ def test_ablation_size_beyond_train_sizes_is_sampled_too(grid_cfg, tmp_path):
     from dataclasses import replace
 
     from laffi.data import load_squad
-    from laffi.grid import split_stage
+    from laffi.pipeline.experiment import split_stage
 
     cfg = replace(grid_cfg[0], out_dir=str(tmp_path / "abl"), train_sizes=[2], ablation_size=4)
     train_file, _ = split_stage(cfg, tmp_path / "abl", log=lambda m: None)

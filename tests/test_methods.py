@@ -13,7 +13,7 @@ from laffi.errors import LaffiError
 from laffi.feedback import reference
 from laffi.methods import critique_feedback, judge_revision, refine_answers
 from laffi.records import Generation, Question, write_jsonl
-from laffi.training import build_examples, tokenize_example
+from laffi.training.loop import build_examples, tokenize_example
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."
 QA = Question(id="a", title="N", context=CTX, question="Who led the Normans?", answers=["Rollo"], answer_starts=[0])
@@ -183,9 +183,9 @@ def test_critique_feedback_from_a_predictions_file(tmp_path):
 def test_coh_adapter_answers_after_its_marker_without_being_told(tmp_path, tiny_model_dir, excerpt_questions):
     """stages.answer reads the adapter's laffi_train.json: its raw outputs are the greedy continuations of the QA
     prompt + "A good answer:", for a coh adapter, and of the plain QA prompt for an sft adapter."""
-    from laffi import stages
-    from laffi.generation import DecodeSettings, answer_prefix, generate
+    from laffi.engines.generation import DecodeSettings, answer_prefix, generate
     from laffi.models import load_model, load_tokenizer
+    from laffi.pipeline import stages
     from laffi.records import read_jsonl
 
     qs = excerpt_questions[:3]
@@ -211,7 +211,7 @@ def test_coh_adapter_answers_after_its_marker_without_being_told(tmp_path, tiny_
 
 
 def test_critique_without_answers_from_trains_on_the_given_records(tmp_path, tiny_model_dir):
-    from laffi import stages
+    from laffi.pipeline import stages
 
     other = [reference.annotate(QA, "Normandy"), reference.annotate(QI, "Rollo")]
     cfg = TrainConfig(method="critique", max_steps=1, batch_size=2, micro_batch_size=2, lora_r=2)

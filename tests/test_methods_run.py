@@ -3,7 +3,7 @@
 import json
 
 from laffi.config import load_run_config
-from laffi.experiments import run_pipeline
+from laffi.pipeline.run import run_pipeline
 
 
 def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, excerpt_questions):

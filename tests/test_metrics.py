@@ -66,7 +66,7 @@ def test_missing_prediction_and_wrong_type_are_errors():
 
 def test_score_reads_files_as_leniently_as_the_official_script(tmp_path):
     """Scoring checks structure, not answer offsets: the official script ignores answer_start."""
-    from laffi import stages
+    from laffi.pipeline import stages
 
     data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "Rollo came in 911.", "qas": [
         {"id": "a", "question": "Who?", "answers": [{"text": "Rollo", "answer_start": 99}], "is_impossible": False},

@@ -1,9 +1,9 @@
-"""laffi/prefix_attention.py: the answering path's attention equals PyTorch's (float32), shared prefix or not."""
+"""engines/prefix_attention.py: the answering path's attention equals PyTorch's (float32), shared prefix or not."""
 
 import pytest
 import torch
 
-from laffi import prefix_attention
+from laffi.engines import prefix_attention
 
 
 class Layer:

@@ -1,10 +1,10 @@
-"""Prefix key/value reuse (laffi/prefix_cache.py) on the tiny random model: same greedy output as the plain path."""
+"""Prefix key/value reuse (engines/prefix_cache.py) on the tiny random model: same greedy output as the plain path."""
 
 import pytest
 
 from laffi import prompts
-from laffi.generation import DecodeSettings, generate, stop_token_ids
-from laffi.prefix_cache import common_prefix_len, greedy_ids, plan
+from laffi.engines.generation import DecodeSettings, generate, stop_token_ids
+from laffi.engines.prefix_cache import common_prefix_len, greedy_ids, plan
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_on_batch_reports_every_prompt_once(tiny, excerpt_questions):
 def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny, excerpt_questions, monkeypatch):
     """Continuous batching: queued prompts join while other rows are mid-answer (their caches padded to a common
     width). Every row must produce what it produces decoded alone (batch size 1, where no batch is ever joined)."""
-    from laffi import prefix_cache
+    from laffi.engines import prefix_cache
 
     model, tok = tiny
     qs = questions_on_shared_passages(excerpt_questions)
@@ -124,7 +124,7 @@ def test_workers_share_out_passages_and_answer_as_one_decoder(tiny, excerpt_ques
     reported once, and torch's thread count is restored afterwards."""
     import torch
 
-    from laffi import prefix_cache
+    from laffi.engines import prefix_cache
 
     model, tok = tiny
     qs = questions_on_shared_passages(excerpt_questions)
@@ -154,7 +154,7 @@ def test_workers_share_out_passages_and_answer_as_one_decoder(tiny, excerpt_ques
 
 
 def test_a_worker_error_reaches_the_caller(tiny, excerpt_questions, monkeypatch):
-    from laffi import prefix_cache
+    from laffi.engines import prefix_cache
 
     model, tok = tiny
     texts = [prompts.render(prompts.qa_messages(q, 2), tok) for q in questions_on_shared_passages(excerpt_questions)]
@@ -168,7 +168,7 @@ def test_a_worker_error_reaches_the_caller(tiny, excerpt_questions, monkeypatch)
 
 
 def test_draft_guesses_what_followed_the_latest_occurrence_of_the_last_tokens():
-    from laffi.prefix_cache import draft
+    from laffi.engines.prefix_cache import draft
 
     prompt = [5, 6, 7, 8, 9, 6, 7, 1, 2, 3]
     assert draft(prompt, [6, 7], 2) == [1, 2]  # the latest "6 7" (positions 5-6) is followed by 1 2
@@ -181,7 +181,7 @@ def test_draft_guesses_what_followed_the_latest_occurrence_of_the_last_tokens():
 
 
 def test_queue_is_sorted_by_suffix_length():
-    from laffi.prefix_cache import Group, _by_suffix_length
+    from laffi.engines.prefix_cache import Group, _by_suffix_length
 
     a, b = Group(prefix_len=3, members=[0, 1, 2]), Group(prefix_len=2, members=[3, 4])
     encoded = [[0] * 9, [0] * 5, [0] * 7, [0] * 4, [0] * 3]  # suffixes 6, 2, 4 | 2, 1
@@ -192,7 +192,7 @@ def test_queue_is_sorted_by_suffix_length():
 def test_checked_guesses_give_greedy_decoding(tiny, excerpt_questions, monkeypatch):
     """Right guesses are kept, wrong ones (and all after them) are dropped: the output is what one token per step
     gives (fp32). Wrong guesses use up cache columns, so rows also outgrow their room here (max 10 new tokens)."""
-    from laffi import prefix_cache
+    from laffi.engines import prefix_cache
 
     model, tok = tiny
     qs = questions_on_shared_passages(excerpt_questions)

@@ -9,7 +9,7 @@ from laffi.config import TrainConfig
 from laffi.errors import LaffiError
 from laffi.feedback import reference
 from laffi.records import Question
-from laffi.training import build_examples, step_schedule, tokenize_example, train
+from laffi.training.loop import build_examples, step_schedule, tokenize_example, train
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."
 QA = Question(id="a", title="N", context=CTX, question="Who led the Normans?", answers=["Rollo"], answer_starts=[0])
@@ -101,7 +101,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, tiny_model_di
     import torch
     from safetensors.torch import load_file
 
-    import laffi.training as training
+    import laffi.training.loop as training
 
     examples = _examples(tokenizer, excerpt_questions)
     cfg = TrainConfig(max_steps=4, batch_size=4, micro_batch_size=2, lora_r=4, learning_rate=1e-2, save_steps=2,

@@ -1,4 +1,4 @@
-"""Memory levers of the training loop (laffi/training.py) on the tiny random model: same training, less memory."""
+"""Memory levers of the training loop (laffi/training/loop.py) on the tiny random model: same training, less memory."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from laffi.config import TrainConfig
 from laffi.feedback import reference
-from laffi.training import _lora_in_base_dtype, build_examples, completion_loss_sum, tokenize_example, train
+from laffi.training.loop import _lora_in_base_dtype, build_examples, completion_loss_sum, tokenize_example, train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _peft(tiny_model_dir, dtype):
     from peft import get_peft_model
 
     from laffi.models import load_model
-    from laffi.training import lora_config
+    from laffi.training.loop import lora_config
 
     torch.manual_seed(0)
     model = get_peft_model(load_model(str(tiny_model_dir), dtype=dtype, trainable=True), lora_config(TrainConfig()))
@@ -109,7 +109,7 @@ def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from laffi.models import peft_quietly
-    from laffi.training import _enable_checkpointing, _keep_names, _keep_policy
+    from laffi.training.loop import _enable_checkpointing, _keep_names, _keep_policy
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -152,7 +152,7 @@ def test_checkpoint_keep_replays_kept_outputs_instead_of_recomputing(tiny_model_
 
 def test_checkpoint_keep_names_are_checked():
     from laffi.errors import LaffiError
-    from laffi.training import _keep_names
+    from laffi.training.loop import _keep_names
 
     assert _keep_names(" attention , down ") == ["attention", "down"] and _keep_names("") == []
     with pytest.raises(LaffiError, match=r"^train.checkpoint_keep: unknown 'mlp' \(choose from attention, down\)$"):

@@ -1,5 +1,5 @@
 """Answering with vLLM (`answer.engine: vllm`): the same prompts, token for token, and the same parsing as the
-transformers engine (laffi/generation.py), with vLLM's batching, prefix caching (the shots and passages that prompts
+transformers engine (engines/generation.py), with vLLM's batching, prefix caching (the shots and passages that prompts
 share are computed once) and LoRA support (the adapter is served as a LoRARequest, not merged).
 
 Greedy decoding on both engines; answers may still differ where two tokens' logits are within float rounding of each
@@ -75,7 +75,7 @@ def answer_questions(
     require_in_context: bool = False,
     answer_prefix: str = "",
 ) -> list[Generation]:
-    """`laffi.generation.answer_questions` on vLLM: the same prompt text and tokens, the same parsing."""
+    """`laffi.engines.generation.answer_questions` on vLLM: the same prompt text and tokens, the same parsing."""
     texts = [prompts.render(prompts.qa_messages(q, shots), tokenizer) + answer_prefix for q in questions]
     token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     raws = generate(llm, token_ids, max_new_tokens, stops, adapter)

@@ -7,7 +7,7 @@ item: passage, question, gold answers and the model's answer. The reply must be
     Verdict: correct|incorrect
     Feedback: <text>
 
-Backends: a local transformers model (batched greedy decoding of `laffi.generation`) or any OpenAI-compatible
+Backends: a local transformers model (batched greedy decoding of `laffi.engines.generation`) or any OpenAI-compatible
 endpoint through the `openai` client (bounded concurrency; the client retries connection errors, timeouts,
 408/409/429 and 5xx with exponential backoff, honouring Retry-After; laffi retries a malformed, empty or unparsable
 completion the same way). Every good completion is appended to a cache keyed by (backend, model, prompt) beside the
@@ -156,7 +156,7 @@ OnDone = Callable[[Completion], None]
 
 def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone) -> None:
     """Greedy replies of a local transformers model, in batches; `on_done` is called as each batch finishes."""
-    from laffi.generation import DecodeSettings, generate
+    from laffi.engines.generation import DecodeSettings, generate
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from laffi import stages
 from laffi.config import AnnotateConfig
 from laffi.feedback import llm
+from laffi.pipeline import stages
 from laffi.records import read_jsonl
 
 

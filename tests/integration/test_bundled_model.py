@@ -28,7 +28,7 @@ def test_bundled_model_loop(tmp_path, excerpt_questions):
     assert len(log) == 2 and all(0 < e["loss"] < 20 for e in log)
     tuned = tmp_path / "tuned.json"
     main(["answer", "--data", str(data), "--out", str(tuned), "--adapter", str(adapter)])
-    from laffi import stages
+    from laffi.pipeline import stages
 
     scores = stages.score(data, tuned)
     assert scores["total"] == 8 and 0.0 <= scores["f1"] <= 100.0

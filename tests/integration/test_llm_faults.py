@@ -17,9 +17,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from laffi import stages
 from laffi.config import AnnotateConfig
 from laffi.feedback import llm
+from laffi.pipeline import stages
 from laffi.records import Question
 
 REPLY = "Verdict: incorrect\nFeedback: The passage says 1066."

@@ -37,8 +37,8 @@ def test_vllm_answers_match_transformers(gpu, tmp_path):
     import json
     from dataclasses import replace
 
-    from laffi import stages
     from laffi.config import AnswerConfig, ModelConfig
+    from laffi.pipeline import stages
 
     if not POOL.exists():
         pytest.skip(f"{POOL} not found")

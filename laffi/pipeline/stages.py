@@ -37,7 +37,7 @@ def answer(
     the first answers are read from it instead of generated again, so revising costs only the feedback rounds."""
     from tqdm.auto import tqdm
 
-    from laffi.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
+    from laffi.engines.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
     from laffi.models import load_model, load_tokenizer
 
     if settings.engine == "vllm":
@@ -94,7 +94,7 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
     from transformers import AutoConfig, GenerationConfig
 
     from laffi.engines import vllm as engine
-    from laffi.generation import answer_prefix, stop_token_ids
+    from laffi.engines.generation import answer_prefix, stop_token_ids
     from laffi.models import load_tokenizer, resolve_model
 
     engine.require_vllm()
@@ -229,10 +229,10 @@ def train(
     from `cfg.answers_from` and feedback on them) with `laffi.methods`, resumably under `out`.partial/, and leave
     what they made and a report beside the adapter files."""
     from laffi import methods
-    from laffi.distributed import launched
     from laffi.models import load_tokenizer
-    from laffi.training import build_examples
-    from laffi.training import train as run_training
+    from laffi.training.distributed import launched
+    from laffi.training.loop import build_examples
+    from laffi.training.loop import train as run_training
 
     if launched() and cfg.method in ("refine", "critique"):
         # Their data-making stage generates and writes files; it is not shared out between processes.
@@ -276,7 +276,7 @@ def launch_training(
 
     from laffi.data import write_squad
     from laffi.records import atomic_write_text
-    from laffi.training import TRAIN_INFO
+    from laffi.training.loop import TRAIN_INFO
 
     try:
         launcher = shlex.split(cfg.launcher)

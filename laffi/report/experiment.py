@@ -16,13 +16,13 @@ import statistics as st
 from pathlib import Path
 from typing import Any
 
-from laffi import stages
 from laffi.config import ExperimentConfig
 from laffi.data import articles
-from laffi.grid import Cell, cell_dir, reference_cell
 from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
+from laffi.pipeline import stages
+from laffi.pipeline.experiment import Cell, cell_dir, reference_cell
 from laffi.records import atomic_write_text, read_json, write_json
-from laffi.reports import comparisons_table
+from laffi.report.tables import comparisons_table
 from laffi.stats import bootstrap_ci, paired_bootstrap
 
 ALPHA = 0.05
@@ -179,7 +179,7 @@ def attention_summary(out: Path) -> dict[str, Any] | None:
 
 
 def revision_of(out: Path, cell: Cell, eval_qs: list) -> dict[str, Any]:
-    from laffi.experiments import revision_summary
+    from laffi.pipeline.run import revision_summary
 
     return revision_summary(eval_qs, cell_dir(out, cell) / "eval_answers.json")
 
@@ -332,7 +332,7 @@ def render_html(markdown_text: str, out: Path) -> str:
 
 
 def write_plots(out: Path, s: dict[str, Any], cells: list[Cell]) -> list[str]:
-    from laffi import plots
+    from laffi.report import plots
 
     directory = out / "plots"
     directory.mkdir(exist_ok=True)

@@ -26,13 +26,13 @@ from typing import Any
 
 import yaml
 
-from laffi import stages
 from laffi.config import AnswerConfig, RunConfig, TrainConfig, train_cache_settings
 from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.metrics import abstain_predictions, squad_v2_scores
+from laffi.pipeline import stages
 from laffi.records import atomic_write_text, read_json, write_json
-from laffi.reports import comparisons_table, results_table
-from laffi.training import needs_feedback
+from laffi.report.tables import comparisons_table, results_table
+from laffi.training.loop import needs_feedback
 
 Log = Callable[[str], None]
 

@@ -1,7 +1,7 @@
 """Batched greedy decoding, and the answer and revise loops built on it (resumable, with progress).
 
 By default the key/value cache of shared prompt prefixes (shots; passage) is computed once and reused, and only each
-prompt's own suffix is prefilled (laffi/prefix_cache.py). The plain path (`reuse_prefix=False`, and the fallback for
+prompt's own suffix is prefilled (prefix_cache.py). The plain path (`reuse_prefix=False`, and the fallback for
 models whose cache cannot be sliced) sorts prompts by length so each batch pads little. Every sequence stops at the
 model's end of turn. Results come back in the caller's order.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laffi import prefix_cache, prompts
+from laffi import prompts
+from laffi.engines import prefix_cache
 from laffi.metrics import normalize_answer
 from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from laffi import prefix_attention
+from laffi.engines import prefix_attention
 
 # A group's own shared segment must be at least this many tokens to be worth a separate prefill.
 MIN_GROUP_TOKENS = 16

@@ -1,6 +1,6 @@
 """Data-parallel training under `accelerate launch` (or torchrun): the optimizer step's micro-batches are shared out.
 
-laffi's training loop (laffi/training.py) accumulates the gradient of sum(loss) / n_loss over an optimizer step's
+laffi's training loop (laffi/training/loop.py) accumulates the gradient of sum(loss) / n_loss over an optimizer step's
 micro-batches, where n_loss is the step's number of completion tokens. With N processes, process r runs micro-batches
 r, r+N, r+2N, ... of each step. Everything engine-specific goes through accelerate's documented loop API, so the same
 code runs DDP (MULTI_GPU, or MULTI_CPU with gloo), FSDP 2 and DeepSpeed ZeRO as the accelerate config says:
@@ -54,7 +54,7 @@ class CompletionLoss(torch.nn.Module):
         self._no_split_modules = getattr(model.get_base_model(), "_no_split_modules", None)
 
     def forward(self, ids: Any, attention: Any, target_mask: Any) -> Any:
-        from laffi.training import loss_sum_of_batch
+        from laffi.training.loop import loss_sum_of_batch
 
         return loss_sum_of_batch(self.model, ids, attention, target_mask)
 
@@ -103,7 +103,7 @@ class DataParallel:
     def step(self, micro_batches: list[list[int]], rows: list[dict], n_loss: int, pad_id: int, autocast: Any) -> float:
         """Forward and backward of this process's share of one optimizer step; returns the step's summed loss over
         all processes. Gradients are reduced when it returns (for DeepSpeed, the engine has also stepped)."""
-        from laffi.training import batch_tensors
+        from laffi.training.loop import batch_tensors
 
         mine = [(mb, 1.0) for mb in micro_batches[self.rank :: self.world]]
         mine += [(micro_batches[0], 0.0)] * (self.k - len(mine))

@@ -30,17 +30,17 @@ from typing import Any
 
 import yaml
 
-from laffi import stages
 from laffi.config import ExperimentConfig, TrainConfig, train_cache_settings
 from laffi.data import load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.errors import LaffiError
-from laffi.experiments import Log, answer_stage, begin, cached, file_hash, finish, stage_key, write_split
+from laffi.pipeline import stages
+from laffi.pipeline.run import Log, answer_stage, begin, cached, file_hash, finish, stage_key, write_split
 from laffi.records import FeedbackRecord, atomic_write_text, write_json, write_jsonl
 
 
 def reads_feedback(method: str) -> bool:
     """laffi+revise answers with a laffi adapter, so its cell carries the laffi cell's feedback share."""
-    from laffi.training import needs_feedback
+    from laffi.training.loop import needs_feedback
 
     return method == "laffi+revise" or needs_feedback(method)
 
@@ -101,7 +101,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
-    from laffi.grid_report import write_report
+    from laffi.report.experiment import write_report
 
     return write_report(cfg, out, main, ablation, eval_qs)
 

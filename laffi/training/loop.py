@@ -213,7 +213,7 @@ def train(
         _enable_checkpointing(model, cfg.checkpoint_every, _keep_policy(keep, model))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    # Under `accelerate launch` / torchrun: data-parallel on accelerate's engine (laffi/distributed.py); else None.
+    # Under `accelerate launch` / torchrun: data-parallel on accelerate's engine (training/distributed.py); else None.
     parallel = _data_parallel(model, optimizer, cfg)
     optimizer = parallel.optimizer if parallel is not None else optimizer
     is_main = parallel is None or parallel.is_main
@@ -312,7 +312,7 @@ def batch_tensors(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[Any, A
 
 
 def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) -> Any:
-    """`completion_loss_sum` on tensors made by `batch_tensors` (laffi.distributed runs it as DDP's forward)."""
+    """`completion_loss_sum` on tensors made by `batch_tensors` (training.distributed runs it as DDP's forward)."""
     import torch.nn.functional as F
 
     causal_lm = model.get_base_model()
@@ -327,8 +327,8 @@ def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) ->
 
 
 def _data_parallel(model: Any, optimizer: Any, cfg: TrainConfig) -> Any:
-    """A `laffi.distributed.DataParallel` when started by a launcher, else None (the plain loop)."""
-    from laffi import distributed
+    """A `laffi.training.distributed.DataParallel` when started by a launcher, else None (the plain loop)."""
+    from laffi.training import distributed
 
     return distributed.DataParallel(model, optimizer, cfg) if distributed.launched() else None
 
@@ -356,10 +356,10 @@ def _lora_in_base_dtype(model: Any) -> Any:
 
 
 def _use_fast_dropout(model: Any) -> None:
-    """Swap PEFT's LoRA dropout modules for `laffi.dropout.FastDropout` (same probability, masks from numpy)."""
+    """Swap PEFT's LoRA dropout modules for `training.dropout.FastDropout` (same probability, masks from numpy)."""
     import torch
 
-    from laffi.dropout import FastDropout
+    from laffi.training.dropout import FastDropout
 
     for module in model.modules():
         drop = getattr(module, "lora_dropout", None)
@@ -512,7 +512,7 @@ def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: l
         "config": asdict(cfg),
         "examples": len(examples),
         "examples_by_kind": dict(Counter(e.kind for e in examples)),
-        # Read at answer time (laffi.generation.answer_prefix): text that ends every QA prompt for this adapter.
+        # Read at answer time (laffi.engines.generation.answer_prefix): text that ends every QA prompt for this adapter.
         "answer_prefix": prompts.coh_answer_prefix() if cfg.method == "coh" else "",
         "template_versions": {"qa": prompts.QA_TEMPLATE_VERSION, "feedback": prompts.FEEDBACK_TEMPLATE_VERSION,
                               "coh": prompts.COH_TEMPLATE_VERSION, "refine": prompts.REFINE_TEMPLATE_VERSION},

@@ -1,0 +1,1 @@
+"""Results tables (`tables`), the experiment report in markdown and HTML (`experiment`), plots (`plots`)."""
