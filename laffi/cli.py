@@ -200,6 +200,42 @@ def annotators_add(
     typer.echo(token)
 
 
+@annotators_app.command("list")
+def annotators_list(db: Path = typer.Option(Path("feedback.sqlite"), help="Annotation database.")) -> None:
+    """Every annotator: name, role, whether their token works, and their counts."""
+    store = _require_db(db)
+    rows = store.list_annotators()
+    store.close()
+    for r in rows:
+        role, state = "admin" if r["admin"] else "annotator", "active" if r["active"] else "revoked"
+        typer.echo(f"{r['name']}\t{role}\t{state}\t{r['annotated']} annotated, {r['unsure']} unsure, "
+                   f"{r['skipped']} skipped, {r['todo']} to do")  # fmt: skip
+
+
+@annotators_app.command("revoke")
+def annotators_revoke(
+    name: str = typer.Argument(..., help="Annotator whose token stops working (their annotations stay)."),
+    db: Path = typer.Option(Path("feedback.sqlite"), help="Annotation database."),
+) -> None:
+    """Revoke an annotator's token at once (reset-token gives them a new one)."""
+    store = _require_db(db)
+    store.revoke(name)
+    store.close()
+    typer.echo(f"revoked {name}'s token", err=True)
+
+
+@annotators_app.command("reset-token")
+def annotators_reset_token(
+    name: str = typer.Argument(..., help="Annotator who gets a new token (the old one stops working)."),
+    db: Path = typer.Option(Path("feedback.sqlite"), help="Annotation database."),
+) -> None:
+    """Print a new token for an annotator (shown only once)."""
+    store = _require_db(db)
+    token = store.reset_token(name)
+    store.close()
+    typer.echo(token)
+
+
 @app.command("annotate-server")
 def annotate_server(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file with the questions and gold answers."),
@@ -207,25 +243,30 @@ def annotate_server(
     db: Path = typer.Option(..., help="Annotation database (SQLite, WAL mode; created if missing)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    drafts: Path | None = typer.Option(None, help="AI feedback (JSONL, from `laffi annotate --annotator llm`) that "
+                                       "prefills each item whose answer it judged, to accept or edit."),
+    guidelines: Path | None = typer.Option(None, help="Annotation guidelines (markdown) shown in the app (default: "
+                                           "laffi/resources/annotation_guidelines.md)."),
+    overlap: int | None = typer.Option(None, min=1, help="Assign each item to K annotators (each sees only their "
+                                       "items; default: everyone sees every item)."),
+    assign_seed: int = typer.Option(0, help="Seed of the order in which items are shared out (with --overlap)."),
 ) -> None:
     """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
     from laffi.data import load_squad, resolve_data_path
     from laffi.pipeline import stages
-    from laffi.server.app import bind, serve
-    from laffi.server.store import Store
+    from laffi.server.app import bind, prepare, read_inputs, serve
 
     questions = load_squad(resolve_data_path(str(data)))
     preds = stages.read_predictions(predictions, questions)
+    ai_drafts, guidelines_text = read_inputs(drafts, guidelines)
     sock = bind(host, port)  # a busy port is a one-line error before the database is touched
     try:
-        store = Store(db)
-        n = store.add_items(questions, preds)
-        store.close()
+        done = prepare(db, questions, preds, ai_drafts, drafts, overlap, assign_seed)
     except BaseException:
         sock.close()
         raise
-    typer.echo(f"{n} items in {db}; serving on http://{host}:{port}/", err=True)
-    serve(db, sock)
+    typer.echo(f"{done}; serving on http://{host}:{port}/", err=True)
+    serve(db, sock, guidelines_text)
 
 
 @app.command("feedback-report")

@@ -8,6 +8,11 @@ MAX_FEEDBACK_CHARS characters is refused, `seconds` must be a finite number from
 refusal carries a one-line `detail` naming the field. A save that names the answer the annotator saw (`predicted`) is
 refused with 409 when the item's answer has changed since.
 
+Routes (all but `/` need a token): /api/me (who, counts, position), /api/guidelines, /api/items (the annotator's
+items with their status), /api/items/{n} (the n-th item of the annotator's queue; remembers n as their position),
+/api/next?after=n (the next item still to do), PUT /api/annotations/{id}; admin only: /api/export and
+/api/admin/summary (progress per annotator, agreement).
+
 The app serves no /docs, /redoc or /openapi.json: they would describe the API to anyone without a token, and the
 page is the only client it needs.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import html
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -33,9 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laffi.errors import LaffiError
 from laffi.records import to_dict
-from laffi.server.store import MAX_SECONDS, AnswerChanged, Store
+from laffi.server.store import MAX_NOTE_CHARS, MAX_SECONDS, AnswerChanged, NotAssigned, Store
 
 STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "resources" / "annotation_guidelines.md"
 MAX_BODY_BYTES = 64 * 1024  # an annotation is a verdict, a few sentences and a number: far below this
 MAX_FEEDBACK_CHARS = 5000
 CHECKPOINT_EVERY_S = 2.0
@@ -48,6 +55,9 @@ class Annotation(BaseModel):
     feedback: str = Field(max_length=MAX_FEEDBACK_CHARS)
     seconds: float = Field(default=0.0, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)
     predicted: str | None = None  # the answer the annotator judged, as the page showed it
+    status: str = Field(default="annotated", max_length=20)  # annotated, unsure or skipped
+    note: str = Field(default="", max_length=MAX_NOTE_CHARS)  # why an item was skipped
+    draft_shown: bool = False  # the page prefilled the form from the item's AI draft
 
 
 def one_line(exc: RequestValidationError) -> str:
@@ -94,13 +104,18 @@ class BodySizeLimit:
 
 def highlight(context: str, gold: list[str], starts: list[int], predicted: str) -> list[dict[str, str]]:
     """The passage cut into segments marked "gold" (the gold answer spans), "pred" (the predicted answer, where it
-    occurs), "both" or "" — the page renders them as text, so no passage text is ever parsed as HTML."""
+    occurs as a whole word: "the" is not marked inside "their"), "both" or "" — the page renders them as text, so no
+    passage text is ever parsed as HTML."""
     marks = [""] * len(context)
     for text, start in zip(gold, starts, strict=False):
         for i in range(start, min(start + len(text), len(context))):
             marks[i] = "gold"
-    if predicted.strip():
-        for m in re.finditer(re.escape(predicted.strip()), context, flags=re.IGNORECASE):
+    pred = predicted.strip()
+    if pred:
+        # Word boundaries only where the answer itself starts or ends with a word character ("(1066)" still matches).
+        pattern = (r"(?<!\w)" if re.match(r"\w", pred) else "") + re.escape(pred) + \
+            (r"(?!\w)" if re.match(r"\w", pred[-1]) else "")
+        for m in re.finditer(pattern, context, flags=re.IGNORECASE):
             for i in range(m.start(), m.end()):
                 marks[i] = "both" if marks[i] in ("gold", "both") else "pred"
     segments: list[dict[str, str]] = []
@@ -112,8 +127,87 @@ def highlight(context: str, gold: list[str], starts: list[int], predicted: str) 
     return segments
 
 
-def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> FastAPI:
+def unique(texts: list[str]) -> list[str]:
+    """The texts without repeats (SQuAD lists the same gold answer once per crowd worker), first occurrence first."""
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        key = " ".join(t.split()).casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+_SAFE_URL = re.compile(r"^(https?:|mailto:|#|/(?!/)|[\w.-]+(?:/|$))", re.IGNORECASE)
+
+
+def render_guidelines(text: str) -> str:
+    """Guidelines (markdown) as HTML that cannot run anything: every `<`, `>` and `&` of the text is escaped before
+    markdown sees it (raw HTML stays literal text), and a link or image whose address is not http(s), mailto, a
+    fragment or a relative path (`javascript:`, `data:`) loses its address."""
+    import markdown
+
+    out = markdown.markdown(html.escape(text, quote=False), extensions=["sane_lists"])
+
+    def check(m: re.Match) -> str:
+        url = html.unescape(m.group(2))
+        return m.group(0) if _SAFE_URL.match(url.strip()) else f'{m.group(1)}="#"'
+
+    return re.sub(r'\b(href|src)="([^"]*)"', check, out)
+
+
+def read_guidelines(path: Path | None) -> str:
+    """The guidelines file (`--guidelines`, default: the text shipped in laffi/resources/) as text."""
+    from laffi.records import read_input_text
+
+    return read_input_text(path or DEFAULT_GUIDELINES, "markdown")
+
+
+def read_inputs(drafts: Path | None, guidelines: Path | None) -> tuple[list, str]:
+    """`annotate-server --drafts --guidelines`: the AI drafts (FeedbackRecord JSONL) and the guidelines text, read
+    before anything is written; a bad file is a one-line error naming its flag."""
+    from laffi.records import FeedbackRecord, read_jsonl
+
+    records = []
+    if drafts is not None:
+        try:
+            records = read_jsonl(drafts, FeedbackRecord)
+        except LaffiError as e:
+            raise LaffiError(f"--drafts {e}") from None
+    try:
+        text = read_guidelines(guidelines)
+    except LaffiError as e:
+        raise LaffiError(f"--guidelines {e}") from None
+    return records, text
+
+
+def prepare(db_path: Path, questions: list, predictions: dict[str, str], drafts: list, drafts_path: Path | None,
+            overlap: int | None, seed: int) -> str:  # fmt: skip
+    """Before serving: add the items, replace the AI drafts (none without --drafts) and set up assignment. Returns
+    what was done, for the server's start-up line."""
+    if overlap is not None and overlap < 1:
+        raise LaffiError(f"--overlap: must be at least 1, got {overlap}")
     store = Store(db_path)
+    try:
+        n = store.add_items(questions, predictions)
+        message = f"{n} items in {db_path}"
+        counts = store.set_drafts(drafts, f"--drafts {drafts_path}")
+        if drafts_path is not None:
+            message += (f"; {counts['matching']} AI drafts shown ({counts['other_answer']} for another answer and "
+                        f"{counts['unknown']} for other questions are not)")  # fmt: skip
+        store.configure_assignment(overlap, seed)
+        if overlap is not None:
+            message += f"; each item assigned to {overlap} annotators (seed {seed})"
+    finally:
+        store.close()
+    return message
+
+
+def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+               guidelines: str | None = None) -> FastAPI:  # fmt: skip
+    store = Store(db_path)
+    guidelines_html = render_guidelines(guidelines if guidelines is not None else read_guidelines(None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -149,6 +243,12 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
         who = store.who(token) if token else None
         if who is None:
             raise HTTPException(status_code=401, detail="unknown token", headers={"WWW-Authenticate": "Bearer"})
+        store.ensure_dealt(who["name"])  # an annotator added while the server runs gets their share of items
+        return who
+
+    async def admin(who: dict = Depends(annotator)) -> dict[str, Any]:
+        if not who["admin"]:
+            raise HTTPException(status_code=403, detail="needs an admin token")
         return who
 
     @app.get("/", include_in_schema=False)
@@ -157,18 +257,35 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
 
     @app.get("/api/me")
     async def me(who: dict = Depends(annotator)) -> dict[str, Any]:
-        return {**who, **store.progress(who["name"])}
+        return {**who, **store.progress(who["name"]), "counts": store.counts(who["name"]),
+                "position": store.position(who["name"])}  # fmt: skip
+
+    @app.get("/api/guidelines")
+    async def guidelines_page(who: dict = Depends(annotator)) -> dict[str, str]:
+        return {"html": guidelines_html}
+
+    @app.get("/api/items")
+    async def items(who: dict = Depends(annotator)) -> dict[str, Any]:
+        return {"items": store.statuses(who["name"])}
+
+    @app.get("/api/next")
+    async def next_todo(after: int = -1, who: dict = Depends(annotator)) -> dict[str, Any]:
+        return {"index": store.next_todo(who["name"], after)}
 
     @app.get("/api/items/{index}")
     async def item(index: int, who: dict = Depends(annotator)) -> dict[str, Any]:
-        it = store.item_at(index) if 0 <= index < store.item_count() else None  # SQLite overflows past 2**63
+        # Bounds first: SQLite overflows past 2**63.
+        it = store.item_at(index, who["name"]) if 0 <= index < store.item_count() else None
         if it is None:
             raise HTTPException(status_code=404, detail="no such item")
+        store.set_position(who["name"], index)
+        annotation = store.annotation(who["name"], it["id"])
         return {
             "index": index, "id": it["id"], "title": it["title"], "question": it["question"],
-            "predicted": it["predicted"], "gold": it["gold"],
+            "predicted": it["predicted"], "gold": unique(it["gold"]),
             "segments": highlight(it["context"], it["gold"], it["answer_starts"], it["predicted"]),
-            "annotation": store.annotation(who["name"], it["id"]), "progress": store.progress(who["name"]),
+            "annotation": annotation, "draft": None if annotation else store.draft(it["id"]),
+            "progress": store.progress(who["name"]),
         }  # fmt: skip
 
     # `:path`: an item id may contain '/' (the page sends it percent-encoded, which the router decodes first).
@@ -177,20 +294,29 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
         if store.item(item_id) is None:
             raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
         try:
-            store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds, body.predicted)
+            store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds, body.predicted,
+                       status=body.status, note=body.note, draft_shown=body.draft_shown)  # fmt: skip
         except AnswerChanged as e:
             raise HTTPException(status_code=409, detail=str(e)) from None
+        except NotAssigned as e:
+            raise HTTPException(status_code=403, detail=str(e)) from None
         except LaffiError as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         return {"saved": item_id, "progress": store.progress(who["name"])}
 
     @app.get("/api/export", response_class=PlainTextResponse)
-    def export(who: dict = Depends(annotator)) -> str:
+    def export(unsure: bool = False, skipped: bool = False, who: dict = Depends(annotator)) -> str:
+        """Admin only. Unsure and skipped annotations only when asked (?unsure=true, ?skipped=true)."""
         if not who["admin"]:
             raise HTTPException(status_code=403, detail="export needs an admin token")
         import json
 
-        return "".join(json.dumps(to_dict(r), ensure_ascii=False) + "\n" for r in store.export())
+        records = store.export(include_unsure=unsure, include_skipped=skipped)
+        return "".join(json.dumps(to_dict(r), ensure_ascii=False) + "\n" for r in records)
+
+    @app.get("/api/admin/summary")
+    def summary(who: dict = Depends(admin)) -> dict[str, Any]:
+        return store.summary()
 
     app.state.store = store
     return app
@@ -211,8 +337,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(db_path: Path, sock: socket.socket) -> None:
+def serve(db_path: Path, sock: socket.socket, guidelines: str | None = None) -> None:
     """Serve the app on a socket from `bind` until interrupted (SIGINT/SIGTERM shut it down cleanly)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(create_app(db_path), log_level="warning")).run(sockets=[sock])
+    app = create_app(db_path, guidelines=guidelines)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

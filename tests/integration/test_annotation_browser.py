@@ -1,6 +1,8 @@
 """End to end in a real browser: the annotation server started as `laffi annotate-server`, headless Debian chromium
 driven by Playwright. Log in with a token, annotate three items (keyboard shortcuts and buttons), skip one, go back
-and edit one, then export with the CLI and with the admin token and compare the records."""
+and edit one, then export with the CLI and with the admin token and compare the records. The right-answer field,
+prefilled from the verdict (the gold answer when incorrect, the model's when correct), closes each feedback with the
+sentence `prompts.parse_feedback` reads."""
 
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make install runs apt-get "
                                 "install -y chromium; it could not be had here)")  # fmt: skip
+
+
+def closing(answer: str) -> str:
+    return f'The right answer is "{answer}".'
 
 
 def laffi(*args: object) -> subprocess.CompletedProcess:
@@ -111,7 +117,8 @@ def test_annotate_in_browser_edit_and_export(server, tmp_path):
         expect(page.locator("#question")).to_have_text(qs[1].question)
         expect(page.locator("#feedback")).to_have_value("Right: second item.")
         expect(page.locator("#btn-correct")).to_have_class("on")
-        page.click("#btn-incorrect")
+        page.click("#btn-incorrect")  # the right answer the annotator confirmed stays when the verdict changes
+        expect(page.locator("#right-answer")).to_have_value("Normandy")
         page.fill("#feedback", "Edited: the second answer is wrong after all.")
         page.click("#save")
         expect(page.locator("#question")).to_have_text(qs[2].question)
@@ -128,16 +135,19 @@ def test_annotate_in_browser_edit_and_export(server, tmp_path):
     laffi("annotate", "export", "--db", server["db"], "--out", out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [json.loads(line) for line in http_export.splitlines()] == records
-    expected = [(qs[0].id, "incorrect", "Wrong: first item."),
-                (qs[1].id, "incorrect", "Edited: the second answer is wrong after all."),
-                (qs[3].id, "correct", "Right: fourth item.")]  # fmt: skip
+    expected = [(qs[0].id, "incorrect", "Wrong: first item. " + closing(qs[0].answers[0])),
+                (qs[1].id, "incorrect", "Edited: the second answer is wrong after all. " + closing("Normandy")),
+                (qs[3].id, "correct", "Right: fourth item. " + closing("Normandy"))]  # fmt: skip
     assert [(r["id"], r["verdict"], r["feedback"]) for r in records] == expected
+    from laffi.prompts import parse_feedback
+
+    assert [parse_feedback(r["feedback"])[1] for r in records] == [qs[0].answers[0], "Normandy", "Normandy"]
     for r, q in zip(records, [qs[0], qs[1], qs[3]], strict=True):
         assert r["annotator"] == "human:ann" and r["question"] == q.question and r["context"] == q.context
         assert r["gold_answers"] == q.answers and r["predicted_answer"] == server["preds"][q.id]
         assert r["meta"]["seconds"] > 0
     # The records load as the pipeline's feedback (the type `laffi train --feedback` reads).
-    from laffi.stages import read_feedback
+    from laffi.records import read_feedback
 
     assert [r.id for r in read_feedback(out)] == [r["id"] for r in records]
     assert os.path.exists(str(server["db"]) + "-wal")  # WAL mode

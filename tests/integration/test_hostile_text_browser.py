@@ -82,4 +82,6 @@ def test_html_and_script_are_inert_in_the_page(tmp_path):
                       IMG)  # fmt: skip
         page.wait_for_function("window.__pwned === 'img'", timeout=5000)
         browser.close()
-    assert [(r.feedback, r.question) for r in Store(db).export()] == [(feedback, q.question)]
+    # The page closes the feedback with the right answer (the gold one, prefilled; its '"' made "'" to stay parseable).
+    closing = f'The right answer is "{BOLD.replace(chr(34), chr(39))}".'
+    assert [(r.feedback, r.question) for r in Store(db).export()] == [(f"{feedback} {closing}", q.question)]
