@@ -8,7 +8,9 @@ Unknown keys, wrong types and impossible values give a one-line `LaffiError` nam
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import yaml
 
 from laffi.errors import LaffiError
+from laffi.records import has_lone_surrogate, printable, read_input_text
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -208,11 +211,17 @@ def _coerce(value: Any, ftype: Any, where: str) -> Any:
             return value
     elif ftype is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # NaN passes every bound (its comparisons are all false), and no setting means anything at infinity.
+            if not math.isfinite(value):
+                raise LaffiError(f"{where}: must be a finite number, got {value!r}")
             return float(value)
     elif ftype is str:
         if isinstance(value, str):
+            if has_lone_surrogate(value):  # "\ud800" in a double-quoted YAML string: no file name can hold it
+                raise LaffiError(f"{where}: lone surrogate in a string (not valid Unicode)")
             return value
-    raise LaffiError(f"{where}: expected {getattr(ftype, '__name__', ftype)}, got {type(value).__name__} ({value!r})")
+    shown = printable(repr(value)) if len(repr(value)) <= 60 else printable(repr(value)[:57]) + "..."
+    raise LaffiError(f"{where}: expected {getattr(ftype, '__name__', ftype)}, got {type(value).__name__} ({shown})")
 
 
 def _check_bounds(value: Any, meta: dict, where: str) -> None:
@@ -225,17 +234,20 @@ def _check_bounds(value: Any, meta: dict, where: str) -> None:
 
 
 def from_mapping(cls: type, data: Any, where: str) -> Any:
-    """Build a config dataclass from a mapping, naming `where` + the key on any problem."""
+    """Build a config dataclass from a mapping, naming `where` + the key on any problem.
+
+    `where` is a source ending in ':' ("cfg.yaml:", "--set:") or a dotted position ("answer", "cfg.yaml: train")."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise LaffiError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise LaffiError(f"{_colon(where)} expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise LaffiError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
+            shown = printable(key) if isinstance(key, str) else repr(key)
+            raise LaffiError(f"{_colon(where)} unknown key '{shown}' (known: {', '.join(fields)})")
         sub = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = from_mapping(hints[key], value, sub)
@@ -245,46 +257,112 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-def apply_override(data: dict, override: str, where: str = "--set") -> None:
-    """Apply one `section.key=value` override (the value is parsed as YAML) to a raw config mapping."""
+def _colon(where: str) -> str:
+    """`where` followed by one colon: a source ("cfg.yaml:") already ends with one."""
+    return where if where.endswith(":") else f"{where}:"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: by default the last one wins
+    silently, which once hid a typo (`epochz: 1` then `epochs: 2`, and later edits went to the wrong line)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` overrides on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key] + 1, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base constructor gives its own error
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, line: int):
+        super().__init__(key)
+        self.key, self.first, self.line = key, first, line
+
+
+class _NotYaml(LaffiError):
+    """Text that does not parse as YAML at all (as opposed to YAML that parses into something unusable)."""
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML with duplicate keys refused, and every failure a one-line `LaffiError` message (without the file name:
+    the caller adds where the text came from)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except _DuplicateKey as e:
+        shown = printable(e.key) if isinstance(e.key, str) else repr(e.key)
+        raise LaffiError(f"duplicate key '{shown}' (line {e.line}; first at line {e.first})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise _NotYaml(f"not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    except RecursionError:
+        # PyYAML composes and constructs recursively: ~1,000 levels of nesting exhaust Python's stack.
+        raise LaffiError("not valid YAML: nested too deeply") from None
+    except ValueError as e:
+        # A scalar that matches a YAML type but cannot be built: an integer over Python's 4,300 digits, a date such
+        # as 2024-13-45.
+        reason = "an integer with too many digits" if "integer string conversion" in str(e) else str(e)
+        raise LaffiError(f"not valid YAML: {printable(reason)}") from None
+
+
+def apply_override(data: dict, override: str, where: str = "--set") -> str:
+    """Apply one `section.key=value` override (the value is parsed as YAML) to a raw config mapping; returns the
+    dotted key."""
     if "=" not in override:
-        raise LaffiError(f"{where}: expected key=value, got '{override}'")
+        raise LaffiError(f"{where}: expected key=value, got '{printable(override)}'")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise LaffiError(f"{where}: '{key}' goes through a non-mapping")
+            raise LaffiError(f"{where}: '{printable(key)}' goes through a non-mapping")
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
+        node[parts[-1]] = _load_yaml(raw) if raw.strip() else ""
+    except _NotYaml:
+        node[parts[-1]] = raw  # not YAML: the text itself (`--set out_dir=runs/a: b`)
+    except LaffiError as e:
+        raise LaffiError(f"{where}: {printable(key.strip())}: {e}") from None
+    return key.strip()
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
-    """A `cls` (RunConfig or ExperimentConfig) from a YAML file and `--set` overrides, checked."""
+def load_run_config(path: str | Path | None, overrides: Sequence[str | tuple[str, str]] = (),
+                    cls: type = RunConfig) -> Any:  # fmt: skip
+    """A `cls` (RunConfig or ExperimentConfig) from a YAML file and `--set` overrides, checked.
+
+    An override is "key=value" (from --set) or (flag, "key=value") for a command-line flag that sets a config key
+    (`laffi train --method`): the flag's value is checked on its own first, so an error names the flag."""
     data: Any = {}
     where = "config:"
     if path is not None:
-        path = Path(path)
-        where = f"{path}:"
+        name = printable(path)
+        where = f"{name}:"
+        text = read_input_text(path, "YAML config")  # one-line errors for directories, FIFOs, huge files, ...
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise LaffiError(f"{path}: file not found") from None
-        except UnicodeDecodeError:
-            raise LaffiError(f"{path}: not UTF-8 text") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" (line {mark.line + 1})" if mark else ""
-            raise LaffiError(f"{path}: not valid YAML{at}") from None
+            data = _load_yaml(text)
+        except LaffiError as e:
+            raise LaffiError(f"{name}: {e}") from None
+        data = {} if data is None else data
     if not isinstance(data, dict):
         raise LaffiError(f"{where} expected a mapping at the top level")
     cfg = _validated(from_mapping(cls, data, where), where)  # the file alone first, so its errors name the file
     if overrides:
         for o in overrides:
-            apply_override(data, o)
+            if isinstance(o, tuple):
+                flag, text = o
+                alone: dict = {}
+                apply_override(alone, text, flag)
+                _validated(from_mapping(cls, alone, f"{flag}:"), f"{flag}:")
+                apply_override(data, text, flag)
+            else:
+                apply_override(data, o)
         where = "--set:"  # anything wrong now came from an override
         cfg = _validated(from_mapping(cls, data, where), where)
     return cfg
@@ -292,9 +370,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] = (), cls: typ
 
 def _validated(cfg: Any, where: str) -> Any:
     """Checks that span fields: known methods, and a grid that can run."""
+    if not cfg.methods:
+        # An empty table: every stage would be skipped and the run would "succeed" with nothing to show.
+        raise LaffiError(f"{where} methods: needs at least one method (known: {', '.join(METHODS)})")
     for m in cfg.methods + ([cfg.ablation_method] if isinstance(cfg, ExperimentConfig) else []):
         if m not in METHODS:
-            raise LaffiError(f"{where} methods: unknown method '{m}' (known: {', '.join(METHODS)})")
+            raise LaffiError(f"{where} methods: unknown method '{printable(m)}' (known: {', '.join(METHODS)})")
     if isinstance(cfg, ExperimentConfig):
         _check_grid(cfg, where)
     return cfg

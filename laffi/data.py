@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import Question, read_json, write_json
+from laffi.records import Question, printable, read_json, write_json
 
 SQUAD_VERSION = "v2.0"
 BUNDLED_NAME = "squad_v2_excerpt.json"
@@ -28,8 +28,8 @@ def load_squad(path: str | Path, strict: bool = True) -> list[Question]:
     `strict=False` (used for scoring) checks structure and types only, like the official evaluation script reads a
     file: answer offsets and the `is_impossible` flag are not cross-checked against the answers and the context.
     """
-    path = Path(path)
-    doc = read_json(path, "SQuAD 2.0 JSON")  # already one-line errors for missing / non-UTF-8 / non-JSON files
+    doc = read_json(path, "SQuAD 2.0 JSON")  # one-line errors for unreadable, non-UTF-8, non-JSON, too deep files
+    path = printable(path)  # messages below name the file; escaped so a newline in its name keeps them one line
     if not isinstance(doc, dict):
         raise LaffiError(f"{path}: expected a JSON object at the top level, got {_kind(doc)}")
     # A missing version is tolerated (hand-made files); a different one means another format (e.g. SQuAD 1.1).
@@ -46,7 +46,7 @@ def load_squad(path: str | Path, strict: bool = True) -> list[Question]:
     return questions
 
 
-def _load_article(article: Any, path: Path, where: str, seen: dict[str, str], strict: bool) -> list[Question]:
+def _load_article(article: Any, path: str, where: str, seen: dict[str, str], strict: bool) -> list[Question]:
     _expect(article, dict, path, where)
     title = _field(article, "title", str, path, where) if "title" in article else ""
     out = []
@@ -60,7 +60,7 @@ def _load_article(article: Any, path: Path, where: str, seen: dict[str, str], st
 
 
 def _load_question(
-    qa: Any, title: str, context: str, path: Path, where: str, seen: dict[str, str], strict: bool
+    qa: Any, title: str, context: str, path: str, where: str, seen: dict[str, str], strict: bool
 ) -> Question:
     _expect(qa, dict, path, where)
     qid = _nonempty(qa, "id", path, where)
@@ -86,7 +86,7 @@ def _load_question(
     return Question(qid, title, context, question, texts, starts, impossible)
 
 
-def _load_answer(ans: Any, context: str, path: Path, where: str, strict: bool = True) -> tuple[str, int]:
+def _load_answer(ans: Any, context: str, path: str, where: str, strict: bool = True) -> tuple[str, int]:
     _expect(ans, dict, path, where)
     if not strict:  # the official script reads only the text, and scores empty-after-normalisation answers as ""
         return _field(ans, "text", str, path, where), ans.get("answer_start", -1)
@@ -115,19 +115,19 @@ def _kind(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    """A value as JSON (one line: newlines come out escaped), truncated, for error messages."""
-    text = json.dumps(value, ensure_ascii=False)
+    """A value as JSON (one line: newlines, and U+2028 & co. via `printable`, come out escaped), truncated."""
+    text = printable(json.dumps(value, ensure_ascii=False))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _expect(value: Any, typ: type, path: Path, where: str) -> None:
+def _expect(value: Any, typ: type, path: str, where: str) -> None:
     # bool is a subclass of int in Python, but `true` is never a valid answer_start.
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         label = f"{where}: " if where else ""
         raise LaffiError(f"{path}: {label}expected {_KINDS[typ]}, got {_kind(value)}")
 
 
-def _field(obj: dict, key: str, typ: type, path: Path, where: str) -> Any:
+def _field(obj: dict, key: str, typ: type, path: str, where: str) -> Any:
     name = f"{where}.{key}" if where else key
     if key not in obj:
         raise LaffiError(f"{path}: {name}: missing")
@@ -135,7 +135,7 @@ def _field(obj: dict, key: str, typ: type, path: Path, where: str) -> Any:
     return obj[key]
 
 
-def _nonempty(obj: dict, key: str, path: Path, where: str) -> str:
+def _nonempty(obj: dict, key: str, path: str, where: str) -> str:
     value = _field(obj, key, str, path, where)
     if not value.strip():
         raise LaffiError(f"{path}: {where}.{key}: empty")
