@@ -1,0 +1,193 @@
+"""Shared by the tests/integration/test_app_*.py browser tests (no tests here): a small purpose-built data set, the
+real server (`laffi annotate-server`, with any extra flags) and headless Debian chromium driven by Playwright.
+
+One server per test module; each test logs in as its own annotator, so tests do not see each other's work."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from laffi.data import write_squad
+from laffi.records import FeedbackRecord, Question, to_dict
+from laffi.server.store import Store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make install runs apt-get "
+                                    "install -y chromium; it could not be had here)")  # fmt: skip
+DESKTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
+LONG_WORD = "x" * 10_000
+DRAFT_FEEDBACK = 'The passage says the duke led them, not the river. The right answer is "The duke".'
+
+
+def _q(qid: str, title: str, context: str, question: str, answer: str | None, copies: int = 1) -> Question:
+    if answer is None:
+        return Question(id=qid, title=title, context=context, question=question, is_impossible=True)
+    start = context.index(answer)
+    return Question(id=qid, title=title, context=context, question=question, answers=[answer] * copies,
+                    answer_starts=[start] * copies)  # fmt: skip
+
+
+def questions() -> list[Question]:
+    """Eight items, each for a purpose: whole-word highlight and repeated gold (0), a long passage (1), a 10,000
+    character word (2), an item with an AI draft of its answer (3), one whose draft judged another answer (4), an
+    unanswerable one the model abstained on (5), two plain ones (6, 7)."""
+    long_context = " ".join(f"Sentence {k}: the Norman dukes ruled their lands from Rouen for many years."
+                            for k in range(70))  # fmt: skip
+    return [
+        _q("q-words", "Words", "Their army crossed the river. The duke led them home.", "Who led them home?",
+           "The duke", copies=3),
+        _q("q-long", "Long_passage", long_context, "Where did the dukes rule from?", "Rouen"),
+        _q("q-wide", "Wide", f"Before {LONG_WORD} after the year 911.", "When?", "911"),
+        _q("q-draft", "Drafted", "The duke led them across the river in 1066.", "Who led them?", "The duke"),
+        _q("q-other", "Other_draft", "Rollo was a Viking leader who founded Normandy.", "Who founded Normandy?",
+           "Rollo"),
+        _q("q-none", "Unanswerable", "The Normans built castles in stone.", "Who painted the castles?", None),
+        _q("q-plain1", "Plain", "Emma married Cnut in 1017.", "Whom did Emma marry?", "Cnut"),
+        _q("q-plain2", "Plain", "William crossed the Channel in 1066.", "Who crossed the Channel?", "William"),
+    ]  # fmt: skip
+
+
+PREDICTIONS = {"q-words": "the", "q-long": "Paris", "q-wide": "911", "q-draft": "the river", "q-other": "Rollo",
+               "q-none": "", "q-plain1": "Cnut", "q-plain2": "Harold"}  # fmt: skip
+
+
+def drafts(qs: list[Question]) -> list[FeedbackRecord]:
+    by_id = {q.id: q for q in qs}
+
+    def record(qid: str, predicted: str, verdict: str, feedback: str) -> FeedbackRecord:
+        q = by_id[qid]
+        return FeedbackRecord(id=qid, question=q.question, context=q.context, predicted_answer=predicted,
+                              gold_answers=q.answers, verdict=verdict, feedback=feedback, annotator="llm:test-model",
+                              template_version="test", title=q.title)  # fmt: skip
+
+    return [record("q-draft", "the river", "incorrect", DRAFT_FEEDBACK),
+            record("q-other", "William", "incorrect", 'Wrong. The right answer is "Rollo".')]  # fmt: skip
+
+
+def build(folder: Path) -> dict[str, Path]:
+    """The data, predictions, drafts and guidelines files in `folder`."""
+    qs = questions()
+    paths = {"data": folder / "data.json", "preds": folder / "preds.json", "drafts": folder / "drafts.jsonl",
+             "db": folder / "fb.sqlite", "log": folder / "server.log"}  # fmt: skip
+    write_squad(qs, paths["data"])
+    paths["preds"].write_text(json.dumps(PREDICTIONS))
+    paths["drafts"].write_text("".join(json.dumps(to_dict(r)) + "\n" for r in drafts(qs)))
+    return paths
+
+
+@contextlib.contextmanager
+def serve(paths: dict[str, Path], *extra: object) -> Iterator[str]:
+    """`laffi annotate-server` on the files from `build`, with extra flags; yields its URL."""
+    from server_helper import free_port
+
+    port = free_port()
+    with open(paths["log"], "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", str(paths["data"]),
+                                 "--predictions", str(paths["preds"]), "--db", str(paths["db"]), "--port", str(port),
+                                 *map(str, extra)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=1)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        pytest.fail(f"annotation server did not start: {paths['log'].read_text()[-2000:]}")
+                    time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+_names = itertools.count()
+
+
+def new_annotator(db: Path, admin: bool = False, name: str | None = None) -> tuple[str, str]:
+    """A fresh annotator in the running server's database: (name, token)."""
+    name = name or f"ann{next(_names)}"
+    store = Store(db)
+    token = store.add_annotator(name, admin)
+    store.close()
+    return name, token
+
+
+def login(page, url: str, token: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("#login")
+    expect(page.locator("#item-view")).to_be_visible()
+
+
+def annotations(db: Path, annotator: str) -> list[dict]:
+    """The annotator's rows as the database holds them."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("SELECT * FROM annotations WHERE annotator=? ORDER BY item_id",
+                                             (annotator,))]  # fmt: skip
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where tests save screenshots: $LAFFI_SCREENSHOTS, else the test's own tmp dir."""
+    folder = Path(os.environ.get("LAFFI_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# Fixtures are named with `name=`: a test module imports `browser_fixture` and asks for `browser` (no shadowing).
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module", name="site")
+def site_fixture(tmp_path_factory):
+    """The server with drafts and the default guidelines; yields the URL and the file paths."""
+    paths = build(tmp_path_factory.mktemp("app"))
+    with serve(paths, "--drafts", paths["drafts"]) as url:
+        yield {"url": url, **paths}
+
+
+@pytest.fixture(name="page_at")
+def page_at_fixture(browser, site):
+    """page_at(viewport) -> (page, annotator name) logged in as a fresh annotator on item 1."""
+    contexts = []
+
+    def make(viewport: dict | None = None, admin: bool = False):
+        context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
+        contexts.append(context)
+        page = context.new_page()
+        name, token = new_annotator(site["db"], admin)
+        login(page, site["url"], token)
+        return page, name
+
+    yield make
+    for c in contexts:
+        c.close()
