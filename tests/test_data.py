@@ -301,3 +301,34 @@ def test_not_utf8(tmp_path):
 
 def test_missing_file(tmp_path):
     assert "file not found" in _assert_one_line_error(tmp_path / "nope.json", None)
+
+
+def test_answer_start_with_5000_digits(tmp_path):
+    path = tmp_path / "digits.json"
+    text = json.dumps(_good()).replace('"answer_start": 20', '"answer_start": ' + "9" * 5000, 1)
+    path.write_text(text, encoding="utf-8")
+    assert "not valid JSON: a number with more than 4,300 digits" in _assert_one_line_error(path, None)
+
+
+def test_lone_surrogate_names_the_field(tmp_path):
+    doc = _good()
+    _qa(doc, 0)["id"] = "q\ud800"
+    path = tmp_path / "surrogate.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")  # json.dumps writes the half as the escape \ud800
+    assert "data[0].paragraphs[0].qas[0].id: lone surrogate" in _assert_one_line_error(path, None)
+
+
+def test_nested_too_deeply(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"version": "v2.0", "data": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    assert "nested too deeply" in _assert_one_line_error(path, None)
+
+
+def test_newline_in_the_file_name_is_escaped(tmp_path):
+    doc = _good()
+    _qa(doc, 0)["question"] = " "
+    path = tmp_path / "two\nlines.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(LaffiError) as info:
+        load_squad(path)
+    assert str(info.value).startswith(f"{tmp_path}/two\\nlines.json: data[0].paragraphs[0].qas[0].question: empty")
