@@ -38,7 +38,8 @@ test: install-test
 	$(VENV)/bin/pytest -q
 
 lint: install-test
-	$(VENV)/bin/ruff check laffi tests
+	$(VENV)/bin/ruff check laffi tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

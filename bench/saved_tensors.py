@@ -21,7 +21,8 @@ def saved_bytes(layers: int, batch: int, length: int, dropout: float, bf16_lora:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from laffi.training.loop import _lora_in_base_dtype, completion_loss_sum
+    from laffi.training.loop import _lora_in_base_dtype
+    from laffi.training.loss import completion_loss_sum
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,

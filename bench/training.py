@@ -38,8 +38,8 @@ MODEL = os.environ.get("LAFFI_BENCH_MODEL", "bundled")
 def examples(n: int):
     from laffi.data import load_squad, sample_questions
     from laffi.feedback import reference
+    from laffi.methods import build_examples
     from laffi.models import load_tokenizer
-    from laffi.training.loop import build_examples
 
     qs = sample_questions(load_squad(POOL), n, seed=0)
     feedback = [reference.annotate(q, "") for q in qs]  # feedback on abstentions: realistic for the base model
@@ -65,7 +65,8 @@ def consumed(args) -> list[dict]:
     """The tokenized examples laffi's loop trains on, in its order (its seeded shuffle, `step_schedule`). TRL is given
     the same examples in the same order, so both sides do exactly the same work and their losses are comparable."""
     from laffi.models import load_tokenizer
-    from laffi.training.loop import step_schedule, tokenize_example
+    from laffi.training.examples import tokenize_example
+    from laffi.training.loop import step_schedule
 
     tok = load_tokenizer(MODEL)
     rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
@@ -99,7 +100,7 @@ def run_bare(args, out: Path) -> dict:
     import torch
 
     from laffi.models import load_model
-    from laffi.training.loop import batch_tensors
+    from laffi.training.loss import batch_tensors
 
     rows = consumed(args)
     model = load_model(MODEL, dtype="bfloat16")

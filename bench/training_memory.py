@@ -38,8 +38,9 @@ VARIANTS = {
 def longest_examples(n: int, max_length: int):
     from laffi.data import load_squad
     from laffi.feedback import reference
+    from laffi.methods import build_examples
     from laffi.models import load_tokenizer
-    from laffi.training.loop import build_examples, tokenize_example
+    from laffi.training.examples import tokenize_example
 
     tok = load_tokenizer(MODEL)
     qs = sorted(load_squad(POOL), key=lambda q: -len(q.context))[: 4 * n]

@@ -33,7 +33,7 @@ def example_inputs():
 def sequences(tokenizer) -> dict[str, str]:
     """NAME -> the training sequence of that case, shots = 0, seed = 0."""
     from laffi import prompts
-    from laffi.training.loop import build_examples
+    from laffi.methods import build_examples
 
     x = example_inputs()
     q = x["question"]
@@ -56,7 +56,7 @@ def sequences(tokenizer) -> dict[str, str]:
 
 def show(example, tokenizer) -> str:
     """The tokenized sequence as text: runs of loss-bearing tokens between ⟦ and ⟧."""
-    from laffi.training.loop import tokenize_example
+    from laffi.training.examples import tokenize_example
 
     row = tokenize_example(example, tokenizer, max_length=100_000)
     text, run, flag = [], [], 0

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from laffi import methods
 from laffi.errors import LaffiError
 from laffi.outputs import check_output_dir, check_output_file, show
+from laffi.records import read_feedback, read_predictions
 
 app = typer.Typer(
     add_completion=False,
@@ -126,7 +129,7 @@ def annotate(
         raise LaffiError(f"--annotator: must be one of reference, llm, simulated-human, got '{annotator}'")
     check_output_file(out, "--out", [("--data", data), ("--predictions", predictions), ("--examples", examples)])
     questions = load_squad(resolve_data_path(str(data)))
-    preds = stages.read_predictions(predictions, questions)
+    preds = read_predictions(predictions, questions)
     records = stages.annotate(questions, preds, out, cfg)
     correct = sum(r.verdict == "correct" for r in records)
     extra = ""
@@ -253,11 +256,10 @@ def annotate_server(
 ) -> None:
     """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
     from laffi.data import load_squad, resolve_data_path
-    from laffi.pipeline import stages
     from laffi.server.app import bind, prepare, read_inputs, serve
 
     questions = load_squad(resolve_data_path(str(data)))
-    preds = stages.read_predictions(predictions, questions)
+    preds = read_predictions(predictions, questions)
     ai_drafts, guidelines_text = read_inputs(drafts, guidelines)
     sock = bind(host, port)  # a busy port is a one-line error before the database is touched
     try:
@@ -284,16 +286,15 @@ def feedback_report(
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import feedback_report as build
     from laffi.feedback.report import filter_contradictions, report_markdown
-    from laffi.pipeline import stages
     from laffi.records import write_json, write_jsonl
 
     for flag, path in (("--out", out), ("--filtered-out", filtered_out)):
         if path is not None:
             check_output_file(path, flag, [("--human", human), ("--ai", ai), ("--failures", failures)])
-    ai_records = stages.read_feedback(ai)
+    ai_records = read_feedback(ai)
     failures = failures or (failures_path(ai) if failures_path(ai).exists() else None)
     n_fail = len(read_failures(failures)) if failures else None
-    rep = build(stages.read_feedback(human), ai_records, n_fail, threshold)
+    rep = build(read_feedback(human), ai_records, n_fail, threshold)
     typer.echo(report_markdown(rep))
     if out:
         write_json(out, rep)
@@ -305,7 +306,8 @@ def feedback_report(
 
 @app.command()
 def train(
-    method: str = typer.Option(..., help="sft, laffi, laffi+sft, coh, refine or critique (docs/methods.md)."),
+    method: str = typer.Option(..., help=f"Training method: {', '.join(methods.names(trained=True))} "
+                               "(laffi/methods/, docs/methods.md)."),
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file of the training questions."),
     out: Path = typer.Option(..., help="Adapter directory to write."),
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
@@ -331,7 +333,13 @@ def train(
     from laffi.pipeline import stages
 
     extra = [f"train.answers_from={answers_from}"] if answers_from else []
-    run_cfg = load_run_config(config, [("--method", f"train.method={method}"), *set_, *extra])  # errors name --method
+    from laffi.pipeline.experiment import check_method
+
+    overrides = [("--method", f"train.method={method}"), *set_, *extra]  # errors name --method
+    run_cfg = load_run_config(config, overrides, check_method=check_method)
+    if not methods.get(run_cfg.train.method).trains:
+        raise LaffiError(f"--method: '{run_cfg.train.method}' trains nothing (trained methods: "
+                         f"{', '.join(methods.names(trained=True))})")  # fmt: skip
     check_output_dir(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / "adapter_config.json").exists():
         # Saving replaces the whole directory: never do that to a folder that holds something other than an adapter.
@@ -340,12 +348,12 @@ def train(
         if path is not None and Path(path).resolve().is_relative_to(Path(out).resolve()):
             raise LaffiError(f"--out {show(out)}: contains {flag} {show(path)}; saving the adapter would replace it")
     questions = load_squad(resolve_data_path(str(data)))
-    records = stages.read_feedback(feedback) if feedback else None
+    records = read_feedback(feedback) if feedback else None
     split = None
     if human_feedback is not None:
         if records is None:
             raise LaffiError("--human-feedback: also give the AI feedback with --feedback")
-        records, split = _mix(stages.read_feedback(human_feedback), records, human_fraction, mix_seed, out)
+        records, split = _mix(read_feedback(human_feedback), records, human_fraction, mix_seed, out)
         typer.echo(f"hybrid feedback: {split['human']} human, {split['ai']} AI records (fraction {human_fraction}, "
                    f"seed {mix_seed}); split in {out / 'feedback_mix.json'}", err=True)  # fmt: skip
     if records is not None:
@@ -397,29 +405,14 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set data.train_questions=300."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """All stages from one config; cached and resumable; prints the results table."""
+    """Every stage for each method of `methods` at one training size and seed: cached and resumable; prints the
+    results table (the experiment of `laffi experiment` with one cell per method)."""
     from laffi.config import load_run_config
-    from laffi.pipeline.run import run_pipeline
-    from laffi.report.tables import comparisons_table, results_table
+    from laffi.pipeline.experiment import check_method, run_preset
 
-    cfg = load_run_config(config, set_)
+    cfg = load_run_config(config, set_, check_method=check_method)
     check_output_dir(cfg.out_dir, "out_dir")
-    _library_bars(progress)
-    summary = run_pipeline(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
-    held_out = ", ".join(summary["eval_articles"])
-    typer.echo(f"\nHeld-out articles: {held_out}; {summary['train_questions']} training / "
-               f"{summary['eval_questions']} evaluation questions.\n")  # fmt: skip
-    typer.echo(results_table(summary["scores"], summary["statistics"]["f1_ci95"]))
-    typer.echo("\nPaired bootstrap over the same questions (F1, 1,000 resamples):\n")
-    typer.echo(comparisons_table(summary["statistics"]["paired"]))
-    for method, r in summary.get("revision", {}).items():
-        speed = f"{r['questions_per_second_revision_only']:.2f} questions/s revising"
-        if "questions_per_second_answer_only" in r:
-            speed += (f", {r['questions_per_second_answer_only']:.2f} answering, "
-                      f"{r['questions_per_second_with_revision']:.2f} both")  # fmt: skip
-        typer.echo(f"\n{method}: revision changed {r['changed']} of {r['questions']} answers ({r['helped']} helped, "
-                   f"{r['hurt']} hurt); {speed}")  # fmt: skip
-    typer.echo(f"\nresults: {Path(cfg.out_dir) / 'results.json'}")
+    _experiment(run_preset(cfg), progress)
 
 
 @app.command()
@@ -432,15 +425,21 @@ def experiment(
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.pipeline.experiment import run_experiment
+    from laffi.pipeline.experiment import check_method
 
-    cfg = load_run_config(config, set_, ExperimentConfig)
+    cfg = load_run_config(config, set_, ExperimentConfig, check_method)
     check_output_dir(cfg.out_dir, "out_dir")
+    _experiment(cfg, progress)
+
+
+def _experiment(cfg: Any, progress: bool) -> None:
+    from laffi.report.experiment import run_and_report
+
     _library_bars(progress)
-    summary = run_experiment(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
+    summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
     out = Path(cfg.out_dir)
     typer.echo((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
-    typer.echo(f"\n{summary['verdict']}\nreport: {out / 'report.html'}")
+    typer.echo(f"\n{summary['verdict']}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,16 +95,14 @@ class AnnotateConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = _f("laffi", "sft: QA prompt -> gold answer; laffi: QA + model answer -> feedback; laffi+sft: both; "
-                     "coh, refine, critique: see docs/methods.md.",
-                     choices=("sft", "laffi", "laffi+sft", "coh", "refine", "critique"))
+    method: str = _f("laffi", "Training method, a module of laffi/methods/ (`laffi train --help` lists them; "
+                     "docs/methods.md shows each one's sequence).")
     lora_r: int = _f(16, "LoRA rank.", min=1)
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", min=1)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", min=0.0, max=1.0)
     fast_dropout: bool = _f(True, "Draw the LoRA dropout masks with numpy's PCG64 instead of torch's CPU generator "
-                            "(laffi/dropout.py): same probability, other random numbers, ~1.15x faster training on "
-                            "CPU (bench/training.py). false: PEFT's own dropout (as trained before this setting "
-                            "existed).")
+                            "(training/dropout.py): same probability, other random numbers, ~1.15x faster training on "
+                            "CPU (bench/training.py). false: PEFT's own dropout.")
     target_modules: str = _f("all-linear", "Modules that get LoRA: 'all-linear' or a comma-separated list of names.")
     learning_rate: float = _f(2e-4, "Peak learning rate (linear decay after warm-up).", min=0.0)
     epochs: float = _f(2.0, "Passes over the training examples.", min=0.0)
@@ -128,6 +126,9 @@ class TrainConfig:
     trim_memory: bool = _f(True, "After each optimizer step, return freed heap memory to the OS (glibc malloc_trim; "
                            "no-op elsewhere): peak RSS ~0.25 GiB lower at seq 512 x 4, a few % slower "
                            "(bench/training.py). Not part of any cache key.")
+    report_to: str = _f("", "'tensorboard': also write loss, learning rate and gradient norm per step as TensorBoard "
+                        "events (OUT/runs/; needs the tensorboard package). Not part of any cache key.",
+                        choices=("", "tensorboard"))
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
     answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
                            "adapter directory (its answers on the training questions are generated).")
@@ -142,24 +143,27 @@ def train_cache_settings(cfg: TrainConfig) -> dict[str, Any]:
     (a launched run computes the same updates up to float summation order, docs/scaling.md)."""
     settings = asdict(cfg)
     settings.pop("launcher")
-    # Which activations are recomputed, and whether freed memory goes back to the OS: same numbers, other memory.
-    for key in ("checkpoint_every", "checkpoint_keep", "trim_memory"):
+    # Which activations are recomputed, whether freed memory goes back to the OS and where metrics are also written:
+    # the same numbers.
+    for key in ("checkpoint_every", "checkpoint_keep", "trim_memory", "report_to"):
         settings.pop(key)
-    if not settings["fast_dropout"]:  # PEFT's dropout: keys made before the setting existed stay valid
-        settings.pop("fast_dropout")
     return settings
 
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,
           "train": TrainConfig}  # fmt: skip
-METHODS = ("base", "sft", "laffi", "laffi+sft", "laffi+revise", "coh", "refine", "critique")
+# check_method(name, where, needs_feedback): raises LaffiError for a method name that is unknown (or, with
+# needs_feedback, that does not learn from feedback). Method names live in laffi.methods, a layer above this module:
+# callers pass its checker (laffi.pipeline.experiment.check_method) to `load_run_config`.
+MethodCheck = Callable[[str, str, bool], None]
 
 
 @dataclass
 class RunConfig:
     out_dir: str = _f("runs/demo", "Run directory: every stage's output is cached here and reused.")
-    methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table: base, sft, laffi, laffi+sft, "
-                            "laffi+revise (the laffi adapter answers, then revises with its own predicted feedback).")
+    methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table, methods of laffi/methods/: base, "
+                            "sft, laffi, laffi+sft, coh, refine, critique, laffi+revise (the laffi adapter answers, "
+                            "then revises with its own predicted feedback).")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model settings."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data and split settings."})
     answer: AnswerConfig = field(default_factory=AnswerConfig, metadata={"help": "Answer generation settings."})
@@ -178,8 +182,9 @@ class ExperimentConfig(RunConfig):
                             "so it runs once).")
     seeds: list[int] = _f([0], "Training seeds (LoRA initialisation, data order and which questions get human "
                           "feedback). Each fine-tuned method runs once per seed.")
-    train_sizes: list[int] = _f([300], "Training-set sizes. The sets are nested: a smaller one is the start of a "
-                                "larger one (one seeded order of the training questions).")
+    train_sizes: list[int] = _f([300], "Training-set sizes (0 = every question of the training articles). The sets "
+                                "are nested: a smaller one is the start of a larger one (one seeded order of the "
+                                "training questions).")
     human_feedback: str = _f("simulated", "Feedback written by people: 'simulated' (a documented stand-in built from "
                              "the gold answers, labelled 'simulated-human' in every record and report) or a JSONL "
                              "file of feedback records on the base model's training answers.")
@@ -334,11 +339,12 @@ def apply_override(data: dict, override: str, where: str = "--set") -> str:
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str | tuple[str, str]] = (),
-                    cls: type = RunConfig) -> Any:  # fmt: skip
+                    cls: type = RunConfig, check_method: MethodCheck | None = None) -> Any:  # fmt: skip
     """A `cls` (RunConfig or ExperimentConfig) from a YAML file and `--set` overrides, checked.
 
     An override is "key=value" (from --set) or (flag, "key=value") for a command-line flag that sets a config key
-    (`laffi train --method`): the flag's value is checked on its own first, so an error names the flag."""
+    (`laffi train --method`): the flag's value is checked on its own first, so an error names the flag.
+    `check_method` checks method names (see `MethodCheck`); without it they are checked when the run starts."""
     data: Any = {}
     where = "config:"
     if path is not None:
@@ -352,30 +358,33 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str | tuple[str
         data = {} if data is None else data
     if not isinstance(data, dict):
         raise LaffiError(f"{where} expected a mapping at the top level")
-    cfg = _validated(from_mapping(cls, data, where), where)  # the file alone first, so its errors name the file
+    cfg = _validated(from_mapping(cls, data, where), where, check_method)  # the file alone: errors name the file
     if overrides:
         for o in overrides:
             if isinstance(o, tuple):
                 flag, text = o
                 alone: dict = {}
                 apply_override(alone, text, flag)
-                _validated(from_mapping(cls, alone, f"{flag}:"), f"{flag}:")
+                _validated(from_mapping(cls, alone, f"{flag}:"), f"{flag}:", check_method)
                 apply_override(data, text, flag)
             else:
                 apply_override(data, o)
         where = "--set:"  # anything wrong now came from an override
-        cfg = _validated(from_mapping(cls, data, where), where)
+        cfg = _validated(from_mapping(cls, data, where), where, check_method)
     return cfg
 
 
-def _validated(cfg: Any, where: str) -> Any:
+def _validated(cfg: Any, where: str, check_method: MethodCheck | None) -> Any:
     """Checks that span fields: known methods, and a grid that can run."""
     if not cfg.methods:
         # An empty table: every stage would be skipped and the run would "succeed" with nothing to show.
-        raise LaffiError(f"{where} methods: needs at least one method (known: {', '.join(METHODS)})")
-    for m in cfg.methods + ([cfg.ablation_method] if isinstance(cfg, ExperimentConfig) else []):
-        if m not in METHODS:
-            raise LaffiError(f"{where} methods: unknown method '{printable(m)}' (known: {', '.join(METHODS)})")
+        raise LaffiError(f"{where} methods: needs at least one method")
+    if check_method is not None:
+        for m in cfg.methods:
+            check_method(m, f"{where} methods", False)
+        check_method(cfg.train.method, f"{where} train.method", False)
+        if isinstance(cfg, ExperimentConfig) and cfg.human_fractions:
+            check_method(cfg.ablation_method, f"{where} ablation_method", True)
     if isinstance(cfg, ExperimentConfig):
         _check_grid(cfg, where)
     return cfg
@@ -385,10 +394,8 @@ def _check_grid(cfg: ExperimentConfig, where: str) -> None:
     if not cfg.seeds or not cfg.train_sizes:
         raise LaffiError(f"{where} seeds and train_sizes: need at least one value each")
     for n in cfg.train_sizes:
-        if n < 1:
-            raise LaffiError(f"{where} train_sizes: must be >= 1, got {n}")
+        if n < 0:
+            raise LaffiError(f"{where} train_sizes: must be >= 0 (0 = all), got {n}")
     for p in cfg.human_fractions:
         if not 0.0 <= p <= 1.0:
             raise LaffiError(f"{where} human_fractions: must be between 0 and 1, got {p}")
-    if cfg.ablation_method in ("base", "sft") and cfg.human_fractions:
-        raise LaffiError(f"{where} ablation_method: '{cfg.ablation_method}' does not learn from feedback")

@@ -39,7 +39,7 @@ def test_shipped_configs_load():
         ("train:\n  epoch: 1\n", "c.yaml: train: unknown key 'epoch'"),
         ("train:\n  lora_r: many\n", "c.yaml: train.lora_r: expected int"),
         ("answer:\n  shots: 7\n", "c.yaml: answer.shots: must be <= 4"),
-        ("train:\n  method: magic\n", "c.yaml: train.method: must be one of"),
+        ("train:\n  method: magic\n", "c.yaml: train.method: unknown method 'magic'"),
         ("methods: [base, dpo]\n", "c.yaml: methods: unknown method 'dpo'"),
         ("- a\n- b\n", "c.yaml: expected a mapping"),
         ("train: [1\n", "c.yaml: not valid YAML"),
@@ -63,8 +63,11 @@ def test_shipped_configs_load():
 def test_bad_configs_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
+    from laffi.pipeline.experiment import check_method
+
     with pytest.raises(LaffiError) as e:
-        config.load_run_config(path, cls=config.ExperimentConfig if "human_fractions" in text else config.RunConfig)
+        config.load_run_config(path, cls=config.ExperimentConfig if "human_fractions" in text else config.RunConfig,
+                               check_method=check_method)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

@@ -43,8 +43,9 @@ def test_checkpointing_recompute_redraws_the_forward_masks(tmp_path, tiny_model_
 
     from laffi.config import TrainConfig
     from laffi.feedback import reference
+    from laffi.methods import build_examples
     from laffi.models import load_tokenizer
-    from laffi.training.loop import build_examples, train
+    from laffi.training.loop import train
 
     tok = load_tokenizer(str(tiny_model_dir))
     qs = excerpt_questions[:4]

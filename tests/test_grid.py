@@ -9,8 +9,9 @@ import pytest
 
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import write_squad
-from laffi.pipeline.experiment import Cell, plan, run_experiment
+from laffi.pipeline.experiment import Cell, Finished, plan
 from laffi.report import experiment as grid_report
+from laffi.report.experiment import run_and_report
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def grid_cfg(tmp_path_factory, tiny_model_dir, excerpt_questions):
         "human_fractions=[0, 0.5, 1]",
     ], ExperimentConfig)  # fmt: skip
     logs = []
-    summary = run_experiment(cfg, log=logs.append, progress=False)
+    summary = run_and_report(cfg, log=logs.append, progress=False)
     return cfg, summary, logs
 
 
@@ -106,12 +107,13 @@ def test_grid_report_matches_the_cells(grid_cfg):
     assert env["seeds"]["training"] == [0, 1] and env["packages"]["torch"] and len(env["data_sha256"]["eval"]) == 64
     # A second run redoes nothing: every stage is cached.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
-    run_experiment(grid_cfg, log=logs.append, progress=False)
+    run_and_report(grid_cfg, log=logs.append, progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("override, message", [
     ("train_sizes=[]", "train_sizes"),
+    ("train_sizes=[-1]", "train_sizes"),
     ("human_fractions=[1.5]", "human_fractions"),
     ("ablation_method=sft", "ablation_method"),
     ("seeds=oops", "seeds"),
@@ -119,9 +121,11 @@ def test_grid_report_matches_the_cells(grid_cfg):
 def test_bad_grid_settings_are_one_line_errors(override, message):
     from laffi.errors import LaffiError
 
+    from laffi.pipeline.experiment import check_method
+
     with pytest.raises(LaffiError, match=message):
         load_run_config(None, [override, "human_fractions=[0, 1]"] if "ablation" in override else [override],
-                        ExperimentConfig)  # fmt: skip
+                        ExperimentConfig, check_method)  # fmt: skip
 
 
 def test_report_aggregates_known_predictions(grid_cfg, tmp_path):
@@ -142,7 +146,7 @@ def test_report_aggregates_known_predictions(grid_cfg, tmp_path):
     for path, preds in plant.items():
         (out / "cells" / path / "eval_answers.json").write_text(json.dumps(preds))
     main, ablation = plan(grid_cfg)
-    summary = write_report(grid_cfg, out, main, ablation, eval_qs)
+    summary = write_report(Finished(grid_cfg, out, main, ablation, load_squad(out / "data" / "train.json"), eval_qs))
     sft = next(g for g in summary["groups"] if g["method"] == "sft" and g["size"] == 4)
     laffi = next(g for g in summary["groups"] if g["method"] == "laffi" and g["size"] == 4)
     assert sft["f1_by_seed"] == [100.0, 50.0] and sft["f1_mean"] == 75.0
@@ -160,7 +164,7 @@ def test_critique_cell_critiques_the_sft_adapter_of_its_size_and_seed(grid_cfg, 
 
     cfg = replace(grid_cfg[0], out_dir=str(tmp_path / "crit"), methods=["sft", "critique"], seeds=[1], train_sizes=[2],
                   human_fractions=[], example_questions=0, attention_questions=0)  # fmt: skip
-    summary = run_experiment(cfg, log=lambda m: None, progress=False)
+    summary = run_and_report(cfg, log=lambda m: None, progress=False)
     # critique's feedback is written (by the reference annotator) on the sft adapter's answers: no human/AI share.
     assert set(summary["cells"]) == {"sft/n2-seed1", "critique/n2-seed1"}
     cells = tmp_path / "crit" / "cells"

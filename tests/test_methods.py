@@ -6,14 +6,16 @@ import random
 
 import pytest
 
-from laffi import methods as m
 from laffi import prompts
 from laffi.config import AnswerConfig, ModelConfig, TrainConfig
 from laffi.errors import LaffiError
 from laffi.feedback import reference
-from laffi.methods import critique_feedback, judge_revision, refine_answers
+from laffi.methods import build_examples
+from laffi.methods import refine as m
+from laffi.methods.critique import critique_feedback
+from laffi.methods.refine import judge_revision, refine_answers
 from laffi.records import Generation, Question, write_jsonl
-from laffi.training.loop import build_examples, tokenize_example
+from laffi.training.examples import tokenize_example
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."
 QA = Question(id="a", title="N", context=CTX, question="Who led the Normans?", answers=["Rollo"], answer_starts=[0])

@@ -3,7 +3,8 @@
 import json
 
 from laffi.config import load_run_config
-from laffi.pipeline.run import run_pipeline
+from laffi.pipeline.experiment import run_preset
+from laffi.report.experiment import run_and_report
 
 
 def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, excerpt_questions):
@@ -19,13 +20,14 @@ def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, 
         f"out_dir={run}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, coh, critique]", "answer.max_new_tokens=3", "train.max_steps=1",
         "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2",
-        f"train.answers_from={run / 'sft' / 'adapter'}",
+        f"train.answers_from={run / 'cells' / 'sft' / 'n4-seed0' / 'adapter'}", "data.train_questions=0",
     ])  # fmt: skip
-    summary = run_pipeline(cfg, log=lambda m: None, progress=False)
-    assert list(summary["scores"]) == ["abstain", "base", "sft", "coh", "critique"]
-    assert {"coh vs sft", "critique vs sft"} <= set(summary["statistics"]["paired"])
-    coh = json.loads((run / "coh" / "adapter" / "laffi_train.json").read_text())
+    summary = run_and_report(run_preset(cfg), log=lambda m: None, progress=False)
+    assert list(summary["cells"]) == ["base", "sft/n4-seed0", "coh/n4-seed0-human0", "critique/n4-seed0"]
+    assert {"coh vs sft", "critique vs sft"} <= set(summary["paired"]["n=4"])
+    coh = json.loads((run / "cells" / "coh" / "n4-seed0-human0" / "adapter" / "laffi_train.json").read_text())
     assert coh["config"]["method"] == "coh" and coh["answer_prefix"] == "A good answer:"
-    critique = json.loads((run / "critique" / "adapter" / "critique_report.json").read_text())
+    critique_dir = run / "cells" / "critique" / "n4-seed0"
+    critique = json.loads((critique_dir / "adapter" / "critique_report.json").read_text())
     assert critique["kind"] == "adapter" and critique["answered"] == 4
-    assert not (run / "critique" / "adapter.partial").exists()
+    assert not (critique_dir / "adapter.partial").exists()

@@ -8,8 +8,10 @@ from laffi import prompts
 from laffi.config import TrainConfig
 from laffi.errors import LaffiError
 from laffi.feedback import reference
+from laffi.methods import build_examples
 from laffi.records import Question
-from laffi.training.loop import build_examples, step_schedule, tokenize_example, train
+from laffi.training.examples import tokenize_example
+from laffi.training.loop import step_schedule, train
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."
 QA = Question(id="a", title="N", context=CTX, question="Who led the Normans?", answers=["Rollo"], answer_starts=[0])

@@ -6,7 +6,10 @@ import pytest
 
 from laffi.config import TrainConfig
 from laffi.feedback import reference
-from laffi.training.loop import _lora_in_base_dtype, build_examples, completion_loss_sum, tokenize_example, train
+from laffi.methods import build_examples
+from laffi.training.examples import tokenize_example
+from laffi.training.loop import _lora_in_base_dtype, train
+from laffi.training.loss import completion_loss_sum
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
-"""`laffi experiment`: the paper's experiments as one grid of cached stages.
+"""The experiment: the paper's design as one grid of cached stages. `laffi experiment` runs a grid; `laffi run` is the
+same code on a one-cell preset (`run_preset`: one seed, one training size, no ablation).
 
 A cell is one (method, training size, seed, share of human feedback). The grid is every fine-tuned method x size x
 seed, plus `base` once (it is trained on nothing), plus the ablation: one method and size trained with each share of
 human feedback. Cells share everything they can: one article split, one seeded order of the training questions (a size
 n takes its first n), the base model's answers on them (computed once), one set of AI feedback and one of human
-feedback on those answers. Each stage is cached with the key machinery of `laffi run`, so a re-run after an
-interruption redoes only what is missing.
+feedback on those answers. Each stage is cached (laffi/pipeline/cache.py), so a re-run after an interruption, or with
+one more seed, redoes only what is missing.
 
 Layout of an experiment directory:
     config.yaml, environment.json     the resolved config; versions, seeds, data hashes, command (to reproduce it)
@@ -30,19 +31,26 @@ from typing import Any
 
 import yaml
 
-from laffi.config import ExperimentConfig, TrainConfig, train_cache_settings
-from laffi.data import load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
+from laffi import methods
+from laffi.config import AnswerConfig, ExperimentConfig, RunConfig, TrainConfig, train_cache_settings
+from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
 from laffi.errors import LaffiError
 from laffi.pipeline import stages
-from laffi.pipeline.run import Log, answer_stage, begin, cached, file_hash, finish, stage_key, write_split
-from laffi.records import FeedbackRecord, atomic_write_text, write_json, write_jsonl
+from laffi.pipeline.cache import Log, begin, cached, file_hash, finish, stage_key
+from laffi.records import FeedbackRecord, atomic_write_text, read_feedback, read_predictions, write_json, write_jsonl
+
+
+def check_method(name: str, where: str = "methods", needs_feedback: bool = False) -> None:
+    """A known method (laffi.methods) and, with `needs_feedback`, one that learns from feedback: else a one-line error
+    naming `where`. `load_run_config` takes this as its `check_method`."""
+    method = methods.get(name, where)
+    if needs_feedback and not method.reads_feedback:
+        raise LaffiError(f"{where}: '{name}' does not learn from feedback")
 
 
 def reads_feedback(method: str) -> bool:
-    """laffi+revise answers with a laffi adapter, so its cell carries the laffi cell's feedback share."""
-    from laffi.training.loop import needs_feedback
-
-    return method == "laffi+revise" or needs_feedback(method)
+    """Whether a method's cells carry a share of human/AI feedback (an answer-time method: its adapter's method's)."""
+    return methods.get(method).reads_feedback
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        if self.method == "base":
-            return "base"
+        if not self.size:  # a method that trains nothing (base) runs once
+            return self.method
         name = f"n{self.size}-seed{self.seed}"
         if self.human_fraction is not None:
             name += f"-human{round(100 * self.human_fraction)}"
@@ -64,28 +72,61 @@ class Cell:
     @property
     def path(self) -> str:
         """Where the cell lives under cells/ (the method is a folder: '+' is fine in paths)."""
-        return "base" if self.method == "base" else f"{self.method}/{self.name}"
+        return self.method if not self.size else f"{self.method}/{self.name}"
 
     def trained(self) -> Cell:
-        """The cell whose adapter this one answers with: laffi+revise revises with the laffi adapter."""
-        return replace(self, method="laffi") if self.method == "laffi+revise" else self
+        """The cell whose adapter this one answers with (an answer-time method: its `adapter_of` method's)."""
+        adapter_of = methods.get(self.method).adapter_of
+        return replace(self, method=adapter_of) if adapter_of else self
 
 
 def plan(cfg: ExperimentConfig) -> tuple[list[Cell], list[Cell]]:
     """(main grid, ablation) cells in the order they run. An ablation cell equal to a main cell is run once."""
-    main = [Cell("base")] if "base" in cfg.methods else []
-    for method in (m for m in cfg.methods if m != "base"):
-        fraction = cfg.human_fraction if reads_feedback(method) else None
+    main = []
+    for method in cfg.methods:
+        m = methods.get(method, "methods")
+        if not (m.trains or m.adapter_of):  # trained on nothing: one cell
+            main.append(Cell(method))
+            continue
+        fraction = cfg.human_fraction if m.reads_feedback else None
         main += [Cell(method, n, s, fraction) for n in cfg.train_sizes for s in cfg.seeds]
     size = cfg.ablation_size or max(cfg.train_sizes)
     ablation = [Cell(cfg.ablation_method, size, s, p) for p in cfg.human_fractions for s in cfg.seeds]
     return main, ablation
 
 
-def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
+def run_preset(cfg: RunConfig) -> ExperimentConfig:
+    """`laffi run`: one cell per method: one seed (`train.seed`), one training size (`data.train_questions`, 0 = all),
+    every fine-tuned method on the `annotate` annotator's feedback, no ablation."""
+    from dataclasses import fields
+
+    common = {f.name: getattr(cfg, f.name) for f in fields(RunConfig)}
+    return ExperimentConfig(**common, seeds=[cfg.train.seed], train_sizes=[cfg.data.train_questions],
+                            human_fraction=0.0, human_fractions=[])  # fmt: skip
+
+
+@dataclass
+class Finished:
+    """What a finished experiment leaves for its report."""
+
+    cfg: ExperimentConfig
+    out: Path
+    main: list[Cell]
+    ablation: list[Cell]
+    train_questions: list
+    eval_questions: list
+
+
+def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> Finished:
+    """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results."""
+    for name in cfg.methods:
+        check_method(name)
+    if cfg.human_fractions:
+        check_method(cfg.ablation_method, "ablation_method", needs_feedback=True)
     out = Path(cfg.out_dir)
     # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
-    load_squad(resolve_data_path(cfg.data.path))
+    source = load_squad(resolve_data_path(cfg.data.path))
+    cfg = with_sizes_resolved(cfg, source)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     main, ablation = plan(cfg)
@@ -101,9 +142,14 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
-    from laffi.report.experiment import write_report
+    return Finished(cfg, out, main, ablation, train_qs, eval_qs)
 
-    return write_report(cfg, out, main, ablation, eval_qs)
+
+def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
+    """Training size 0 means every question of the training articles: replaced by that number."""
+    n_train = len(split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)[0])
+    sizes = list(dict.fromkeys(n or n_train for n in cfg.train_sizes))
+    return replace(cfg, train_sizes=sizes)
 
 
 # ------------------------------------------------------------------------------------------------ shared stages
@@ -127,6 +173,41 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
     train_qs = rng.sample(train_all, largest)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
     return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
+
+
+def write_split(train_qs: list, eval_qs: list, train_file: Path, eval_file: Path, key: str,
+                log: Log) -> tuple[Path, Path]:  # fmt: skip
+    """Write both halves of a split (the eval file's marker covers the pair) and say what went where."""
+    write_squad(train_qs, train_file)
+    write_squad(eval_qs, eval_file)
+    finish(eval_file, key)
+    log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
+        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
+    return train_file, eval_file
+
+
+def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, data_file: Path, adapter: Path | None,
+                 log: Log, progress: bool, answer_cfg: AnswerConfig | None = None,
+                 first: Path | None = None) -> Path:  # fmt: skip
+    """`stages.answer` into `stage_dir/name`, cached; its raw generations go beside it (`.generations.jsonl`)."""
+    output = stage_dir / name
+    answer_cfg = answer_cfg or replace(cfg.answer, revise_rounds=0)
+    settings = asdict(answer_cfg)
+    if not answer_cfg.revise_rounds:  # revision settings don't change plain answers
+        settings.pop("revise_rounds")
+        settings.pop("feedback_max_new_tokens")
+    key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
+                    adapter=file_hash(adapter) if adapter else None,
+                    first=file_hash(first) if first else None)  # fmt: skip
+    if cached(output, key):
+        log(f"answer: {output} is up to date")
+        return output
+    partial = stages.partial_path(output)
+    begin(output, key, list(stage_dir.glob(f"{partial.name}*")) if stage_dir.exists() else [])
+    stages.answer(questions, output, cfg.model, answer_cfg, adapter=str(adapter) if adapter else None,
+                  generations_out=output.with_suffix(".generations.jsonl"), progress=progress, first=first)  # fmt: skip
+    finish(output, key)
+    return output
 
 
 def subset_file(out: Path, train_qs: list, size: int) -> Path:
@@ -158,13 +239,13 @@ def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path,
     if cached(output, key):
         return output
     begin(output, key)
-    preds = stages.read_predictions(answers)
+    preds = read_predictions(answers)
     if source == "simulated":
         from laffi.feedback.simulated import simulated_human_feedback
 
         records = simulated_human_feedback(train_qs, preds, seed=0)
     else:
-        records = _records_for(stages.read_feedback(Path(source)), train_qs, preds, source)
+        records = _records_for(read_feedback(Path(source)), train_qs, preds, source)
     write_jsonl(output, records)
     finish(output, key)
     log(f"feedback: {len(records)} human records ({source})")
@@ -195,7 +276,7 @@ def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, lo
     if cached(output, key):
         return output
     begin(output, key)
-    records = stages.annotate(train_qs, stages.read_predictions(answers), output, cfg.annotate, progress)
+    records = stages.annotate(train_qs, read_predictions(answers), output, cfg.annotate, progress)
     finish(output, key)
     log(f"feedback: {len(records)} AI records ({cfg.annotate.annotator})")
     return output
@@ -212,9 +293,10 @@ def run_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, eval_
              feedback: dict[str, Path], log: Log, progress: bool) -> Path:  # fmt: skip
     adapter, first = None, None
     answer_cfg = replace(cfg.answer, revise_rounds=0)
-    if cell.method != "base":
+    method = methods.get(cell.method)
+    if method.trains or method.adapter_of:
         adapter = train_cell(cfg, out, cell.trained(), train_qs, feedback, log, progress)
-    if cell.method == "laffi+revise":
+    if method.revise:
         first_preds = answer_stage(cfg, cell_dir(out, cell.trained()), "eval_answers.json", eval_qs, eval_file,
                                    adapter, log, progress)  # fmt: skip
         first = first_preds.with_suffix(".generations.jsonl")
@@ -228,7 +310,7 @@ def cell_feedback(out: Path, cell: Cell, train_qs: list, feedback: dict[str, Pat
     human record, the rest the AI record. Deterministic, so it is simply rewritten when missing."""
     output = out / "feedback" / f"{cell.method}-{cell.name}.jsonl"
     ids = {q.id for q in train_qs[: cell.size]}
-    pick = {src: [r for r in stages.read_feedback(path) if r.id in ids] for src, path in feedback.items()}
+    pick = {src: [r for r in read_feedback(path) if r.id in ids] for src, path in feedback.items()}
     human, ai = pick.get("human", []), pick.get("ai", [])
     if cell.human_fraction == 0:
         records, split = ai, {"human": 0, "ai": len(ai), "seed": cell.seed, "human_ids": []}
@@ -256,7 +338,7 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
     if cached(output, key):
         return output
     begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])
-    records = stages.read_feedback(feedback_file) if feedback_file else None
+    records = read_feedback(feedback_file) if feedback_file else None
     info = stages.train(load_squad(data_file), records, output, cfg.model, tcfg, cfg.answer.shots, progress)
     finish(output, key)
     log(f"train {cell.path}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
@@ -284,11 +366,9 @@ def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: 
     directory = cell_dir(out, cell)
     first = directory / "eval_answers.generations.jsonl"
     output = directory / "examples.json"
-    # Revision runs on transformers whatever answer.engine says; the engine stays out of the key (as before it existed).
+    # Revision runs on transformers whatever answer.engine says.
     answer_cfg = replace(cfg.answer, revise_rounds=1, engine="transformers")
-    settings = {k: v for k, v in asdict(answer_cfg).items()
-                if k != "engine" and (k, v) not in (("workers", 1), ("draft_tokens", 0))}  # fmt: skip
-    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=settings)
+    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=asdict(answer_cfg))
     if cached(output, key):
         return output
     begin(output, key)

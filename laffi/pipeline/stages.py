@@ -13,7 +13,17 @@ from typing import Any
 from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Generation, Question, read_json, read_jsonl, write_json, write_jsonl
+from laffi.records import (  # noqa: F401
+    FeedbackRecord,
+    Generation,
+    Question,
+    read_feedback,
+    read_json,
+    read_jsonl,
+    read_predictions,
+    write_json,
+    write_jsonl,
+)
 
 
 def partial_path(out: Path) -> Path:
@@ -166,22 +176,6 @@ def timing_path(out: Path) -> Path:
     return out.with_suffix(".timing.json")
 
 
-def read_predictions(path: Path, questions: list[Question] | None = None) -> dict[str, str]:
-    """Official-format predictions `{id: text}`; with `questions`, ids unknown to the data are an error."""
-    preds = read_json(path, "predictions")
-    if not isinstance(preds, dict):
-        raise LaffiError(f"{path}: expected a JSON object {{question_id: answer_text}}, got {type(preds).__name__}")
-    for qid, text in preds.items():
-        if not isinstance(text, str):
-            raise LaffiError(f"{path}: '{qid}': answer must be a string, got {type(text).__name__}")
-    if questions is not None:
-        known = {q.id for q in questions}
-        unknown = [qid for qid in preds if qid not in known]
-        if unknown:
-            raise LaffiError(f"{path}: '{unknown[0]}': unknown question id ({len(unknown)} unknown in all)")
-    return preds
-
-
 def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig,
              progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
     """Feedback on every question that has a prediction, written as JSONL records."""
@@ -206,16 +200,6 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
     return records
 
 
-def read_feedback(path: Path) -> list[FeedbackRecord]:
-    records = read_jsonl(path, FeedbackRecord)
-    for no, r in enumerate(records, start=1):
-        if r.verdict not in ("correct", "incorrect"):
-            raise LaffiError(f"{path}: record {no} ('{r.id}'): verdict must be 'correct' or 'incorrect'")
-        if not r.feedback.strip():
-            raise LaffiError(f"{path}: record {no} ('{r.id}'): empty feedback")
-    return records
-
-
 def train(
     questions: list[Question],
     feedback: list[FeedbackRecord] | None,
@@ -225,32 +209,29 @@ def train(
     shots: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train one method's adapter into `out`. refine and critique first make their data (revised answers; answers
-    from `cfg.answers_from` and feedback on them) with `laffi.methods`, resumably under `out`.partial/, and leave
-    what they made and a report beside the adapter files."""
+    """Train one method's adapter into `out`. A method that makes its own data first (refine, critique: its
+    `prepare`) does so resumably under `out`.partial/ and leaves what it made and a report beside the adapter files."""
     from laffi import methods
+    from laffi.methods.common import save_report
     from laffi.models import load_tokenizer
     from laffi.training.distributed import launched
-    from laffi.training.loop import build_examples
     from laffi.training.loop import train as run_training
 
-    if launched() and cfg.method in ("refine", "critique"):
-        # Their data-making stage generates and writes files; it is not shared out between processes.
+    method = methods.get(cfg.method, "train.method")
+    if launched() and method.prepare is not None:
+        # Making data generates and writes files; it is not shared out between processes.
         raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
-    if cfg.launcher.strip() and not launched() and cfg.method not in ("refine", "critique"):
+    if cfg.launcher.strip() and not launched() and method.prepare is None:
         return launch_training(questions, feedback, out, model, cfg, shots, progress)
     tokenizer = load_tokenizer(model.name)
     answers, report = None, None
-    if cfg.method == "refine":
-        answers, report = methods.refine_answers(questions, feedback or [], out, model, shots, progress)
-    elif cfg.method == "critique" and (cfg.answers_from or not feedback):
-        # Without answers_from, critique trains on the given records as they are: feedback that someone wrote on
-        # another model's answers.
-        feedback, report = methods.critique_feedback(questions, cfg.answers_from, out, model, shots, progress)
-    examples = build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
-    info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer)
+    if method.prepare is not None:
+        feedback, answers, report = method.prepare(questions, feedback, out, model, cfg, shots, progress)
+    examples = methods.build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
+    info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer,
+                        answer_prefix=method.answer_prefix)  # fmt: skip
     if report is not None:
-        methods.save_report(out, cfg.method, report)
+        save_report(out, cfg.method, report)
         info[cfg.method] = report["summary"]
     return info
 

@@ -20,21 +20,30 @@ from laffi.config import ExperimentConfig
 from laffi.data import articles
 from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
 from laffi.pipeline import stages
-from laffi.pipeline.experiment import Cell, cell_dir, reference_cell
-from laffi.records import atomic_write_text, read_json, write_json
+from laffi.pipeline.cache import Log
+from laffi.pipeline.experiment import Cell, Finished, cell_dir, reference_cell, run_experiment
+from laffi.records import atomic_write_text, read_json, read_predictions, write_json
 from laffi.report.tables import comparisons_table
 from laffi.stats import bootstrap_ci, paired_bootstrap
 
 ALPHA = 0.05
 
 
-def write_report(cfg: ExperimentConfig, out: Path, main: list[Cell], ablation: list[Cell], eval_qs: list) -> dict:
+def run_and_report(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    """Run the experiment (every stage cached) and write its report: results.json, results.md, report.html."""
+    return write_report(run_experiment(cfg, log, progress))
+
+
+def write_report(done: Finished) -> dict[str, Any]:
+    cfg, out, main, ablation, eval_qs = done.cfg, done.out, done.main, done.ablation, done.eval_questions
     cells = list(dict.fromkeys(main + ablation))
-    preds = {c.path: stages.read_predictions(cell_dir(out, c) / "eval_answers.json") for c in cells}
+    preds = {c.path: read_predictions(cell_dir(out, c) / "eval_answers.json") for c in cells}
     per_q = {path: [100.0 * score_one(q, p[q.id])[1] for q in eval_qs] for path, p in preds.items()}
     abstain = squad_v2_scores(eval_qs, abstain_predictions(eval_qs))
     per_q["abstain"] = [100.0 * score_one(q, "")[1] for q in eval_qs]
     summary: dict[str, Any] = {
+        "train_questions": len(done.train_questions),
+        "train_articles": articles(done.train_questions),
         "eval_questions": len(eval_qs),
         "eval_articles": articles(eval_qs),
         "train_sizes": cfg.train_sizes,
@@ -179,9 +188,34 @@ def attention_summary(out: Path) -> dict[str, Any] | None:
 
 
 def revision_of(out: Path, cell: Cell, eval_qs: list) -> dict[str, Any]:
-    from laffi.pipeline.run import revision_summary
-
     return revision_summary(eval_qs, cell_dir(out, cell) / "eval_answers.json")
+
+
+def revision_summary(questions: list, preds_file: Path) -> dict[str, Any]:
+    """How often revision changed an answer, and how often the change helped or hurt (SQuAD F1 of the question)."""
+    from laffi.metrics import score_one
+    from laffi.records import Revision, read_jsonl
+
+    by_id = {q.id: q for q in questions}
+    revisions = read_jsonl(stages.revisions_path(preds_file), Revision)
+    changed = [r for r in revisions if r.final_answer != r.first_answer]
+    delta = [score_one(by_id[r.id], r.final_answer)[1] - score_one(by_id[r.id], r.first_answer)[1] for r in changed]
+    timing = read_json(stages.timing_path(preds_file))
+    n = timing["questions"]
+    out = {
+        "questions": len(revisions),
+        "changed": len(changed),
+        "helped": sum(d > 0 for d in delta),
+        "hurt": sum(d < 0 for d in delta),
+        "verdicts_first_round": {v: sum(r.verdicts[:1] == [v] for r in revisions)
+                                 for v in ("correct", "incorrect", "unparsed")},  # fmt: skip
+        "questions_per_second_revision_only": n / timing["revise_seconds"],
+        "timing_resumed": timing["resumed"],
+    }
+    if timing.get("answer_seconds"):  # measured by the run that wrote the first answers (None if unknown)
+        out["questions_per_second_answer_only"] = n / timing["answer_seconds"]
+        out["questions_per_second_with_revision"] = n / (timing["answer_seconds"] + timing["revise_seconds"])
+    return out
 
 
 def examples(out: Path, main: list[Cell], eval_qs: list) -> list[dict[str, Any]]:
@@ -194,7 +228,7 @@ def examples(out: Path, main: list[Cell], eval_qs: list) -> list[dict[str, Any]]
     revisions = read_jsonl(stages.revisions_path(cell_dir(out, laffi) / "examples.json"), Revision)
     by_id = {q.id: q for q in eval_qs}
     methods = list(dict.fromkeys(c.method for c in main))
-    answers = {m: stages.read_predictions(cell_dir(out, reference_cell(main, m)) / "eval_answers.json")
+    answers = {m: read_predictions(cell_dir(out, reference_cell(main, m)) / "eval_answers.json")
                for m in methods}  # fmt: skip
     rows = []
     for r in revisions:
@@ -213,7 +247,8 @@ def _pct(x: float) -> str:
 
 def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
     lines = ["# laffi experiment", "", f"**{s['verdict']}**", "",
-             f"{s['eval_questions']} evaluation questions from held-out {', '.join(s['eval_articles'])}; training "
+             f"{s['eval_questions']} evaluation questions from held-out {', '.join(s['eval_articles'])}; "
+             f"{s['train_questions']} training questions from {', '.join(s['train_articles'])}; training "
              f"sizes {cfg.train_sizes}; seeds {cfg.seeds}; main grid human-feedback share {cfg.human_fraction:g} "
              f"(human source: {human_label(cfg)}; AI annotator: {cfg.annotate.annotator}).", "",
              "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "

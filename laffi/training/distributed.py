@@ -54,7 +54,7 @@ class CompletionLoss(torch.nn.Module):
         self._no_split_modules = getattr(model.get_base_model(), "_no_split_modules", None)
 
     def forward(self, ids: Any, attention: Any, target_mask: Any) -> Any:
-        from laffi.training.loop import loss_sum_of_batch
+        from laffi.training.loss import loss_sum_of_batch
 
         return loss_sum_of_batch(self.model, ids, attention, target_mask)
 
@@ -103,7 +103,7 @@ class DataParallel:
     def step(self, micro_batches: list[list[int]], rows: list[dict], n_loss: int, pad_id: int, autocast: Any) -> float:
         """Forward and backward of this process's share of one optimizer step; returns the step's summed loss over
         all processes. Gradients are reduced when it returns (for DeepSpeed, the engine has also stepped)."""
-        from laffi.training.loop import batch_tensors
+        from laffi.training.loss import batch_tensors
 
         mine = [(mb, 1.0) for mb in micro_batches[self.rank :: self.world]]
         mine += [(micro_batches[0], 0.0)] * (self.k - len(mine))

@@ -1,18 +1,8 @@
-"""Training: method -> tokenized examples (loss on the completion only), and LoRA fine-tuning with TRL.
+"""The LoRA training loop: token rows of `Example`s (laffi/training/examples.py) -> a saved PEFT adapter.
 
-Methods (each example is a prompt and a completion; only completion tokens carry loss):
-- `sft`:   QA prompt(context, question) -> gold answer (the abstention phrase for unanswerable questions).
-- `laffi`: feedback prompt(context, question, the model's own answer) -> the annotator's feedback text.
-- `laffi+sft`: both kinds, shuffled together with the training seed.
-- `coh`:   Chain of Hindsight: QA prompt -> the model's answer under a quality marker, the feedback and (when it was
-           wrong) the gold answer under the positive marker; loss on the answers only (see `prompts.coh_segments`).
-- `refine`: QA prompt -> a revised answer written from the first answer and its feedback, kept only when the
-           feedback accepts it (`laffi.methods.refine_answers`).
-- `critique`: the laffi objective on feedback about answers that are not the model's own (`train.answers_from`).
-See docs/methods.md for each sequence as trained.
-
-We tokenize prompt and completion ourselves (the prompt exactly as generation renders it), so the trained sequence
-is the inference prompt token for token.
+A plain PyTorch loop (see `train` for why not TRL's SFTTrainer): micro-batches of similar length, the LM head only on
+positions that carry loss, loss weighted by completion tokens per optimizer step, resumable checkpoints. Which examples
+a method trains on is decided in `laffi.methods`, never here.
 """
 
 from __future__ import annotations
@@ -23,143 +13,19 @@ import os
 import random
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from laffi import prompts
 from laffi.config import TrainConfig
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Question, write_json
+from laffi.records import write_json
+from laffi.training.examples import Example, tokenize_example
+from laffi.training.loss import completion_loss_sum
 
 TRAIN_LOG = "train_log.jsonl"
 TRAIN_INFO = "laffi_train.json"
-
-
-METHODS = ("sft", "laffi", "laffi+sft", "coh", "refine", "critique")
-# Methods that read the run's feedback records (critique makes its own, on other answers; laffi+revise answers with
-# the laffi adapter).
-FEEDBACK_METHODS = ("laffi", "laffi+sft", "laffi+revise", "coh", "refine")
-
-
-def needs_feedback(method: str) -> bool:
-    return method in FEEDBACK_METHODS
-
-
-@dataclass
-class Example:
-    kind: str  # "sft", "laffi", "coh", "refine" or "critique"
-    id: str
-    prompt: str
-    completion: str
-    # (text, carries loss) pieces whose concatenation is `completion`; None: the whole completion carries loss.
-    parts: list[tuple[str, bool]] | None = None
-
-
-def sft_examples(questions: list[Question], tokenizer: Any, shots: int) -> list[Example]:
-    out = []
-    for q in questions:
-        gold = q.answers[0] if q.answers else ""
-        text = prompts.render(prompts.qa_messages(q, shots), tokenizer)
-        out.append(Example("sft", q.id, text, prompts.answer_as_text(gold)))
-    return out
-
-
-def laffi_examples(feedback: list[FeedbackRecord], tokenizer: Any) -> list[Example]:
-    out = []
-    for r in feedback:
-        text = prompts.render(prompts.feedback_messages(record_question(r), r.predicted_answer), tokenizer)
-        out.append(Example("laffi", r.id, text, r.feedback))
-    return out
-
-
-def record_question(r: FeedbackRecord) -> Question:
-    return Question(id=r.id, title=r.title, context=r.context, question=r.question, answers=list(r.gold_answers),
-                    is_impossible=r.is_impossible)  # fmt: skip
-
-
-def coh_examples(feedback: list[FeedbackRecord], tokenizer: Any, shots: int, seed: int) -> list[Example]:
-    """Chain of Hindsight: the QA prompt, then the model's answer and (if wrong) the feedback and the gold answer,
-    each under a marker phrasing drawn with `seed` and the question id (so one example's draw never depends on the
-    others)."""
-    out = []
-    for r in feedback:
-        q = record_question(r)
-        gold = r.gold_answers[0] if r.gold_answers else ""
-        rng = random.Random(f"{seed}:{r.id}")
-        parts = prompts.coh_segments(r.predicted_answer, r.verdict, r.feedback, gold, rng)
-        text = prompts.render(prompts.qa_messages(q, shots), tokenizer)
-        out.append(Example("coh", r.id, text, "".join(t for t, _ in parts), parts))
-    return out
-
-
-def answer_examples(kind: str, questions: list[Question], answers: dict[str, str], tokenizer: Any,
-                    shots: int) -> list[Example]:  # fmt: skip
-    """QA prompt -> a given answer, for the questions that have one (refine: the kept revised answers)."""
-    return [Example(kind, q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer),
-                    prompts.answer_as_text(answers[q.id])) for q in questions if q.id in answers]  # fmt: skip
-
-
-def build_examples(
-    method: str,
-    questions: list[Question],
-    feedback: list[FeedbackRecord] | None,
-    tokenizer: Any,
-    shots: int,
-    seed: int,
-    answers: dict[str, str] | None = None,
-) -> list[Example]:
-    """The training examples of one method, in a seeded order.
-
-    `feedback` is the run's feedback for laffi, laffi+sft, coh and refine, and the feedback on the other model's
-    answers for critique; `answers` the kept revised answers for refine (see `laffi.methods`)."""
-    if method not in METHODS:
-        raise LaffiError(f"method: unknown training method '{method}' (known: {', '.join(METHODS)})")
-    if method != "sft" and not feedback:
-        raise LaffiError(f"feedback: method '{method}' needs feedback records (--feedback FEEDBACK.jsonl)")
-    examples: list[Example] = []
-    if method in ("sft", "laffi+sft"):
-        examples += sft_examples(questions, tokenizer, shots)
-    if method in ("laffi", "laffi+sft"):
-        examples += laffi_examples(feedback, tokenizer)
-    if method == "critique":
-        examples += [replace(e, kind="critique") for e in laffi_examples(feedback, tokenizer)]
-    if method == "coh":
-        examples += coh_examples(feedback, tokenizer, shots, seed)
-    if method == "refine":
-        if answers is None:
-            raise LaffiError("refine: no revised answers (laffi.methods.refine_answers makes them)")
-        examples += answer_examples("refine", questions, answers, tokenizer, shots)
-    random.Random(seed).shuffle(examples)
-    return examples
-
-
-def completion_tokens(ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Token ids of the completion + end of turn, and which of them carry loss (the end of turn always does).
-
-    Pieces are tokenized one by one so a loss boundary never falls inside a token."""
-    parts = ex.parts if ex.parts is not None else [(ex.completion, True)]
-    ids: list[int] = []
-    mask: list[int] = []
-    for text, loss in parts:
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        mask += [int(loss)] * len(piece)
-    return ids + [tokenizer.eos_token_id], mask + [1]
-
-
-def tokenize_example(ex: Example, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
-    """input_ids = prompt + completion + end of turn; completion_mask marks the tokens that carry loss."""
-    prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-    completion_ids, completion_mask = completion_tokens(ex, tokenizer)
-    # Keep the completion whole and cut the prompt from the left (its passage start) if the sequence is too long.
-    room = max_length - len(completion_ids)
-    if room < 1:
-        completion_ids, completion_mask = completion_ids[: max_length - 1], completion_mask[: max_length - 1]
-        room = 1
-    prompt_ids = prompt_ids[-room:]
-    mask = [0] * len(prompt_ids) + completion_mask
-    return {"input_ids": prompt_ids + completion_ids, "completion_mask": mask}
 
 
 def lora_config(cfg: TrainConfig) -> Any:
@@ -180,8 +46,12 @@ def train(
     out: Path,
     progress: bool = True,
     tokenizer: Any = None,
+    answer_prefix: str = "",
 ) -> dict[str, Any]:
     """LoRA-train on `examples` and save a PEFT adapter to `out` (atomically), with the loss per step.
+
+    `answer_prefix`: text the method's adapter expects after every QA prompt (recorded in laffi_train.json, read at
+    answer time by `laffi.engines.generation.answer_prefix`).
 
     A plain PyTorch loop rather than TRL's SFTTrainer: on this 2-core CPU, at seq 512 and batch 4, TRL at its
     defaults ran at 0.71x this loop's tokens/s with 3.46 vs 1.86 GiB peak RSS (`bench/training.py`; both checkpoint
@@ -227,6 +97,7 @@ def train(
     log, start = _resume(work, model, optimizer, scheduler, parallel)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = _progress_bar(len(schedule), start, progress and is_main)
+    board = _tensorboard(cfg, work) if is_main else None
     for step in range(start, len(schedule)):
         micro_batches = schedule[step]
         n_loss = sum(sum(rows[i]["completion_mask"]) for mb in micro_batches for i in mb)
@@ -248,12 +119,18 @@ def train(
             _trim_heap()
         log.append({"step": step + 1, "loss": total / n_loss, "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm, "loss_tokens": n_loss})  # fmt: skip
+        if board is not None:
+            for name in ("loss", "lr", "grad_norm"):
+                board.add_scalar(f"train/{name}", log[-1][name], step + 1)
+            board.flush()
         bar.update(1)
         bar.set_postfix(loss=f"{total / n_loss:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < len(schedule):
             _checkpoint(work, model, optimizer, scheduler, log, parallel)
     bar.close()
-    info = _summary(cfg, examples, rows, log)
+    if board is not None:
+        board.close()
+    info = _summary(cfg, examples, rows, log, answer_prefix)
     if parallel is not None:  # provenance: which engine trained it, on how many processes
         info["distributed"] = {"type": parallel.kind, "processes": parallel.world}
     # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
@@ -284,46 +161,6 @@ def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig) -> list[li
                 break
         epoch += 1
     return steps
-
-
-def completion_loss_sum(model: Any, rows: list[dict[str, list[int]]], pad_id: int) -> Any:
-    """Summed next-token cross-entropy over completion tokens of one right-padded micro-batch.
-
-    The LM head (a 49k-vocabulary matmul for SmolLM2) runs only on the positions that predict a completion token,
-    never on the prompt: that is most of the sequence here, and full logits dominate memory on long passages.
-    """
-    return loss_sum_of_batch(model, *batch_tensors(rows, pad_id))
-
-
-def batch_tensors(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[Any, Any, Any]:
-    """(input ids, attention mask, completion mask) of one right-padded micro-batch."""
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[row, :n] = torch.tensor(r["input_ids"])
-        attention[row, :n] = 1
-        target_mask[row, :n] = torch.tensor(r["completion_mask"], dtype=torch.bool)
-    return ids, attention, target_mask
-
-
-def loss_sum_of_batch(model: Any, ids: Any, attention: Any, target_mask: Any) -> Any:
-    """`completion_loss_sum` on tensors made by `batch_tensors` (training.distributed runs it as DDP's forward)."""
-    import torch.nn.functional as F
-
-    causal_lm = model.get_base_model()
-    body = getattr(causal_lm, causal_lm.base_model_prefix)
-    hidden = body(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state  # training: no cache
-    # Position t predicts token t+1: take hidden states just before each completion token.
-    predict_from = target_mask[:, 1:]
-    h = hidden[:, :-1][predict_from]
-    targets = ids[:, 1:][predict_from]
-    logits = causal_lm.get_output_embeddings()(h).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 def _data_parallel(model: Any, optimizer: Any, cfg: TrainConfig) -> Any:
@@ -507,13 +344,14 @@ def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: An
     return state["log"], len(state["log"])
 
 
-def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: list[dict]) -> dict[str, Any]:
+def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: list[dict],
+             answer_prefix: str) -> dict[str, Any]:
     return {
         "config": asdict(cfg),
         "examples": len(examples),
         "examples_by_kind": dict(Counter(e.kind for e in examples)),
         # Read at answer time (laffi.engines.generation.answer_prefix): text that ends every QA prompt for this adapter.
-        "answer_prefix": prompts.coh_answer_prefix() if cfg.method == "coh" else "",
+        "answer_prefix": answer_prefix,
         "template_versions": {"qa": prompts.QA_TEMPLATE_VERSION, "feedback": prompts.FEEDBACK_TEMPLATE_VERSION,
                               "coh": prompts.COH_TEMPLATE_VERSION, "refine": prompts.REFINE_TEMPLATE_VERSION},
         "tokens": sum(len(r["input_ids"]) for r in rows),
@@ -533,6 +371,22 @@ def _save_adapter(model: Any, tokenizer: Any, out: Path, log: list[dict], info: 
         for entry in log:
             f.write(json.dumps(entry) + "\n")
     write_json(tmp / TRAIN_INFO, info)
+    events = out.with_name(out.name + ".partial") / "runs"
+    if events.is_dir():  # train.report_to: tensorboard
+        shutil.copytree(events, tmp / "runs")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def _tensorboard(cfg: TrainConfig, work: Path) -> Any:
+    """A TensorBoard writer when `train.report_to` is 'tensorboard': events go to `<out>.partial/runs/` while training
+    (a resumed run adds a file beside the first) and end up in `<out>/runs/` (`tensorboard --logdir OUT/runs`)."""
+    if cfg.report_to != "tensorboard":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise LaffiError("train.report_to: 'tensorboard' needs the tensorboard package (pip install tensorboard)") \
+            from None
+    return SummaryWriter(log_dir=str(work / "runs"))

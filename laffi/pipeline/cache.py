@@ -1,0 +1,69 @@
+"""The stage cache: a stage's output is reused when the marker beside it holds the same key and says done.
+
+A key is a hash of the stage's input files and settings, plus `FORMAT`: the version of what stages write and of how
+keys are made. Raising `FORMAT` (when a stage's output or a key's recipe changes meaning) makes every stage of an old
+run directory run again, instead of each key keeping special cases for old directories.
+
+`begin` clears output and partial state left by a run with other inputs, so a stage never resumes from, or returns,
+work done for different settings; `answer` and `train` resume from their partial state when the key is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from laffi.records import read_json, write_json
+
+FORMAT = 2
+Log = Callable[[str], None]
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of every file under a directory (names and bytes), for cache keys."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def stage_key(**inputs: Any) -> str:
+    payload = json.dumps({"format": FORMAT, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def marker(output: Path) -> Path:
+    """Where a stage records the key of the inputs its output (or its partial state) belongs to."""
+    return output.with_name(f".{output.name}.stage.json")
+
+
+def cached(output: Path, key: str) -> bool:
+    m = marker(output)
+    if not (output.exists() and m.exists()):
+        return False
+    state = read_json(m)
+    return state.get("key") == key and state.get("done") is True
+
+
+def begin(output: Path, key: str, scratch: list[Path] = ()) -> None:
+    """Start or resume a stage; output and `scratch` (partial state) of a run with other inputs are removed first."""
+    m = marker(output)
+    if not (m.exists() and read_json(m).get("key") == key):
+        for path in [output, *scratch]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    write_json(m, {"key": key, "done": False})
+
+
+def finish(output: Path, key: str) -> None:
+    write_json(marker(output), {"key": key, "done": True})
