@@ -239,12 +239,13 @@ def test_launcher_is_not_part_of_cache_keys():
 
     plain = _train_config()
     assert train_cache_settings(_train_config(launcher="torchrun --nproc_per_node 8")) == train_cache_settings(plain)
-    for same in ({"checkpoint_every": 2}, {"checkpoint_keep": ""}, {"trim_memory": False}):
+    for same in ({"checkpoint_every": 2}, {"checkpoint_keep": ""}, {"trim_memory": False},
+                 {"report_to": "tensorboard"}):
         assert train_cache_settings(_train_config(**same)) == train_cache_settings(plain)
-    # Keys made before these settings existed stay valid: the settings are the old ones (fast_dropout only when on).
+    # Every other setting is in the key, as it is.
     assert train_cache_settings(plain) == {k: v for k, v in asdict(plain).items()
                                            if k not in ("launcher", "checkpoint_every", "checkpoint_keep",
-                                                        "trim_memory")}  # fmt: skip
+                                                        "trim_memory", "report_to")}  # fmt: skip
 
 
 def test_deepspeed_settings_laffi_fills_and_refuses():

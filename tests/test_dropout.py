@@ -61,14 +61,9 @@ def test_checkpointing_recompute_redraws_the_forward_masks(tmp_path, tiny_model_
     assert losses[True, True][1:] != pytest.approx(losses[False, True][1:], rel=1e-5)
 
 
-def test_fast_dropout_is_in_cache_keys_only_when_on():
-    from dataclasses import asdict
-
+def test_fast_dropout_is_part_of_the_cache_key():
     from laffi.config import TrainConfig, train_cache_settings
 
     on, off = TrainConfig(), TrainConfig(fast_dropout=False)
-    assert train_cache_settings(on)["fast_dropout"] is True
-    assert "fast_dropout" not in train_cache_settings(off)  # the keys of runs trained before the setting existed
-    old = {k: v for k, v in asdict(off).items()
-           if k not in ("launcher", "checkpoint_every", "checkpoint_keep", "trim_memory", "fast_dropout")}  # fmt: skip
-    assert train_cache_settings(off) == old
+    assert train_cache_settings(on)["fast_dropout"] is True and train_cache_settings(off)["fast_dropout"] is False
+    assert train_cache_settings(on) != train_cache_settings(off)  # other random numbers: another adapter

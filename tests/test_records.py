@@ -194,7 +194,7 @@ def test_temporaries_of_this_pid_from_an_earlier_process_are_removed(tmp_path):
     # progress here is an orphan of an earlier process.
     orphan = tmp_path / f".out.json.{os.getpid()}.abcd1234.tmp"
     orphan.write_text("partial")
-    legacy = tmp_path / ".out.json.abcd1234.tmp"  # from before temporaries carried a pid
+    legacy = tmp_path / ".out.json.abcd1234.tmp"  # a temporary without a pid in its name, older than this process
     legacy.write_text("partial")
     old = records._STARTED - 60
     os.utime(legacy, (old, old))
