@@ -91,6 +91,29 @@ class AnnotateConfig:
     timeout: float = _f(120.0, "Seconds before an endpoint request counts as failed.", min=1.0)
     batch_size: int = _f(4, "Prompts decoded together by the local model.", min=1)
     max_new_tokens: int = _f(96, "Longest feedback generated, in tokens.", min=8)
+    # The learned annotator (annotator: llm, learn_from_examples: true).
+    learn_from_examples: bool = _f(False, "llm only: LoRA-fine-tune the local annotator model on the human-written "
+                                   "records (`examples`; in `laffi experiment`, each cell's own human share) with "
+                                   "laffi's training loop, then annotate the other questions with that adapter and no "
+                                   "shots in the prompt (laffi/feedback/learned.py). false: show them as few-shot "
+                                   "examples.")
+    learn_epochs: float = _f(2.0, "Learned annotator: passes over the human records.", min=0.0)
+    learn_max_steps: int = _f(-1, "Learned annotator: stop after this many optimizer steps (-1: run all epochs).")
+    learn_learning_rate: float = _f(2e-4, "Learned annotator: peak learning rate.", min=0.0)
+    learn_lora_r: int = _f(16, "Learned annotator: LoRA rank (alpha = 2 x rank).", min=1)
+    learn_batch_size: int = _f(8, "Learned annotator: records per optimizer step (in micro-batches of 2).", min=2)
+    filter_contradictions: bool = _f(False, "Drop AI feedback that contradicts the gold answers (wrong verdict, or "
+                                     "a stated right answer that is not a gold answer; laffi/feedback/report.py) "
+                                     "before training: in `laffi run` / `laffi experiment`, those questions get no "
+                                     "training example instead of misleading feedback.")
+
+    def __post_init__(self) -> None:
+        # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
+        if self.learn_from_examples and self.annotator != "llm":
+            raise LaffiError(f"annotate.learn_from_examples: needs annotate.annotator: llm (got '{self.annotator}')")
+        if self.learn_from_examples and self.endpoint:
+            raise LaffiError("annotate.learn_from_examples: fine-tunes a local model; it cannot be used with "
+                             "annotate.endpoint")
 
 
 @dataclass
@@ -185,6 +208,8 @@ class ExperimentConfig(RunConfig):
     train_sizes: list[int] = _f([300], "Training-set sizes (0 = every question of the training articles). The sets "
                                 "are nested: a smaller one is the start of a larger one (one seeded order of the "
                                 "training questions).")
+    all_seeds_up_to: int = _f(0, "Sizes above this train with the first seed only, e.g. a learning curve with several "
+                              "seeds where cells are cheap (0: every size with every seed).", min=0)
     human_feedback: str = _f("simulated", "Feedback written by people: 'simulated' (a documented stand-in built from "
                              "the gold answers, labelled 'simulated-human' in every record and report) or a JSONL "
                              "file of feedback records on the base model's training answers.")

@@ -89,10 +89,15 @@ def plan(cfg: ExperimentConfig) -> tuple[list[Cell], list[Cell]]:
             main.append(Cell(method))
             continue
         fraction = cfg.human_fraction if m.reads_feedback else None
-        main += [Cell(method, n, s, fraction) for n in cfg.train_sizes for s in cfg.seeds]
+        main += [Cell(method, n, s, fraction) for n in cfg.train_sizes for s in seeds_at(cfg, n)]
     size = cfg.ablation_size or max(cfg.train_sizes)
-    ablation = [Cell(cfg.ablation_method, size, s, p) for p in cfg.human_fractions for s in cfg.seeds]
+    ablation = [Cell(cfg.ablation_method, size, s, p) for p in cfg.human_fractions for s in seeds_at(cfg, size)]
     return main, ablation
+
+
+def seeds_at(cfg: ExperimentConfig, size: int) -> list[int]:
+    """The seeds a training size runs with: all of them, or the first only above `all_seeds_up_to`."""
+    return cfg.seeds if not cfg.all_seeds_up_to or size <= cfg.all_seeds_up_to else cfg.seeds[:1]
 
 
 def run_preset(cfg: RunConfig) -> ExperimentConfig:

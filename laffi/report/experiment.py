@@ -53,6 +53,7 @@ def write_report(done: Finished) -> dict[str, Any]:
     }
     summary["groups"] = [group_summary(g, summary["cells"], per_q) for g in groups(main)]
     summary["paired"] = paired_tests(main, per_q)
+    summary["first_beats_abstain"] = first_beats_abstain(summary["paired"])
     summary["ablation"] = [group_summary(g, summary["cells"], per_q) for g in groups(ablation)]
     summary["ablation_paired"] = ablation_tests(ablation, per_q)
     revision = {c.path: revision_of(out, c, eval_qs) for c in cells if c.method == "laffi+revise"}
@@ -130,14 +131,29 @@ def paired_tests(main: list[Cell], per_q: dict[str, list[float]]) -> dict[str, d
     """For each training size, every pair of methods (with base and abstaining) on the same questions, named
     "later vs earlier" in the order abstain, base, then the config's methods: the difference is later - earlier."""
     out = {}
-    sizes = sorted({c.size for c in main if c.method != "base"})
-    base = [g for g in groups(main) if g[0].method == "base"]
+    sizes = sorted({c.size for c in main if c.size})
+    base = [g for g in groups(main) if not g[0].size]  # trained on nothing (base)
     for n in sizes:
         rows = {"abstain": per_q["abstain"]}
         if base:
             rows["base"] = seed_mean(base[0], per_q)
-        rows |= {g[0].method: seed_mean(g, per_q) for g in groups(main) if g[0].size == n and g[0].method != "base"}
+        rows |= {g[0].method: seed_mean(g, per_q) for g in groups(main) if g[0].size == n}
         out[f"n={n}"] = {f"{b} vs {a}": paired_bootstrap(rows[b], rows[a]) for a, b in itertools.combinations(rows, 2)}
+    return out
+
+
+def first_beats_abstain(paired: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+    """Per method: the smallest training size at which it beats abstaining on every question (F1 higher, paired
+    bootstrap p < ALPHA); None when no size does."""
+    out: dict[str, int | None] = {}
+    for size, tests in sorted(paired.items(), key=lambda kv: int(kv[0][2:])):
+        for name, t in tests.items():
+            method, _, other = name.partition(" vs ")
+            if other != "abstain" or method == "base":
+                continue
+            out.setdefault(method, None)
+            if out[method] is None and t["mean_diff"] > 0 and t["p_value"] < ALPHA:
+                out[method] = int(size[2:])
     return out
 
 
@@ -254,6 +270,11 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
              "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "
              "bootstrap over questions of the seed-averaged per-question F1.", "",
              groups_table(s["abstain"], s["groups"])]  # fmt: skip
+    beats = s.get("first_beats_abstain", {})
+    if beats:
+        lines += ["", "Smallest training size at which each method beats abstaining on every question (paired "
+                  f"bootstrap, p < {ALPHA}): " + "; ".join(f"{m}: {'n=' + str(n) if n else 'none of the sizes'}"
+                                                          for m, n in beats.items()) + "."]  # fmt: skip
     for size, tests in s["paired"].items():
         lines += ["", f"### Paired bootstrap tests, {size}", "", comparisons_table(tests)]
     if s["ablation"]:
