@@ -58,12 +58,16 @@ def answer(
                                               "again."),
     engine: str = typer.Option("transformers", help="Generation engine: transformers or vllm (when installed; "
                                "laffi/engines/vllm.py)."),
+    constrain: str = typer.Option("none", help="'span': answers are spans of the passage or the abstention phrase "
+                                  "(answer.constrain); 'none': free decoding."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
 
-    With --revise, each question's history (first answer, predicted feedback, final answer) goes to
-    OUT with the suffix .revisions.jsonl."""
+    Each answer's no-answer probability (the abstention phrase's first token against the answer's own, at the first
+    answer position) goes to OUT with the suffix .na_prob.json, the official --na-prob-file format (not with
+    --revise or vllm). With --revise, each question's history (first answer, predicted feedback, final answer) goes
+    to OUT with the suffix .revisions.jsonl."""
     from laffi.config import AnswerConfig, ModelConfig, from_mapping
     from laffi.data import load_squad, resolve_data_path
     from laffi.engines.allocator import keep_freed_memory
@@ -79,7 +83,8 @@ def answer(
                        max_new_tokens=max_new_tokens,
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
-    cfg.engine = from_mapping(AnswerConfig, {"engine": engine}, "answer").engine  # checks the choice
+    checked = from_mapping(AnswerConfig, {"engine": engine, "constrain": constrain}, "answer")  # checks the choices
+    cfg.engine, cfg.constrain = checked.engine, checked.constrain
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
                           generations_out=generations, progress=progress, first=first_answers,
                           where=str(data))  # fmt: skip
@@ -392,11 +397,20 @@ def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[
 def score(
     data: Path = typer.Argument(..., help="SQuAD 2.0 JSON file."),
     predictions: Path = typer.Argument(..., help="Predictions file {question_id: answer}."),
+    na_prob_file: Path | None = typer.Option(None, "--na-prob-file", "-n", help="No-answer probabilities "
+                                             "{question_id: p} (e.g. PREDS.na_prob.json from `laffi answer`): adds "
+                                             "best_exact, best_f1 and their thresholds."),
+    na_prob_thresh: float = typer.Option(1.0, "--na-prob-thresh", "-t", help="Count a prediction as an abstention "
+                                         "when its no-answer probability is above this."),
 ) -> None:
-    """SQuAD 2.0 scores, the same keys and values as the official evaluate-v2.0.py."""
+    """SQuAD 2.0 scores, the same keys and values as the official evaluate-v2.0.py (with the same options)."""
+    import math
+
     from laffi.pipeline import stages
 
-    typer.echo(json.dumps(stages.score(data, predictions), indent=2))
+    if not math.isfinite(na_prob_thresh):
+        raise LaffiError(f"--na-prob-thresh: must be a finite number, got {na_prob_thresh}")
+    typer.echo(json.dumps(stages.score(data, predictions, na_prob_file, na_prob_thresh), indent=2))
 
 
 @app.command()

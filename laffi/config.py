@@ -67,6 +67,9 @@ class AnswerConfig:
     engine: str = _f("transformers", "Generation engine: 'transformers' (default) or 'vllm' (when installed, on a GPU: "
                      "prefix caching, LoRA served as a LoRARequest; same prompts and parsing; no revise rounds).",
                      choices=("transformers", "vllm"))
+    constrain: str = _f("none", "'span': decode only answers that are spans of the passage's own tokens or the "
+                        "abstention phrase (a logits mask, engines/steering.py; transformers engine only); 'none': "
+                        "free greedy decoding.", choices=("none", "span"))
 
 
 @dataclass

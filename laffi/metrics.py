@@ -8,11 +8,13 @@ the gold answers, and "" as the only right answer to a question without answers.
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
+from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import Question
+from laffi.records import Question, printable
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -72,7 +74,7 @@ def raw_scores(questions: list[Question], preds: dict[str, str]) -> tuple[dict[s
     return exact, f1
 
 
-def _eval_dict(exact: dict[str, int], f1: dict[str, float], qids: list[str] | None = None) -> dict[str, float]:
+def _eval_dict(exact: dict[str, float], f1: dict[str, float], qids: list[str] | None = None) -> dict[str, float]:
     if qids is None:
         total = len(exact)
         return {
@@ -88,11 +90,24 @@ def _eval_dict(exact: dict[str, int], f1: dict[str, float], qids: list[str] | No
     }
 
 
-def squad_v2_scores(questions: list[Question], preds: dict[str, str], source: str = "predictions") -> dict:
+def squad_v2_scores(
+    questions: list[Question],
+    preds: dict[str, str],
+    source: str = "predictions",
+    na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+    na_source: str = "na-prob file",
+) -> dict:
     """The official script's output dict, keys in its order. Every question needs a prediction.
 
     The official script crashes with a KeyError when an answerable question has no prediction; we raise a one-line
     error naming how many are missing instead. Predictions for unknown ids are ignored, as the official script does.
+
+    `na_probs` ({id: probability of no answer}, the official `--na-prob-file`) adds best_exact, best_exact_thresh,
+    best_f1 and best_f1_thresh (`find_best_thresh`); every question needs one (the official script crashes too).
+    With `na_prob_thresh` (`--na-prob-thresh`, default 1.0), a question whose probability is strictly above it
+    counts as an abstention (`apply_no_ans_threshold`). Without `na_probs`, every prediction's probability is 0.0,
+    as in the official script (so only a negative threshold changes anything).
     """
     for qid, text in preds.items():
         if not isinstance(text, str):
@@ -103,7 +118,13 @@ def squad_v2_scores(questions: list[Question], preds: dict[str, str], source: st
         raise LaffiError(f"{source}: no prediction for {len(missing)} of {n} questions (e.g. '{missing[0]}')")
     if not questions:
         raise LaffiError(f"{source}: no questions to score")
-    exact, f1 = raw_scores(questions, preds)
+    if na_probs is not None:
+        check_na_probs(na_probs, questions, na_source)
+    exact_raw, f1_raw = raw_scores(questions, preds)
+    probs = na_probs if na_probs is not None else {qid: 0.0 for qid in preds}
+    has_answer = {q.id: bool(q.answers) for q in questions}
+    exact = apply_no_ans_threshold(exact_raw, probs, has_answer, na_prob_thresh)
+    f1 = apply_no_ans_threshold(f1_raw, probs, has_answer, na_prob_thresh)
     out = _eval_dict(exact, f1)
     has_ans = [q.id for q in questions if q.answers]
     no_ans = [q.id for q in questions if not q.answers]
@@ -111,7 +132,61 @@ def squad_v2_scores(questions: list[Question], preds: dict[str, str], source: st
         out.update({f"HasAns_{k}": v for k, v in _eval_dict(exact, f1, has_ans).items()})
     if no_ans:
         out.update({f"NoAns_{k}": v for k, v in _eval_dict(exact, f1, no_ans).items()})
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = find_best_thresh(preds, exact_raw, na_probs, has_answer)
+        out["best_f1"], out["best_f1_thresh"] = find_best_thresh(preds, f1_raw, na_probs, has_answer)
     return out
+
+
+def apply_no_ans_threshold(scores: dict[str, float], na_probs: dict[str, float], has_answer: dict[str, bool],
+                           thresh: float) -> dict[str, float]:  # fmt: skip
+    """The official rule: a question whose no-answer probability is strictly above `thresh` scores as an abstention
+    (1.0 on a question without answers, 0.0 otherwise), whatever was predicted."""
+    return {qid: float(not has_answer[qid]) if na_probs[qid] > thresh else s for qid, s in scores.items()}
+
+
+def find_best_thresh(preds: dict[str, str], scores: dict[str, float], na_probs: dict[str, float],
+                     has_answer: dict[str, bool]) -> tuple[float, float]:  # fmt: skip
+    """(best score in %, its threshold), exactly the official `find_best_thresh`.
+
+    Start from "abstain on everything" (one point per question without answers); walk the questions by increasing
+    no-answer probability (a stable sort: ties in the probability file's order), each time letting one more question
+    keep its prediction: + its score when it has answers, - 1 when it has none and the prediction is non-empty (the
+    raw text, not normalised). The best running total wins (only a strict improvement moves it) and its threshold is
+    the probability of the question reached there. Within a tie the official walk may stop between questions that
+    no threshold separates; kept as is, so the numbers are the official ones.
+    """
+    current = sum(1 for v in has_answer.values() if not v)
+    best, best_thresh = current, 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        if has_answer[qid]:
+            diff = scores[qid]
+        elif preds[qid]:
+            diff = -1
+        else:
+            diff = 0
+        current += diff
+        if current > best:
+            best, best_thresh = current, na_probs[qid]
+    return 100.0 * best / len(scores), best_thresh
+
+
+def check_na_probs(na_probs: Any, questions: list[Question], source: str) -> None:
+    """A no-answer probability file: {id: number}, finite, one per question (ids unknown to the data are ignored, as
+    the official script does)."""
+    if not isinstance(na_probs, dict):
+        raise LaffiError(
+            f"{source}: expected a JSON object {{question_id: probability}}, got {type(na_probs).__name__}"
+        )
+    for qid, p in na_probs.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+            raise LaffiError(f"{source}: '{printable(qid)}': probability must be a finite number, got {p!r}")
+    missing = [q.id for q in questions if q.id not in na_probs]
+    if missing:
+        raise LaffiError(f"{source}: no probability for {len(missing)} of {len(questions)} questions "
+                         f"(e.g. '{printable(missing[0])}')")  # fmt: skip
 
 
 def abstain_predictions(questions: list[Question]) -> dict[str, str]:

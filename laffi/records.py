@@ -190,6 +190,7 @@ class Generation:
     id: str
     raw: str
     answer: str
+    na_prob: float | None = None  # no-answer score at the first answer position (engines/steering.py)
 
 
 @dataclass

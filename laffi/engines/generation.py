@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from laffi import prompts
-from laffi.engines import prefix_cache
+from laffi.engines import prefix_cache, steering
 from laffi.metrics import normalize_answer
 from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
 
@@ -52,14 +52,21 @@ def generate(
     texts: list[str],
     settings: DecodeSettings,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
+    na: list[float | None] | None = None,
+    passages: list[str] | None = None,
 ) -> list[str]:
-    """Greedy continuations of `texts`. `on_batch(indices, outputs)` is called after each batch (for resume)."""
+    """Greedy continuations of `texts`. `on_batch(indices, outputs)` is called after each batch (for resume).
+
+    With `na` (a list as long as `texts`), `na[i]` gets prompt i's no-answer score (steering.py: the abstention
+    phrase's first token against the model's own first token), before `on_batch` reports it. With `passages` (one
+    per text), each answer is a span of its passage or the abstention phrase (steering.SpanConstraint)."""
     import torch
 
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # one call: ~2x faster
     outputs: list[str] = [""] * len(texts)
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    steer = _steering(tokenizer, texts, stops, na, passages)
     if settings.reuse_prefix and texts and not getattr(model.config, "is_encoder_decoder", False):
 
         def decoded(indices: list[int], tokens: list[list[int]]) -> None:
@@ -70,7 +77,7 @@ def generate(
 
         args = (settings.max_new_tokens, settings.batch_size, stops, pad_id, decoded, settings.workers,
                 settings.draft_tokens)  # fmt: skip
-        if prefix_cache.greedy_ids(model, encoded, *args) is not None:
+        if prefix_cache.greedy_ids(model, encoded, *args, steering=steer) is not None:
             return outputs
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     for idx in iter_chunks(order, settings.batch_size):
@@ -82,6 +89,11 @@ def generate(
             ids = encoded[i]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
+        extra = {}
+        if steer is not None:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([steering.logits_processor(steer, idx, width, stops)])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -90,6 +102,7 @@ def generate(
                 do_sample=False,
                 eos_token_id=stops,
                 pad_token_id=pad_id,
+                **extra,
             )
         texts_out = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         for i, text in zip(idx, texts_out, strict=True):
@@ -97,6 +110,20 @@ def generate(
         if on_batch is not None:
             on_batch(list(idx), [outputs[i] for i in idx])
     return outputs
+
+
+def _steering(tokenizer: Any, texts: list[str], stops: list[int], na: list[float | None] | None,
+              passages: list[str] | None) -> steering.Steering | None:  # fmt: skip
+    """What `generate` asks of the decoders besides plain greedy choices (None: nothing)."""
+    if not texts or (na is None and passages is None):
+        return None
+    abstain = steering.abstain_token_ids(tokenizer, texts[0])  # every prompt ends with the same assistant start
+    constraints = None
+    if passages is not None:
+        constraints = [steering.span_constraint(tokenizer, t, p, stops, abstain)
+                       for t, p in zip(texts, passages, strict=True)]  # fmt: skip
+    return steering.Steering(abstain=abstain[0] if abstain and na is not None else None, constraints=constraints,
+                             na=na)  # fmt: skip
 
 
 def generate_records(
@@ -107,10 +134,14 @@ def generate_records(
     parse: Callable[[str, str], str],
     partial: Path | None = None,
     progress: Progress | None = None,
+    na_scores: bool = False,
+    passages: dict[str, str] | None = None,
 ) -> dict[str, Generation]:
     """Generate for each `(id, prompt)` job and parse the output with `parse(id, raw)`.
 
-    With `partial`, each finished record is appended there at once and a re-run skips what it holds (resume)."""
+    With `partial`, each finished record is appended there at once and a re-run skips what it holds (resume).
+    `na_scores`: each record gets its no-answer score (`Generation.na_prob`); `passages` ({id: passage}): span
+    answers (see `generate`)."""
     done: dict[str, Generation] = {}
     if partial and partial.exists():
         done = {g.id: g for g in read_jsonl(partial, Generation, tolerate_torn_tail=True)}
@@ -118,18 +149,24 @@ def generate_records(
     if progress:
         progress(len(jobs) - len(todo))
     appender = JsonlAppender(partial) if partial else None
+    na: list[float | None] | None = [None] * len(todo) if na_scores else None
 
     def keep(indices: list[int], raws: list[str]) -> None:
         for i, raw in zip(indices, raws, strict=True):
             qid = todo[i][0]
-            done[qid] = Generation(id=qid, raw=raw, answer=parse(qid, raw))
+            done[qid] = Generation(id=qid, raw=raw, answer=parse(qid, raw), na_prob=na[i] if na else None)
             if appender:
                 appender.append(done[qid])
         if progress:
             progress(len(indices))
 
+    extra: dict[str, Any] = {}
+    if na is not None:
+        extra["na"] = na
+    if passages is not None:
+        extra["passages"] = [passages[qid] for qid, _ in todo]
     try:
-        generate(model, tokenizer, [text for _, text in todo], settings, on_batch=keep)
+        generate(model, tokenizer, [text for _, text in todo], settings, on_batch=keep, **extra)
     finally:
         if appender:
             appender.close()
@@ -146,16 +183,20 @@ def answer_questions(
     require_in_context: bool = False,
     progress: Progress | None = None,
     answer_prefix: str = "",
+    constrain: str = "none",
 ) -> list[Generation]:
     """Answer every question with the few-shot QA prompt (resumable through `partial`). `answer_prefix` ends each
-    prompt, after the start of the assistant turn (a Chain of Hindsight adapter's positive marker)."""
+    prompt, after the start of the assistant turn (a Chain of Hindsight adapter's positive marker). Every answer
+    gets its no-answer score (`na_prob`); `constrain="span"` decodes span answers only (steering.py)."""
     by_id = {q.id: q for q in questions}
     jobs = [(q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer) + answer_prefix) for q in questions]
 
     def parse(qid: str, raw: str) -> str:
         return prompts.parse_answer(raw, by_id[qid].context, require_in_context)
 
-    done = generate_records(model, tokenizer, jobs, settings, parse, partial, progress)
+    passages = {q.id: q.context for q in questions} if constrain == "span" else None
+    done = generate_records(model, tokenizer, jobs, settings, parse, partial, progress, na_scores=True,
+                            passages=passages)  # fmt: skip
     return [done[q.id] for q in questions]
 
 

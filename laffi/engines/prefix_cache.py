@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from laffi.engines import prefix_attention
+from laffi.engines.steering import Steering
 
 # A group's own shared segment must be at least this many tokens to be worth a separate prefill.
 MIN_GROUP_TOKENS = 16
@@ -79,6 +80,7 @@ def greedy_ids(
     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
     workers: int = 1,
     draft_tokens: int = 0,
+    steering: Steering | None = None,
 ) -> list[list[int]] | None:
     """Greedy continuations of every prompt as token ids (ending with the stop token if one came, as `model.generate`
     returns them), or None when this model cannot attend this way (`prefix_attention.supported`; the caller then
@@ -102,13 +104,67 @@ def greedy_ids(
     (`draft`), and checks up to `draft_tokens` guesses in the same forward pass: the guesses that match the model's
     own greedy choices are kept, with the model's choice after the last of them. Output is greedy decoding's
     (up to float rounding); a step costs about the same (decode steps are bound by reading the weights), and fewer
-    steps are needed."""
+    steps are needed.
+
+    `steering` (steering.py): span constraints applied to every choice (guesses included) and the no-answer score
+    of each prompt's first answer token, from the logits of its suffix's prefill.
+
+    transformers internals this path relies on are checked first (`missing_internals`): when one is gone (another
+    transformers version), it warns once on stderr and returns None, so the caller falls back to the plain path."""
     level0, groups = plan(encoded)
-    if level0 < 1 or not prefix_attention.supported(model):
+    if level0 < 1:
+        return None
+    missing = missing_internals(model)
+    if missing:
+        _warn_once(f"laffi: warning: answering on the plain path (no prefix reuse: slower, same answers): {missing} "
+                   "is missing in this transformers version")  # fmt: skip
+        return None
+    if not prefix_attention.supported(model):
         return None
     with prefix_attention.using(model):
         return _greedy_ids(model, encoded, level0, groups, max_new_tokens, batch_size, stops, pad_id, on_batch, workers,
-                           draft_tokens)  # fmt: skip
+                           draft_tokens, steering)  # fmt: skip
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    import sys
+
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def missing_internals(model: Any) -> str | None:
+    """The first transformers internal this path uses that is not there (None when all are): DynamicLayer (subclassed
+    by `_SlabLayer`, with the methods it overrides), DynamicCache's `layers`, AttentionInterface,
+    AttentionMaskInterface and sdpa_mask (prefix_attention.py), and the model's `set_attn_implementation` and
+    `config._attn_implementation`."""
+    try:
+        import transformers
+        from transformers import cache_utils, masking_utils
+    except ImportError as e:  # pragma: no cover - transformers is a dependency
+        return str(e)
+    checks = [
+        ("transformers.cache_utils.DynamicLayer", lambda: cache_utils.DynamicLayer),
+        ("DynamicLayer.update/get_seq_length/get_mask_sizes/batch_select_indices",
+         lambda: [getattr(cache_utils.DynamicLayer, m) for m in ("update", "get_seq_length", "get_mask_sizes",
+                                                                  "batch_select_indices")]),
+        ("DynamicCache().layers", lambda: cache_utils.DynamicCache().layers),
+        ("transformers.AttentionInterface", lambda: transformers.AttentionInterface.register),
+        ("transformers.masking_utils.AttentionMaskInterface", lambda: masking_utils.AttentionMaskInterface.register),
+        ("transformers.masking_utils.sdpa_mask", lambda: masking_utils.sdpa_mask),
+        ("the model's set_attn_implementation", lambda: model.set_attn_implementation),
+        ("the model's config._attn_implementation", lambda: model.config._attn_implementation),
+    ]  # fmt: skip
+    for name, get in checks:
+        try:
+            get()
+        except (AttributeError, ImportError, TypeError):
+            return name
+    return None
 
 
 def _greedy_ids(
@@ -123,6 +179,7 @@ def _greedy_ids(
     on_batch: Callable[[list[int], list[list[int]]], None] | None,
     workers: int,
     draft_tokens: int,
+    steering: Steering | None = None,
 ) -> list[list[int]]:
     import threading
 
@@ -140,7 +197,8 @@ def _greedy_ids(
 
     threads = torch.get_num_threads()
     pool = _Pool(groups, encoded, max(1, min(workers, len(groups))))
-    args = (model, encoded, shared, max_new_tokens, batch_size, set(stops), pad_id, outputs, report, draft_tokens)
+    args = (model, encoded, shared, max_new_tokens, batch_size, set(stops), pad_id, outputs, report, draft_tokens,
+            steering)  # fmt: skip
     if pool.workers == 1:
         _decode_groups(pool, *args)
         return outputs
@@ -208,6 +266,7 @@ def _decode_groups(
     outputs: list[list[int]],
     report: Callable[[list[int]], None],
     draft_tokens: int,
+    steering: Steering | None = None,
 ) -> None:
     """The continuous-batching loop over the pool's prompts (see `greedy_ids`); writes into `outputs`."""
     import torch
@@ -232,7 +291,7 @@ def _decode_groups(
                     if id(g) not in segments:
                         ids = encoded[g.members[0]][level0 : g.prefix_len]
                         segments[id(g)] = _prefill(model, ids, shared) if ids else []
-                new = _start_rows(model, encoded, admit, shared, segments, pad_id, max_new_tokens)
+                new = _start_rows(model, encoded, admit, shared, segments, pad_id, max_new_tokens, steering)
                 for _, g in admit:
                     unadmitted[id(g)] -= 1
                     if unadmitted[id(g)] == 0:
@@ -243,7 +302,10 @@ def _decode_groups(
                 assert live is not None
                 guesses = [draft(encoded[i], outputs[i], min(draft_tokens, max_new_tokens - len(outputs[i]) - 1))
                            for i in live.rows]  # fmt: skip
-                live.step(model, guesses, max_new_tokens)
+                if steering is not None and steering.constrained:
+                    live.step(model, guesses, max_new_tokens, steering, outputs)
+                else:
+                    live.step(model, guesses, max_new_tokens)
                 finished = live.record(outputs, stops, max_new_tokens)
             if finished:
                 report(finished)
@@ -367,8 +429,11 @@ class _Rows:
     def n(self) -> int:
         return len(self.rows)
 
-    def step(self, model: Any, guesses: list[list[int]], max_new_tokens: int) -> None:
-        """One greedy decode step of every row, checking each row's guessed next tokens (`draft`) on the way."""
+    def step(self, model: Any, guesses: list[list[int]], max_new_tokens: int, steering: Steering | None = None,
+             outputs: list[list[int]] | None = None) -> None:
+        """One greedy decode step of every row, checking each row's guessed next tokens (`draft`) on the way. Under
+        a span constraint (`steering`), each choice is among the tokens allowed after the row's `outputs` so far
+        and the guesses before it."""
         import torch
 
         q = 1 + max(len(g) for g in guesses)
@@ -382,6 +447,10 @@ class _Rows:
         out = model(input_ids=input_ids, cache=self.cache, attention_mask=self.attention, position_ids=positions,
                     use_cache=True, logits_to_keep=q, shared_kv=self.shared)  # fmt: skip
         best = out.logits.argmax(dim=-1).tolist()  # (rows, q): the greedy choice after each input token
+        if steering is not None and steering.constrained and outputs is not None:
+            for r, (i, g) in enumerate(zip(self.rows, guesses, strict=True)):
+                best[r][: 1 + len(g)] = [steering.pick(i, outputs[i] + g[:j], out.logits[r, j])
+                                         for j in range(1 + len(g))]  # fmt: skip
         self.accepted, chosen = [], []
         for r, g in enumerate(guesses):
             kept = 0
@@ -471,6 +540,7 @@ def _start_rows(
     segments: dict[int, list[tuple[Any, Any]]],
     pad_id: int,
     room: int,
+    steering: Steering | None = None,
 ) -> _Rows:
     """Prefill each row's suffix over its cached prefix; the rows with their first chosen token. Their caches have
     `room` free columns after the suffix (for the answer's tokens).
@@ -507,5 +577,10 @@ def _start_rows(
         slabs.append((keys, values))
     out = model(input_ids=input_ids, cache=_slab_cache(slabs, seg_w, level0), attention_mask=attention,
                 position_ids=positions, use_cache=True, logits_to_keep=1, shared_kv=shared)  # fmt: skip
+    last = out.logits[:, -1]
+    if steering is None:
+        chosen = last.argmax(dim=-1).tolist()
+    else:  # the first answer token: constrained, and its no-answer score recorded
+        chosen = [steering.first(i, last[r]) for r, (i, _) in enumerate(batch)]
     return _Rows(rows=[i for i, _ in batch], cache=out.cache, attention=attention, next_pos=positions[:, -1] + 1,
-                 chosen=out.logits[:, -1].argmax(dim=-1).tolist(), shared=shared)  # fmt: skip
+                 chosen=chosen, shared=shared)  # fmt: skip

@@ -22,6 +22,7 @@ Layout of an experiment directory:
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import random
 import sys
@@ -122,8 +123,14 @@ class Finished:
     eval_questions: list
 
 
-def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> Finished:
-    """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results."""
+def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None,
+                   workers: int = 1) -> Finished | None:
+    """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results.
+
+    `workers` > 1: the cells run in that many processes on this machine (torch threads split between them), then this
+    process finds them all cached. `shard` (i, n): run the shared stages and every n-th cell from the i-th (i = 0..n-1)
+    against a run directory other processes share; the result (None until every cell exists) comes from the shard
+    that finishes last. Stage locks (laffi/pipeline/cache.py) keep two processes from making the same stage."""
     for name in cfg.methods:
         check_method(name)
     if cfg.human_fractions:
@@ -132,6 +139,9 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
     source = load_squad(resolve_data_path(cfg.data.path))
     cfg = with_sizes_resolved(cfg, source)
+    workers = workers if workers > 1 else cfg.workers
+    if workers > 1 and shard is None:
+        run_workers(cfg, workers, log)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     main, ablation = plan(cfg)
@@ -140,14 +150,57 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     write_json(out / "environment.json", environment(cfg, train_file, eval_file))
     train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
     feedback = feedback_sources(cfg, out, cells, train_qs, train_file, log, progress)
-    for i, cell in enumerate(cells, 1):
-        log(f"[{i}/{len(cells)}] {cell.path}")
+    mine = cells if shard is None else cells[shard[0]::shard[1]]
+    for cell in mine:
+        log(f"[{cells.index(cell) + 1}/{len(cells)}] {cell.path}")
         run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress)
+    if shard is not None:
+        left = [c for c in cells if not answered(out, c)]
+        if left:
+            log(f"shard {shard[0]}/{shard[1]}: done; {len(left)} of {len(cells)} cells are still being made elsewhere")
+            return None
     if cfg.example_questions and any(c.method == "laffi" for c in cells):
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
     return Finished(cfg, out, main, ablation, train_qs, eval_qs)
+
+
+def answered(out: Path, cell: Cell) -> bool:
+    """Whether a cell's answers on the evaluation questions are finished (by any process)."""
+    from laffi.pipeline.cache import marker
+    from laffi.records import read_json
+
+    m = marker(cell_dir(out, cell) / "eval_answers.json")
+    return m.exists() and read_json(m).get("done") is True
+
+
+def run_workers(cfg: ExperimentConfig, workers: int, log: Log) -> None:
+    """The grid's cells in `workers` processes (spawned: a clean torch in each), each a shard with an equal share of
+    this machine's cores as torch threads. One process with all the threads leaves cores idle in the many small
+    operators of a small model; separate processes keep them busy."""
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"experiment: {workers} worker processes, {threads} torch thread(s) each")
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
+                                                initargs=(threads,)) as pool:  # fmt: skip
+        jobs = [pool.submit(run_experiment, cfg, _quiet, False, (i, workers)) for i in range(workers)]
+        for job in concurrent.futures.as_completed(jobs):
+            job.result()  # a worker's error (a LaffiError) is this process's error
+
+
+def _worker_threads(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch is imported in this process
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _quiet(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
@@ -201,6 +254,8 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     if not answer_cfg.revise_rounds:  # revision settings don't change plain answers
         settings.pop("revise_rounds")
         settings.pop("feedback_max_new_tokens")
+    if answer_cfg.constrain == "none":  # the default: keys stay those of runs made before the setting existed
+        settings.pop("constrain")
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip

@@ -69,7 +69,7 @@ def answer(
                 DecodeSettings(settings.max_new_tokens, settings.batch_size, workers=settings.workers,
                                draft_tokens=settings.draft_tokens),
                 partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
-                answer_prefix=answer_prefix(adapter),
+                answer_prefix=answer_prefix(adapter), constrain=settings.constrain,
             )  # fmt: skip
         timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
     preds = {g.id: g.answer for g in gens}
@@ -90,10 +90,26 @@ def answer(
     if revisions:
         write_jsonl(revisions_path(out), revisions)
     write_json(timing_path(out), timing)
+    write_na_probs(out, gens if not revisions else [])
     write_json(out, preds)
     for leftover in out.parent.glob(f"{partial.name}*"):
         leftover.unlink()
     return preds
+
+
+def na_prob_path(out: Path) -> Path:
+    """`{id: probability of no answer}` beside the predictions (the official `--na-prob-file` format)."""
+    return out.with_suffix(".na_prob.json")
+
+
+def write_na_probs(out: Path, gens: list[Generation]) -> None:
+    """The first answers' no-answer scores beside `out`; none (and no stale file) when an answer has no score: revised
+    answers (the score is about the first answer), vLLM, or a resumed partial file written before scores existed."""
+    path = na_prob_path(out)
+    if gens and all(g.na_prob is not None for g in gens):
+        write_json(path, {g.id: g.na_prob for g in gens})
+    else:
+        path.unlink(missing_ok=True)
 
 
 def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settings: AnswerConfig, adapter: str | None,
@@ -110,6 +126,8 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
     engine.require_vllm()
     if settings.revise_rounds or first is not None:
         raise LaffiError("answer.engine: revise rounds run on the 'transformers' engine only")
+    if settings.constrain != "none":
+        raise LaffiError("answer.constrain: span answers run on the 'transformers' engine only")
     tokenizer = load_tokenizer(model.name)
     path = resolve_model(model.name)
     check_prompt_lengths(questions, tokenizer, SimpleNamespace(config=AutoConfig.from_pretrained(path)), settings,
@@ -128,6 +146,7 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
     if generations_out is not None:
         write_jsonl(generations_out, gens)
     write_json(timing_path(out), timing)
+    write_na_probs(out, [])
     preds = {g.id: g.answer for g in gens}
     write_json(out, preds)
     return preds
@@ -288,9 +307,13 @@ def launch_training(
     return read_json(out / TRAIN_INFO, "training record")
 
 
-def score(data: Path, predictions: Path) -> dict[str, Any]:
+def score(data: Path, predictions: Path, na_prob_file: Path | None = None,
+          na_prob_thresh: float = 1.0) -> dict[str, Any]:  # fmt: skip
+    """The official evaluate-v2.0.py's output for these options (`--na-prob-file`, `--na-prob-thresh`)."""
     from laffi.metrics import squad_v2_scores
 
     questions = load_squad(resolve_data_path(str(data)), strict=False)
     preds = read_predictions(predictions)
-    return squad_v2_scores(questions, preds, source=str(predictions))
+    na_probs = read_json(na_prob_file, "no-answer probabilities") if na_prob_file is not None else None
+    return squad_v2_scores(questions, preds, source=str(predictions), na_probs=na_probs, na_prob_thresh=na_prob_thresh,
+                           na_source=str(na_prob_file))  # fmt: skip
