@@ -37,7 +37,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = _f("bundled", "SQuAD 2.0 JSON file, or 'bundled' for the 3-article excerpt shipped with laffi.")
+    path: str = _f("bundled", "SQuAD 2.0 JSON file, or 'bundled' for the 3-article excerpt shipped with laffi; also "
+                   "data in Hugging Face's squad_v2 schema: hf:ID[:SPLIT] (offline: the local cache), a directory of "
+                   "parquet files or a save_to_disk directory.")
+    eval_path: str = _f("", "Evaluate on this data (same kinds as `path`) and train on all of `path`: no article "
+                        "split then (eval_articles is ignored). Question ids and article titles must not overlap. "
+                        "'': hold out `eval_articles` articles of `path`.")
     eval_articles: int = _f(1, "Whole articles held out for evaluation (the split is by article, never by question).",
                             min=1)
     split_seed: int = _f(0, "Seed of the article split and of the question samples.")

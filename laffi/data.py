@@ -27,8 +27,15 @@ def load_squad(path: str | Path, strict: bool = True) -> list[Question]:
 
     `strict=False` (used for scoring) checks structure and types only, like the official evaluation script reads a
     file: answer offsets and the `is_impossible` flag are not cross-checked against the answers and the context.
+
+    Data in Hugging Face's `squad_v2` schema (columns id, title, context, question, answers {text, answer_start})
+    is read too (`is_dataset_spec`): `hf:ID[:SPLIT]` (datasets.load_dataset; HF_HUB_OFFLINE=1 reads the local
+    cache only), a directory of parquet files, or a `save_to_disk` directory. Its rows go through the same checks.
     """
-    doc = read_json(path, "SQuAD 2.0 JSON")  # one-line errors for unreadable, non-UTF-8, non-JSON, too deep files
+    if is_dataset_spec(path):
+        doc = _dataset_doc(str(path))
+    else:
+        doc = read_json(path, "SQuAD 2.0 JSON")  # one-line errors for unreadable, non-UTF-8, non-JSON, too deep files
     path = printable(path)  # messages below name the file; escaped so a newline in its name keeps them one line
     if not isinstance(doc, dict):
         raise LaffiError(f"{path}: expected a JSON object at the top level, got {_kind(doc)}")
@@ -101,6 +108,111 @@ def _load_answer(ans: Any, context: str, path: str, where: str, strict: bool = T
         found = _short(context[start : start + len(text)])
         raise LaffiError(f"{path}: {where}.text: {_short(text)} does not match the context at {start} ({found})")
     return text, start
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def is_dataset_spec(spec: str | Path) -> bool:
+    """`hf:ID[:SPLIT]`, or a directory (of parquet files, or written by `datasets`' save_to_disk)."""
+    return str(spec).startswith("hf:") or Path(spec).is_dir()
+
+
+def _dataset_doc(spec: str) -> dict[str, Any]:
+    """Rows of a dataset in the squad_v2 schema as an official-format document (articles and paragraphs are runs of
+    rows with the same title and context, as `write_squad` groups them)."""
+    rows = _dataset_rows(spec)
+    name = printable(spec)
+    data: list[dict[str, Any]] = []
+    for n, row in enumerate(rows):
+        where = f"{name}: row {n}"
+        if not isinstance(row, dict):
+            raise LaffiError(f"{where}: expected a record, got {_kind(row)}")
+        missing = [k for k in ("id", "context", "question", "answers") if k not in row]
+        if missing:
+            raise LaffiError(f"{where}: no column '{missing[0]}' (the squad_v2 schema: id, title, context, question, "
+                             "answers)")  # fmt: skip
+        answers = row["answers"]
+        if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) or not isinstance(
+                answers.get("answer_start"), list) or len(answers["text"]) != len(answers["answer_start"]):  # fmt: skip
+            raise LaffiError(f"{where}: answers: expected {{text: [...], answer_start: [...]}} of equal lengths")
+        title = row.get("title") or ""
+        if not data or data[-1]["title"] != title:
+            data.append({"title": title, "paragraphs": []})
+        paras = data[-1]["paragraphs"]
+        if not paras or paras[-1]["context"] != row["context"]:
+            paras.append({"context": row["context"], "qas": []})
+        pairs = zip(answers["text"], answers["answer_start"], strict=True)
+        answer_list = [{"text": t, "answer_start": a} for t, a in pairs]
+        paras[-1]["qas"].append({"id": row["id"], "question": row["question"], "answers": answer_list})
+    return {"version": SQUAD_VERSION, "data": data}
+
+
+def _dataset_rows(spec: str) -> list[Any]:
+    """The rows of `hf:ID[:SPLIT]`, a parquet directory or a save_to_disk directory (datasets imported here only)."""
+    if spec.startswith("hf:"):
+        ident, _, split = spec[3:].partition(":")
+        if not ident:
+            raise LaffiError(f"{printable(spec)}: expected hf:ID or hf:ID:SPLIT")
+        return _hub_rows(spec, ident, split or None)
+    directory = Path(spec)
+    parquet = sorted(directory.rglob("*.parquet"))
+    if parquet:
+        import pyarrow.parquet as pq
+
+        rows: list[Any] = []
+        for f in parquet:
+            try:
+                rows += pq.read_table(f).to_pylist()
+            except Exception as e:  # pyarrow raises several types for a bad file
+                raise LaffiError(f"{printable(f)}: not a readable parquet file ({_first_line(e)})") from None
+        return rows
+    if not any((directory / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise LaffiError(f"{printable(spec)}: a directory without parquet files or a saved dataset (save_to_disk)")
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(directory))
+    except Exception as e:  # datasets raises many types for a broken directory
+        raise LaffiError(f"{printable(spec)}: cannot load the saved dataset ({_first_line(e)})") from None
+    return list(_one_split(ds, spec))
+
+
+def _hub_rows(spec: str, ident: str, split: str | None) -> list[Any]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(ident, split=split)
+    except Exception as e:  # offline without a cached copy, unknown id or split, ...
+        raise LaffiError(f"{printable(spec)}: cannot load the dataset ({_first_line(e)})") from None
+    return list(_one_split(ds, spec))
+
+
+def _one_split(ds: Any, spec: str) -> Any:
+    """A Dataset as is; a DatasetDict only when it has one split (else name one)."""
+    import datasets
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        splits = list(ds.keys())
+        if len(splits) != 1:
+            raise LaffiError(f"{printable(spec)}: has the splits {', '.join(splits)}: name one (hf:ID:SPLIT, or the "
+                             "split's own directory)")  # fmt: skip
+        return ds[splits[0]]
+    return ds
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return printable(f"{type(e).__name__}: {text[0]}" if text else type(e).__name__)[:300]
+
+
+def questions_hash(questions: list[Question]) -> str:
+    """sha256 of the questions' content (for cache keys of data that is not one file)."""
+    import dataclasses
+    import hashlib
+
+    text = json.dumps([dataclasses.asdict(q) for q in questions], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- field checks
@@ -213,7 +325,8 @@ def bundled_data_path() -> Path:
 
 
 def resolve_data_path(spec: str) -> Path:
-    """Map a --data value to a file: "bundled" (or empty) is the shipped excerpt, anything else a path."""
+    """Map a --data value to a file: "bundled" (or empty) is the shipped excerpt, anything else a path (or a dataset
+    spec that `load_squad` reads: `is_dataset_spec`)."""
     if spec in ("", "bundled"):
         return bundled_data_path()
     return Path(spec)

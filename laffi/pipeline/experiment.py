@@ -205,7 +205,7 @@ def _quiet(message: str) -> None:
 
 def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
     """Training size 0 means every question of the training articles: replaced by that number."""
-    n_train = len(split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)[0])
+    n_train = len(train_and_eval(cfg, questions)[0])
     sizes = list(dict.fromkeys(n or n_train for n in cfg.train_sizes))
     return replace(cfg, train_sizes=sizes)
 
@@ -218,12 +218,16 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
     src = resolve_data_path(cfg.data.path)
     largest = max([*cfg.train_sizes, cfg.ablation_size])  # the ablation's size is sampled too (nested)
     settings = {**asdict(cfg.data), "train_questions": largest}
-    key = stage_key(data=file_hash(src), settings=settings)
+    if not cfg.data.eval_path:  # keys of runs made before the setting existed stay valid
+        settings.pop("eval_path")
+    else:
+        settings["eval_data"] = data_hash(cfg.data.eval_path)
+    key = stage_key(data=data_hash(cfg.data.path), settings=settings)
     train_file, eval_file = out / "data" / "train.json", out / "data" / "eval.json"
     if cached(eval_file, key) and train_file.exists():
         return train_file, eval_file
     begin(eval_file, key, [train_file])
-    train_all, eval_all = split_by_article(load_squad(src), cfg.data.eval_articles, cfg.data.split_seed)
+    train_all, eval_all = train_and_eval(cfg, load_squad(src))
     if largest > len(train_all):
         raise LaffiError(f"train_sizes: {largest} is more than the {len(train_all)} questions of the training "
                          f"articles in {src}")  # fmt: skip
@@ -231,6 +235,30 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
     train_qs = rng.sample(train_all, largest)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
     return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
+
+
+def train_and_eval(cfg: ExperimentConfig, questions: list) -> tuple[list, list]:
+    """(training, evaluation) questions: an article split of `data.path`, or with `data.eval_path` all of each, refused
+    when they share a question id or an article title (training on evaluation facts)."""
+    from laffi.records import printable
+
+    if not cfg.data.eval_path:
+        return split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)
+    evaluation = load_squad(resolve_data_path(cfg.data.eval_path))
+    for what, key in (("question id", lambda q: q.id), ("article title", lambda q: q.title)):
+        shared = {key(q) for q in questions} & {key(q) for q in evaluation}
+        if shared:
+            raise LaffiError(f"data.eval_path: {len(shared)} {what}(s) also in data.path (e.g. "
+                             f"'{printable(sorted(shared)[0])}'): evaluation data must be other articles")  # fmt: skip
+    return questions, evaluation
+
+
+def data_hash(spec: str) -> str:
+    """Cache-key hash of a data spec: the file's (or directory's) bytes, or the questions of a hf: dataset."""
+    from laffi.data import questions_hash
+
+    path = resolve_data_path(spec)
+    return file_hash(path) if path.exists() else questions_hash(load_squad(path))
 
 
 def write_split(train_qs: list, eval_qs: list, train_file: Path, eval_file: Path, key: str,
@@ -499,7 +527,7 @@ def environment(cfg: ExperimentConfig, train_file: Path, eval_file: Path) -> dic
         "packages": versions,
         "seeds": {"split": cfg.data.split_seed, "training": cfg.seeds},
         "data_sha256": {
-            "source": file_hash(resolve_data_path(cfg.data.path)),
+            "source": data_hash(cfg.data.path),
             "train": file_hash(train_file),
             "eval": file_hash(eval_file),
         },
