@@ -141,7 +141,18 @@ class TrainConfig:
     batch_size: int = _f(8, "Examples per optimizer step (micro_batch_size x accumulation).", min=1)
     micro_batch_size: int = _f(2, "Examples per forward pass: bounds memory on long passages (the pool run peaked at "
                                "17.8 GB RSS with 4).", min=1)
-    max_length: int = _f(1024, "Training sequences are cut to this many tokens.", min=16)
+    shared_prefix: bool = _f(True, "Train the questions of one passage together, computing their shared prompt start "
+                             "(system, shots, passage) once per row (laffi/training/packing.py): each epoch shuffles "
+                             "passages, not questions, and each step packs its examples of one passage into one row "
+                             "where every question attends to the shared prefix and to itself only; the same loss per "
+                             "example up to float rounding. false: one example per row, questions shuffled. Part of "
+                             "the cache key (it changes the data order). Launched data-parallel runs keep the passage "
+                             "order but train one example per row (micro_batch_size).")
+    micro_batch_tokens: int = _f(2048, "With shared_prefix: token positions per forward pass (packed rows x the "
+                                 "longest, padding included); bounds memory as micro_batch_size does without it. A "
+                                 "single sequence longer than this is a row of its own.", min=16)
+    max_length: int = _f(1024, "Training sequences are cut to this many tokens (the prompt from the left); with "
+                         "shared_prefix each example's own sequence is cut so, before packing.", min=16)
     warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.", min=0.0, max=1.0)
     seed: int = _f(0, "Seed of LoRA initialisation and data order.")
     gradient_checkpointing: bool = _f(True, "Recompute each layer's activations in the backward pass: a fraction of "

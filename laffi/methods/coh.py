@@ -21,7 +21,7 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
         gold = r.gold_answers[0] if r.gold_answers else ""
         parts = prompts.coh_segments(r.predicted_answer, r.verdict, r.feedback, gold, random.Random(f"{seed}:{r.id}"))
         text = prompts.render(prompts.qa_messages(record_question(r), shots), tokenizer)
-        out.append(Example("coh", r.id, text, "".join(t for t, _ in parts), parts))
+        out.append(Example("coh", r.id, text, "".join(t for t, _ in parts), parts, group=r.context))
     return out
 
 

@@ -54,13 +54,15 @@ def qa_examples(kind: str, questions: list[Question], answers: dict[str, str], t
                 shots: int) -> list[Example]:  # fmt: skip
     """QA prompt -> a given answer, for the questions that have one."""
     return [Example(kind, q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer),
-                    prompts.answer_as_text(answers[q.id])) for q in questions if q.id in answers]  # fmt: skip
+                    prompts.answer_as_text(answers[q.id]), group=q.context)
+            for q in questions if q.id in answers]  # fmt: skip
 
 
 def feedback_examples(kind: str, feedback: list[FeedbackRecord], tokenizer: Any) -> list[Example]:
     """Feedback prompt (passage, question, the judged answer) -> the feedback text: what laffi and critique learn."""
     return [Example(kind, r.id, prompts.render(prompts.feedback_messages(record_question(r), r.predicted_answer),
-                                               tokenizer), r.feedback) for r in feedback]  # fmt: skip
+                                               tokenizer), r.feedback, group=r.context)
+            for r in feedback]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- data-making methods

@@ -19,7 +19,7 @@ def sft_examples(questions: list[Question], tokenizer: Any, shots: int) -> list[
     for q in questions:
         gold = q.answers[0] if q.answers else ""
         out.append(Example("sft", q.id, prompts.render(prompts.qa_messages(q, shots), tokenizer),
-                           prompts.answer_as_text(gold)))  # fmt: skip
+                           prompts.answer_as_text(gold), group=q.context))  # fmt: skip
     return out
 
 

@@ -6,12 +6,19 @@ run directory run again, instead of each key keeping special cases for old direc
 
 `begin` clears output and partial state left by a run with other inputs, so a stage never resumes from, or returns,
 work done for different settings; `answer` and `train` resume from their partial state when the key is unchanged.
+
+Several processes may share one run directory (`laffi experiment --workers N`, or `--shard I/N` on several machines
+over a shared file system): `cached` takes the stage's lock (an advisory `flock` on `.<output>.lock`) whenever it
+answers False, so exactly one process makes a stage while the others wait for it and then find it cached; `finish`
+releases the lock (so does the end of the process, if the stage fails).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -46,11 +53,47 @@ def marker(output: Path) -> Path:
 
 
 def cached(output: Path, key: str) -> bool:
+    """Whether `output` was made from inputs with this key. When it was not, the caller holds the stage's lock until
+    `finish`: it is the one process that makes it."""
+    if _done(output, key):
+        return True
+    _lock(output)
+    if _done(output, key):  # another process made it while this one waited
+        _unlock(output)
+        return True
+    return False
+
+
+def _done(output: Path, key: str) -> bool:
     m = marker(output)
     if not (output.exists() and m.exists()):
         return False
     state = read_json(m)
     return state.get("key") == key and state.get("done") is True
+
+
+_held: dict[str, int] = {}  # lock path -> open descriptor, for the stages this process is making
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+def _lock(output: Path) -> None:
+    path = lock_path(output)
+    if str(path) in _held:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process makes the stage
+    _held[str(path)] = fd
+
+
+def _unlock(output: Path) -> None:
+    fd = _held.pop(str(lock_path(output)), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def begin(output: Path, key: str, scratch: list[Path] = ()) -> None:
@@ -67,3 +110,4 @@ def begin(output: Path, key: str, scratch: list[Path] = ()) -> None:
 
 def finish(output: Path, key: str) -> None:
     write_json(marker(output), {"key": key, "done": True})
+    _unlock(output)

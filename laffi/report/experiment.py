@@ -29,9 +29,12 @@ from laffi.stats import bootstrap_ci, paired_bootstrap
 ALPHA = 0.05
 
 
-def run_and_report(cfg: ExperimentConfig, log: Log = print, progress: bool = True) -> dict[str, Any]:
-    """Run the experiment (every stage cached) and write its report: results.json, results.md, report.html."""
-    return write_report(run_experiment(cfg, log, progress))
+def run_and_report(cfg: ExperimentConfig, log: Log = print, progress: bool = True,
+                   shard: tuple[int, int] | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """Run the experiment (every stage cached) and write its report: results.json, results.md, report.html. With a
+    `shard`, None until the last shard finishes (see `run_experiment`)."""
+    done = run_experiment(cfg, log, progress, shard)
+    return None if done is None else write_report(done)
 
 
 def write_report(done: Finished) -> dict[str, Any]:

@@ -19,6 +19,9 @@ class Example:
     completion: str
     # (text, carries loss) pieces whose concatenation is `completion`; None: the whole completion carries loss.
     parts: list[tuple[str, bool]] | None = None
+    # Examples of one kind with the same group share the start of their prompt (the passage): shared-prefix training
+    # (laffi/training/packing.py) orders them together and computes that start once. "": a group of its own.
+    group: str = ""
 
 
 def completion_tokens(ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:

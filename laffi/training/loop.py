@@ -23,6 +23,7 @@ from laffi.errors import LaffiError
 from laffi.records import write_json
 from laffi.training.examples import Example, tokenize_example
 from laffi.training.loss import completion_loss_sum
+from laffi.training.packing import group_keys, group_order, pack, pack_step, packed_loss, packed_width
 
 TRAIN_LOG = "train_log.jsonl"
 TRAIN_INFO = "laffi_train.json"
@@ -90,7 +91,12 @@ def train(
     autocast = _lora_in_base_dtype(model)
     model.train()
     rows = [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
-    schedule = step_schedule(rows, cfg)
+    keys = group_keys(examples) if cfg.shared_prefix else None
+    schedule = step_schedule(rows, cfg, keys)
+    # Shared-prefix training in this process: each step's examples as micro-batches of packed rows (packing.py).
+    # Launched data-parallel runs keep the group order but train one example per row.
+    plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens) for step in schedule] \
+        if keys is not None and parallel is None else None
     warmup = int(cfg.warmup_ratio * len(schedule))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear(s, warmup, len(schedule)))
     work = out.with_name(out.name + ".partial")
@@ -106,9 +112,12 @@ def train(
             grad_norm = parallel.clip_and_step(1.0)
         else:
             total = 0.0
-            for mb in micro_batches:
+            for mb in plans[step] if plans is not None else micro_batches:
                 with autocast:
-                    loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
+                    if plans is not None:  # a list of packed rows
+                        loss_sum = packed_loss(model, [pack(rows, members) for members in mb], pad_id)
+                    else:  # a list of examples
+                        loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
                 (loss_sum / n_loss).backward()
                 total += loss_sum.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
@@ -131,6 +140,7 @@ def train(
     if board is not None:
         board.close()
     info = _summary(cfg, examples, rows, log, answer_prefix)
+    info["tokens_computed"] = _tokens_computed(rows, schedule, plans)
     if parallel is not None:  # provenance: which engine trained it, on how many processes
         info["distributed"] = {"type": parallel.kind, "processes": parallel.world}
     # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
@@ -144,16 +154,21 @@ def train(
     return info
 
 
-def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig) -> list[list[list[int]]]:
-    """Optimizer steps, each a list of micro-batches of example indices. Seeded shuffle per epoch; within a step,
-    examples are sorted by length before being cut into micro-batches so each pads only to its own longest."""
+def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig,
+                  keys: list[Any] | None = None) -> list[list[list[int]]]:  # fmt: skip
+    """Optimizer steps, each a list of micro-batches of example indices. Seeded shuffle per epoch (with `keys`, one per
+    example: of the groups, each group's examples kept together, `packing.group_order`); within a step, examples are
+    sorted by length before being cut into micro-batches so each pads only to its own longest."""
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     n_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
     steps: list[list[list[int]]] = []
     epoch = 0
     while len(steps) < n_steps:
-        order = list(range(len(rows)))
-        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        if keys is not None:
+            order = group_order(keys, cfg.seed * 1000 + epoch)
+        else:
+            order = list(range(len(rows)))
+            random.Random(cfg.seed * 1000 + epoch).shuffle(order)
         for b in range(0, len(order), cfg.batch_size):
             batch = sorted(order[b : b + cfg.batch_size], key=lambda i: len(rows[i]["input_ids"]))
             steps.append([batch[m : m + cfg.micro_batch_size] for m in range(0, len(batch), cfg.micro_batch_size)])
@@ -161,6 +176,14 @@ def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig) -> list[li
                 break
         epoch += 1
     return steps
+
+
+def _tokens_computed(rows: list[dict[str, list[int]]], schedule: list[list[list[int]]],
+                     plans: list[list[list[list[int]]]] | None) -> int:  # fmt: skip
+    """Token positions the forward passes compute over the whole run, padding excluded."""
+    if plans is None:
+        return sum(len(rows[i]["input_ids"]) for step in schedule for mb in step for i in mb)
+    return sum(packed_width(rows, members) for plan in plans for mb in plan for members in mb)
 
 
 def _data_parallel(model: Any, optimizer: Any, cfg: TrainConfig) -> Any:

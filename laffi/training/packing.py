@@ -1,0 +1,187 @@
+"""Shared-prefix training (`train.shared_prefix`): questions on one passage are trained in one row that computes the
+prompt start they share once.
+
+Order: the examples of one group (same `Example.kind` and `Example.group`, set by the method to the passage) are
+kept together: each epoch shuffles the groups, and the examples within each group, with the run's seed
+(`group_order`), so an optimizer step's examples mostly share a passage.
+
+Rows: within a step, a group's token sequences (each exactly its unpacked row, truncation included) are laid out as a
+prefix tree (`pack`): a token shared by several sequences at the same depth after the same tokens is computed once. A
+4-D attention mask lets each token attend to the tokens on its own path from the root (its sequence's earlier tokens)
+and to nothing else, and its position id is its index in its own sequence. Every sequence therefore computes exactly
+the hidden states it would compute alone, and the loss is taken on the same target tokens (each predicted from the
+position before it on its path). For the QA prompt the shared part is system + shots + passage; for the feedback
+prompt system + passage; the rest (question, completion) is each example's own.
+
+Micro-batches (`pack_step`) are bounded by tokens, not examples: a group whose tree exceeds `train.micro_batch_tokens`
+is cut into several rows; rows are sorted by length and cut so that rows x longest row (padding included) stays within
+the budget; a single sequence longer than it is a row of its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from laffi.training.examples import Example
+
+Row = dict[str, list[int]]
+
+
+def group_keys(examples: Sequence[Example]) -> list[Hashable]:
+    """One key per example: (kind, group); an example without a group is a group of its own."""
+    return [(ex.kind, ex.group) if ex.group else (ex.kind, "", i) for i, ex in enumerate(examples)]
+
+
+def group_order(keys: Sequence[Hashable], seed: int) -> list[int]:
+    """Example indices for one epoch: the groups in a random order, each group's examples together in a random order,
+    both drawn from `seed` (groups are listed in the order of their first example, so the result is deterministic)."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    members = list(groups.values())
+    rng.shuffle(members)
+    order: list[int] = []
+    for group in members:
+        group = list(group)
+        rng.shuffle(group)
+        order += group
+    return order
+
+
+@dataclass
+class Packed:
+    """One packed row: tokens in tree order, each with its position id and the token before it on its path."""
+
+    input_ids: list[int]
+    positions: list[int]
+    parents: list[int]  # index in this row of the token before it on its sequence (-1: a sequence's first token)
+    predict: list[int]  # for each target token: the index in this row of the hidden state that predicts it
+    targets: list[int]
+    owners: list[int]  # for each target token: the example (index into the rows) whose loss it is
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def pack(rows: Sequence[Row], members: Sequence[int]) -> Packed:
+    """The prefix tree of the members' token sequences as one row. Sequences are sorted, so each one shares with its
+    predecessor the longest prefix it shares with any earlier one; only the rest of it is added."""
+    out = Packed([], [], [], [], [], [])
+    previous: Sequence[int] = []
+    path: list[int] = []
+    for i in sorted(members, key=lambda m: (rows[m]["input_ids"], m)):
+        seq, mask = rows[i]["input_ids"], rows[i]["completion_mask"]
+        path = path[: _common(previous, seq)]
+        for depth in range(len(path), len(seq)):
+            out.parents.append(path[-1] if path else -1)
+            path.append(len(out.input_ids))
+            out.input_ids.append(seq[depth])
+            out.positions.append(depth)
+        for t in range(1, len(seq)):
+            if mask[t]:  # position t - 1 predicts token t, as in the unpacked loss
+                out.predict.append(path[t - 1])
+                out.targets.append(seq[t])
+                out.owners.append(i)
+        previous = seq
+    return out
+
+
+def packed_width(rows: Sequence[Row], members: Sequence[int]) -> int:
+    """Tokens in the packed row of `members` (without building it)."""
+    seqs = sorted(rows[m]["input_ids"] for m in members)
+    return sum(len(s) for s in seqs) - sum(_common(a, b) for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int], budget: int) -> list[list[list[int]]]:
+    """One optimizer step's examples as micro-batches of packed rows (each row: the example indices it holds).
+
+    A group's examples go into one row in the order given while its tree stays within `budget` tokens, then into the
+    next; rows, shortest first, are cut into micro-batches of at most `budget` tokens counting padding."""
+    groups: dict[Hashable, list[int]] = {}
+    for i in step:
+        groups.setdefault(keys[i], []).append(i)
+    packed: list[tuple[int, list[int]]] = []
+    for members in groups.values():
+        current: list[int] = []
+        width = 0
+        for i in members:
+            seq = rows[i]["input_ids"]
+            add = len(seq) - max((_common(rows[j]["input_ids"], seq) for j in current), default=0)
+            if current and width + add > budget:
+                packed.append((width, current))
+                current, width, add = [], 0, len(seq)
+            current.append(i)
+            width += add
+        packed.append((width, current))
+    packed.sort(key=lambda wr: wr[0])
+    micro_batches: list[list[list[int]]] = []
+    current_mb: list[list[int]] = []
+    for width, members in packed:  # widths ascending: the new row is the widest
+        if current_mb and (len(current_mb) + 1) * width > budget:
+            micro_batches.append(current_mb)
+            current_mb = []
+        current_mb.append(members)
+    micro_batches.append(current_mb)
+    return micro_batches
+
+
+def allowed(packed: Packed, width: int) -> Any:
+    """(width, width) numpy bool matrix: True where the token of the row may attend to the token of the column (its
+    own path); padding positions attend to themselves only."""
+    import numpy as np
+
+    mask = np.zeros((width, width), dtype=bool)
+    idx = np.arange(width)
+    mask[idx, idx] = True
+    for t, parent in enumerate(packed.parents):  # a parent comes before its child: its row is complete
+        if parent >= 0:
+            mask[t, : parent + 1] = mask[parent, : parent + 1]
+    return mask
+
+
+def packed_tensors(packed: Sequence[Packed], pad_id: int, dtype: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """(input ids, additive 4-D attention mask in `dtype`, position ids, flat predict indices, targets) of packed rows,
+    right-padded to the longest. The mask is 0 where attention is allowed and dtype's lowest value elsewhere, the form
+    both eager and SDPA attention add to the scores."""
+    import numpy as np
+    import torch
+
+    width = max(len(p.input_ids) for p in packed)
+    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(packed), width), dtype=torch.long)
+    ok = np.zeros((len(packed), 1, width, width), dtype=bool)
+    predict: list[int] = []
+    targets: list[int] = []
+    for b, p in enumerate(packed):
+        n = len(p.input_ids)
+        ids[b, :n] = torch.tensor(p.input_ids)
+        positions[b, :n] = torch.tensor(p.positions)
+        ok[b, 0] = allowed(p, width)
+        predict += [b * width + i for i in p.predict]
+        targets += p.targets
+    mask = torch.zeros(ok.shape, dtype=dtype).masked_fill_(~torch.from_numpy(ok), torch.finfo(dtype).min)
+    return ids, mask, positions, torch.tensor(predict, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
+def packed_loss(model: Any, packed: Sequence[Packed], pad_id: int, per_token: bool = False) -> Any:
+    """Summed next-token cross-entropy over the target tokens of packed rows (per target token with `per_token`, in
+    the order of the rows' `targets`). `model`: a PEFT model; the LM head runs on the predicting positions only."""
+    import torch.nn.functional as F
+
+    causal_lm = model.get_base_model()
+    body = getattr(causal_lm, causal_lm.base_model_prefix)
+    dtype = body.get_input_embeddings().weight.dtype
+    ids, mask, positions, predict, targets = packed_tensors(packed, pad_id, dtype)
+    hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    h = hidden.reshape(-1, hidden.shape[-1])[predict]
+    logits = causal_lm.get_output_embeddings()(h).float()
+    return F.cross_entropy(logits, targets, reduction="none" if per_token else "sum")

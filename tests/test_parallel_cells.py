@@ -1,0 +1,80 @@
+"""`laffi experiment --workers N` and `--shard I/N` on the tiny random model: the same cells, files and cache keys as
+one process; stage locks keep two processes from making the same stage."""
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from laffi.config import ExperimentConfig, load_run_config
+from laffi.data import write_squad
+from laffi.pipeline.cache import cached, finish, marker
+from laffi.report.experiment import run_and_report
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, tiny_model_dir, excerpt_questions):
+    tmp = tmp_path_factory.mktemp("parallel")
+    picked = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp / "data.json"
+    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    return load_run_config(None, [
+        f"out_dir={tmp / 'seq'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi]", "seeds=[0]", "train_sizes=[2, 4]", "example_questions=0",
+        "answer.max_new_tokens=3", "train.max_steps=2", "train.lora_r=2", "train.batch_size=2",
+        "train.micro_batch_size=2",
+    ], ExperimentConfig)  # fmt: skip
+
+
+def _cells(out: Path) -> dict[str, tuple[dict, str]]:
+    """cell path -> (its answers, the key of its answer stage)."""
+    found = {}
+    for answers in sorted((out / "cells").rglob("eval_answers.json")):
+        key = json.loads(marker(answers).read_text())["key"]
+        found[str(answers.parent.relative_to(out / "cells"))] = (json.loads(answers.read_text()), key)
+    return found
+
+
+def test_workers_and_shards_make_what_one_process_makes(cfg, tmp_path):
+    one = run_and_report(cfg, log=lambda m: None, progress=False)
+    two = run_and_report(replace(cfg, out_dir=str(tmp_path / "workers"), workers=2), log=lambda m: None,
+                         progress=False)  # fmt: skip
+    assert _cells(tmp_path / "workers") == _cells(Path(cfg.out_dir)) and len(_cells(tmp_path / "workers")) == 5
+    assert set(two["cells"]) == set(one["cells"])
+    sharded = replace(cfg, out_dir=str(tmp_path / "shards"))
+    assert run_and_report(sharded, log=lambda m: None, progress=False, shard=(0, 2)) is None  # others not done
+    last = run_and_report(sharded, log=lambda m: None, progress=False, shard=(1, 2))
+    assert last is not None and set(last["cells"]) == set(one["cells"])
+    assert _cells(tmp_path / "shards") == _cells(Path(cfg.out_dir))
+    assert (tmp_path / "shards" / "results.md").exists()
+
+
+def test_a_stage_is_made_by_one_process_while_the_others_wait(tmp_path):
+    """Two makers of one stage (threads standing in for processes: each takes the flock on its own descriptor): the
+    second waits for the first, then finds the stage cached and makes nothing."""
+    from laffi.pipeline import cache
+
+    output = tmp_path / "stage.json"
+    made = []
+    first_has_lock = threading.Event()
+
+    def first():
+        assert not cached(output, "k")
+        first_has_lock.set()
+        threading.Event().wait(0.3)
+        output.write_text("made")
+        made.append("first")
+        finish(output, "k")
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_has_lock.wait()
+    cache._held.clear()  # this thread is "another process": it holds nothing
+    fd_before = dict(cache._held)
+    assert cached(output, "k") is True  # waited for the first maker, then found its output
+    t.join()
+    assert made == ["first"] and fd_before == {}
