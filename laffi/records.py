@@ -470,29 +470,28 @@ def iter_chunks(items: list[T], size: int) -> Iterator[list[T]]:
 
 def read_predictions(path: str | Path, questions: list[Question] | None = None) -> dict[str, str]:
     """Official-format predictions `{id: text}`; with `questions`, ids unknown to the data are an error."""
-    path = Path(path)
     preds = read_json(path, "predictions")
+    name = printable(path)
     if not isinstance(preds, dict):
-        raise LaffiError(f"{path}: expected a JSON object {{question_id: answer_text}}, got {type(preds).__name__}")
+        raise LaffiError(f"{name}: expected a JSON object {{question_id: answer_text}}, got {type(preds).__name__}")
     for qid, text in preds.items():
         if not isinstance(text, str):
-            raise LaffiError(f"{path}: '{qid}': answer must be a string, got {type(text).__name__}")
+            raise LaffiError(f"{name}: '{printable(qid)}': answer must be a string, got {type(text).__name__}")
     if questions is not None:
         known = {q.id for q in questions}
         unknown = [qid for qid in preds if qid not in known]
         if unknown:
-            raise LaffiError(f"{path}: '{unknown[0]}': unknown question id ({len(unknown)} unknown in all)")
+            raise LaffiError(f"{name}: '{printable(unknown[0])}': unknown question id ({len(unknown)} unknown in all)")
     return preds
 
 
 def read_feedback(path: str | Path) -> list[FeedbackRecord]:
     """Feedback records (JSONL), each with a verdict of 'correct' or 'incorrect' and some feedback text."""
-    path = Path(path)
     records = read_jsonl(path, FeedbackRecord)
+    name = printable(path)
     for no, r in enumerate(records, start=1):
         if r.verdict not in ("correct", "incorrect"):
-            raise LaffiError(f"{path}: record {no} ('{r.id}'): verdict must be 'correct' or 'incorrect'")
+            raise LaffiError(f"{name}: record {no} ('{printable(r.id)}'): verdict must be 'correct' or 'incorrect'")
         if not r.feedback.strip():
-            raise LaffiError(f"{path}: record {no} ('{r.id}'): empty feedback")
+            raise LaffiError(f"{name}: record {no} ('{printable(r.id)}'): empty feedback")
     return records
-

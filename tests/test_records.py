@@ -206,3 +206,20 @@ def test_appender_refuses_a_non_regular_file(tmp_path):
     os.mkfifo(tmp_path / "pipe.jsonl")
     with pytest.raises(LaffiError, match=r"pipe.jsonl: not a regular file \(a FIFO\)"):
         JsonlAppender(tmp_path / "pipe.jsonl")
+
+
+def test_typed_readers_keep_ids_and_names_on_one_line(tmp_path):
+    from laffi.records import Question, read_feedback, read_predictions
+
+    path = tmp_path / "pre\ndictions.json"
+    path.write_text(json.dumps({"q\n1": "a"}))
+    with pytest.raises(LaffiError) as e:
+        read_predictions(path, [Question("q1", "t", "c", "q")])
+    assert str(e.value).endswith("pre\\ndictions.json: 'q\\n1': unknown question id (1 unknown in all)")
+    path = tmp_path / "feed\nback.jsonl"
+    record = {"id": "a\u2028b", "question": "q", "context": "c", "predicted_answer": "", "gold_answers": [],
+              "verdict": "maybe", "feedback": "f", "annotator": "x", "template_version": "v"}  # fmt: skip
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(LaffiError) as e:
+        read_feedback(path)
+    assert len(str(e.value).splitlines()) == 1 and "feed\\nback.jsonl: record 1 ('a\\u2028b'): verdict" in str(e.value)
