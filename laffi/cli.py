@@ -60,6 +60,8 @@ def answer(
                                "laffi/engines/vllm.py)."),
     constrain: str = typer.Option("none", help="'span': answers are spans of the passage or the abstention phrase "
                                   "(answer.constrain); 'none': free decoding."),
+    na_score: str = typer.Option("first_token", help="No-answer score in OUT.na_prob.json: first_token, or verdict "
+                                 "(a LaFFi --adapter's probability of 'Verdict: incorrect' on its own answer)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
@@ -83,8 +85,9 @@ def answer(
                        max_new_tokens=max_new_tokens,
                        require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
                        feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
-    checked = from_mapping(AnswerConfig, {"engine": engine, "constrain": constrain}, "answer")  # checks the choices
-    cfg.engine, cfg.constrain = checked.engine, checked.constrain
+    checked = from_mapping(AnswerConfig, {"engine": engine, "constrain": constrain, "na_score": na_score},
+                           "answer")  # checks the choices
+    cfg.engine, cfg.constrain, cfg.na_score = checked.engine, checked.constrain, checked.na_score
     preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
                           generations_out=generations, progress=progress, first=first_answers,
                           where=str(data))  # fmt: skip

@@ -75,6 +75,11 @@ class AnswerConfig:
     constrain: str = _f("none", "'span': decode only answers that are spans of the passage's own tokens or the "
                         "abstention phrase (a logits mask, engines/steering.py; transformers engine only); 'none': "
                         "free greedy decoding.", choices=("none", "span"))
+    na_score: str = _f("first_token", "No-answer score written beside the answers (PREDS.na_prob.json): "
+                       "'first_token' (the abstention phrase's first token against the answer's own, at the first "
+                       "answer position) or 'verdict' (a LaFFi adapter's probability of 'Verdict: incorrect' vs "
+                       "'Verdict: correct' on the feedback prompt with its own answer; one prefill per question).",
+                       choices=("first_token", "verdict"))
 
 
 @dataclass

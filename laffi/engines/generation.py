@@ -54,6 +54,7 @@ def generate(
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     na: list[float | None] | None = None,
     passages: list[str] | None = None,
+    na_pair: tuple[int, int] | None = None,
 ) -> list[str]:
     """Greedy continuations of `texts`. `on_batch(indices, outputs)` is called after each batch (for resume).
 
@@ -67,6 +68,8 @@ def generate(
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     steer = _steering(tokenizer, texts, stops, na, passages)
+    if steer is not None and na_pair is not None:  # a fixed pair of first tokens instead (`verdict_scores`)
+        steer.abstain, steer.versus = na_pair
     if settings.reuse_prefix and texts and not getattr(model.config, "is_encoder_decoder", False):
 
         def decoded(indices: list[int], tokens: list[list[int]]) -> None:
@@ -198,6 +201,27 @@ def answer_questions(
     done = generate_records(model, tokenizer, jobs, settings, parse, partial, progress, na_scores=True,
                             passages=passages)  # fmt: skip
     return [done[q.id] for q in questions]
+
+
+def verdict_scores(model: Any, tokenizer: Any, questions: list[Question], answers: dict[str, str],
+                   settings: DecodeSettings) -> dict[str, float]:  # fmt: skip
+    """A LaFFi adapter's no-answer score of its own answers (answer.na_score: verdict): on the feedback prompt it was
+    trained on, with its answer and the reply started with "Verdict:", the probability of " incorrect" against
+    " correct" (normalised over the two): one prefill per question (prefix-cached), no decoding."""
+    from dataclasses import replace
+
+    texts = [prompts.render(prompts.feedback_messages(q, answers[q.id]), tokenizer) + "Verdict:" for q in questions]
+    if not texts:
+        return {}
+    before = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    firsts = []
+    for word in (" incorrect", " correct"):
+        after = tokenizer(texts[0] + word, add_special_tokens=False)["input_ids"]
+        firsts.append(after[prefix_cache.common_prefix_len(before, after)])
+    na: list[float | None] = [None] * len(texts)
+    generate(model, tokenizer, texts, replace(settings, max_new_tokens=1, draft_tokens=0), na=na,
+             na_pair=(firsts[0], firsts[1]))  # fmt: skip
+    return {q.id: float(p) for q, p in zip(questions, na, strict=True)}
 
 
 def answer_prefix(adapter: str | Path | None) -> str:

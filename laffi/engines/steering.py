@@ -143,6 +143,8 @@ class Steering:
     abstain: int | None = None
     constraints: list[SpanConstraint | None] | None = None
     na: list[float | None] | None = None
+    # Score sigmoid(logit[abstain] - logit[versus]) instead (a fixed pair, e.g. " incorrect" vs " correct").
+    versus: int | None = None
 
     @property
     def constrained(self) -> bool:
@@ -165,8 +167,13 @@ class Steering:
         """The first answer token of prompt i, recording its no-answer score on the way."""
         token = self.pick(i, [], logits)
         if self.abstain is not None and self.na is not None:
-            self.na[i] = na_probability(logits, token, self.abstain, self.allowed(i, []))
+            self.na[i] = self.score(i, logits, token)
         return token
+
+    def score(self, i: int, logits: Any, token: int) -> float:
+        if self.versus is not None:
+            return _sigmoid(logits[self.abstain].item() - logits[self.versus].item())
+        return na_probability(logits, token, self.abstain, self.allowed(i, []))
 
 
 def logits_processor(steering: Steering, rows: list[int], width: int, stops: list[int]) -> Any:
@@ -194,7 +201,7 @@ def logits_processor(steering: Steering, rows: list[int], width: int, stops: lis
             if step == 0 and steering.abstain is not None and steering.na is not None:
                 for r, i in enumerate(rows):
                     token = int(scores[r].argmax().item())
-                    steering.na[i] = na_probability(scores[r], token, steering.abstain, steering.allowed(i, []))
+                    steering.na[i] = steering.score(i, scores[r], token)
             return scores
 
     return Steer()

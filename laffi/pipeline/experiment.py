@@ -282,8 +282,9 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     if not answer_cfg.revise_rounds:  # revision settings don't change plain answers
         settings.pop("revise_rounds")
         settings.pop("feedback_max_new_tokens")
-    if answer_cfg.constrain == "none":  # the default: keys stay those of runs made before the setting existed
-        settings.pop("constrain")
+    for name, default in (("constrain", "none"), ("na_score", "first_token")):
+        if settings[name] == default:  # the defaults: keys stay those of runs made before the settings existed
+            settings.pop(name)
     key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip

@@ -50,6 +50,8 @@ def answer(
     from laffi.engines.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
     from laffi.models import load_model, load_tokenizer
 
+    if settings.na_score == "verdict" and adapter is None:
+        raise LaffiError("answer.na_score: 'verdict' needs a LaFFi adapter (--adapter)")
     if settings.engine == "vllm":
         return answer_vllm(questions, out, model, settings, adapter, generations_out, first, where)
     tokenizer = load_tokenizer(model.name)
@@ -72,6 +74,14 @@ def answer(
                 answer_prefix=answer_prefix(adapter), constrain=settings.constrain,
             )  # fmt: skip
         timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
+    if settings.na_score == "verdict" and not settings.revise_rounds:
+        from dataclasses import replace
+
+        from laffi.engines.generation import verdict_scores
+
+        scores = verdict_scores(lm, tokenizer, questions, {g.id: g.answer for g in gens},
+                                DecodeSettings(1, settings.batch_size, workers=settings.workers))  # fmt: skip
+        gens = [replace(g, na_prob=scores[g.id]) for g in gens]
     preds = {g.id: g.answer for g in gens}
     revisions = []
     if settings.revise_rounds > 0:
@@ -126,8 +136,8 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
     engine.require_vllm()
     if settings.revise_rounds or first is not None:
         raise LaffiError("answer.engine: revise rounds run on the 'transformers' engine only")
-    if settings.constrain != "none":
-        raise LaffiError("answer.constrain: span answers run on the 'transformers' engine only")
+    if settings.constrain != "none" or settings.na_score != "first_token":
+        raise LaffiError("answer.constrain and answer.na_score: run on the 'transformers' engine only")
     tokenizer = load_tokenizer(model.name)
     path = resolve_model(model.name)
     check_prompt_lengths(questions, tokenizer, SimpleNamespace(config=AutoConfig.from_pretrained(path)), settings,
@@ -217,6 +227,68 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
         raise LaffiError(f"{out}: no question has a prediction to annotate")
     write_jsonl(out, records)
     return records
+
+
+def annotator_adapter_path(out: Path) -> Path:
+    """Where the learned annotator's adapter for the feedback file `out` lives: beside it."""
+    return out.with_name(f"{out.name}.annotator")
+
+
+def annotate_learning(questions: list[Question], preds: dict[str, str], examples: list[FeedbackRecord], out: Path,
+                      cfg: AnnotateConfig, progress: bool = True,
+                      adapter: Path | None = None) -> list[FeedbackRecord]:  # fmt: skip
+    """The learned annotator (laffi/feedback/learned.py): fine-tune on `examples` (cached in `adapter`, default
+    OUT.annotator/), then annotate every question with a prediction that is not among them."""
+    from laffi.feedback.learned import annotate_learned
+
+    adapter = adapter or annotator_adapter_path(out)
+    learn_annotator(examples, adapter, cfg, progress)
+    return annotate_learned(questions, preds, adapter, [r.id for r in examples], out, cfg, progress)
+
+
+def annotator_train_config(cfg: AnnotateConfig) -> TrainConfig:
+    """The training settings of the learned annotator: TrainConfig's defaults with annotate.learn_* (alpha = 2r)."""
+    micro = 2 if cfg.learn_batch_size % 2 == 0 else 1
+    return TrainConfig(method="annotator", epochs=cfg.learn_epochs, max_steps=cfg.learn_max_steps,
+                       learning_rate=cfg.learn_learning_rate, lora_r=cfg.learn_lora_r, lora_alpha=2 * cfg.learn_lora_r,
+                       batch_size=cfg.learn_batch_size, micro_batch_size=micro, seed=cfg.seed)  # fmt: skip
+
+
+def learn_annotator(records: list[FeedbackRecord], adapter: Path, cfg: AnnotateConfig,
+                    progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """LoRA-fine-tune the annotator model (`cfg.model`) on human feedback records with laffi's training loop
+    (laffi.training.loop.train on `Example`s: loss on the `Verdict:` / `Feedback:` reply only) and save the adapter
+    to `adapter`, with `annotator.json` (ids learned from, seconds). Cached: the same records (by content), model and
+    learn_* settings reuse the adapter."""
+    import json
+
+    from laffi.feedback.learned import INFO, training_pairs
+    from laffi.models import load_tokenizer
+    from laffi.pipeline.cache import begin, cached, finish, stage_key
+    from laffi.records import to_dict
+    from laffi.training.examples import Example
+    from laffi.training.loop import train as run_training
+
+    if not records:
+        raise LaffiError("annotate.learn_from_examples: no human feedback records to learn from")
+    tcfg = annotator_train_config(cfg)
+    content = json.dumps([to_dict(r) for r in sorted(records, key=lambda r: r.id)], sort_keys=True, default=str)
+    key = stage_key(records=content, model=cfg.model, dtype=cfg.dtype, train=train_cache_settings(tcfg))
+    if cached(adapter, key):
+        return read_json(adapter / INFO)
+    begin(adapter, key, [adapter.with_name(adapter.name + ".partial"), adapter.with_name(adapter.name + ".tmp")])
+    tokenizer = load_tokenizer(cfg.model)
+    examples = [Example(kind="annotator", id=i, prompt=p, completion=c)
+                for i, p, c in training_pairs(records, tokenizer)]  # fmt: skip
+    start = time.perf_counter()
+    info = run_training(cfg.model, cfg.dtype, examples, tcfg, adapter, progress=progress, tokenizer=tokenizer)
+    summary = {"learned_from": [r.id for r in records], "annotators": sorted({r.annotator for r in records}),
+               "verdicts": {v: sum(r.verdict == v for r in records) for v in ("correct", "incorrect")},
+               "seconds": round(time.perf_counter() - start, 2), "steps": info["steps"],
+               "final_loss": info["final_loss"], "tokens": info["tokens"]}  # fmt: skip
+    write_json(adapter / INFO, summary)
+    finish(adapter, key)
+    return summary
 
 
 def train(

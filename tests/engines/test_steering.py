@@ -144,3 +144,31 @@ def test_answer_writes_na_probs_beside_the_predictions_and_resumes(small_squad, 
         k: v for k, v in na.items() if k != first}  # fmt: skip
     main([*args, "--constrain", "span"])
     assert json.loads(preds.read_text()).keys() == na.keys()
+
+
+def test_verdict_scores_are_the_feedback_prompts_incorrect_vs_correct(tiny, excerpt_questions):
+    import torch
+
+    from laffi.engines.generation import verdict_scores
+
+    model, tok = tiny
+    qs = _questions(excerpt_questions, 4)
+    answers = {q.id: ("Rollo" if i % 2 else "") for i, q in enumerate(qs)}
+    scores = verdict_scores(model, tok, qs, answers, DecodeSettings(4, 2))
+    for q in qs:  # one full forward pass each, the slow way
+        text = prompts.render(prompts.feedback_messages(q, answers[q.id]), tok) + "Verdict:"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        first = {w: tok(text + w, add_special_tokens=False)["input_ids"][len(ids)] for w in (" incorrect", " correct")}
+        wrong, right = first[" incorrect"], first[" correct"]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert scores[q.id] == pytest.approx(1 / (1 + math.exp(float(logits[right] - logits[wrong]))), abs=1e-5)
+
+
+def test_answer_na_score_verdict_needs_an_adapter(small_squad, tiny_model_dir, tmp_path):
+    from laffi.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["answer", "--data", str(small_squad), "--out", str(tmp_path / "p.json"), "--model", str(tiny_model_dir),
+              "--limit", "2", "--na-score", "verdict", "--no-progress"])  # fmt: skip
+    assert e.value.code == 2
