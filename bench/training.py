@@ -14,6 +14,19 @@ Model FLOPs per non-padding token: 4 x (decoder-layer parameters) + attention (f
 activation gradients; the frozen base needs no weight gradients, LoRA's are negligible), plus the LM head on the
 positions that carry loss. Recomputation under gradient checkpointing is not counted (it is overhead, not work).
 
+Shared-prefix training (`train.shared_prefix`) against one example per row, side by side in one run
+(`--compare-shared-prefix`): both sides train the same examples (`--method sft|laffi`) from the pool's training
+articles (the article split of `data.eval_articles: 1`, seed 0) with laffi's defaults otherwise, each in its own
+process; prints tokens computed (padding excluded), wall seconds, their ratios, the last step's loss and the loss of
+each trained adapter on the whole sample (mean per completion token, packed, no dropout):
+
+    .venv/bin/python bench/training.py --compare-shared-prefix --method sft --sample passages --passages 12
+    .venv/bin/python bench/training.py --compare-shared-prefix --method laffi --sample random --questions 300 --steps 12
+
+`--sample passages`: every question of `--passages` passages drawn at random (seed 0), the structure of passage-dense
+data; `--sample random`: `--questions` questions drawn at random (few share a passage). `--steps N` trains the first N
+optimizer steps on each side instead of one epoch and extrapolates wall seconds to the epoch (steps per epoch / N).
+
 LAFFI_BENCH_KEEP_FREED_MEMORY=1 applies engines/allocator.py's malloc settings on every side (they are for answering:
 they made both trainers slower or bigger here).
 """
@@ -46,13 +59,55 @@ def examples(n: int):
     return build_examples("laffi", qs, feedback, load_tokenizer(MODEL), shots=2, seed=0)
 
 
+def sample_examples(args):
+    """`--compare-shared-prefix`: examples of `--method` on the `--sample` of the pool's training articles."""
+    import random
+
+    from laffi.data import load_squad, sample_questions, split_by_article
+    from laffi.feedback import reference
+    from laffi.methods import build_examples
+    from laffi.models import load_tokenizer
+
+    train_qs, _ = split_by_article(load_squad(POOL), 1, 0)
+    if args.sample == "passages":
+        contexts = sorted({q.context for q in train_qs})
+        picked = set(random.Random(0).sample(contexts, args.passages))
+        qs = [q for q in train_qs if q.context in picked]
+    else:
+        qs = sample_questions(train_qs, args.questions, seed=0)
+    feedback = [reference.annotate(q, "") for q in qs]
+    return build_examples(args.method, qs, feedback, load_tokenizer(MODEL), shots=2, seed=0)
+
+
+def eval_loss(examples, adapter: Path) -> float:
+    """Mean loss per completion token of the adapter on `examples` (packed: the same numbers as one per row)."""
+    import torch
+
+    from laffi.models import load_adapter, load_model, load_tokenizer
+    from laffi.training.examples import tokenize_example
+    from laffi.training.packing import group_keys, pack, pack_step, packed_loss
+
+    tok = load_tokenizer(MODEL)
+    model = load_adapter(load_model(MODEL, dtype="bfloat16"), str(adapter))
+    model.eval()
+    rows = [tokenize_example(e, tok, 1024) for e in examples]
+    total = 0.0
+    with torch.no_grad():
+        for mb in pack_step(rows, group_keys(examples), list(range(len(rows))), 2048):
+            total += packed_loss(model, [pack(rows, members) for members in mb], tok.pad_token_id).item()
+    return total / sum(sum(r["completion_mask"]) for r in rows)
+
+
 def laffi_config(args):
     from dataclasses import replace
 
     from laffi.config import TrainConfig
 
-    cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
-                      max_length=args.max_length)  # fmt: skip
+    if args.compare_shared_prefix:  # laffi's defaults, one epoch (or --steps)
+        cfg = TrainConfig(epochs=1, max_steps=args.steps or -1)
+    else:
+        cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, warmup_ratio=0,
+                          max_length=args.max_length)  # fmt: skip
     for setting in args.laffi_set:  # key=value, typed like the field's default
         key, value = setting.split("=", 1)
         default = getattr(cfg, key)
@@ -87,10 +142,16 @@ def run_laffi(args, out: Path) -> dict:
         return model
 
     models.load_model = timed_load
-    train(MODEL, "bfloat16", examples(args.examples), laffi_config(args), out, progress=False)
+    exs = sample_examples(args) if args.compare_shared_prefix else examples(args.examples)
+    info = train(MODEL, "bfloat16", exs, laffi_config(args), out, progress=False)
     seconds = time.perf_counter() - loaded["at"]
+    models.load_model = load
     losses = [json.loads(line)["loss"] for line in (out / TRAIN_LOG).read_text().splitlines()]
-    return {"seconds": seconds, "losses": losses}
+    result = {"seconds": seconds, "losses": losses, "tokens_computed": info["tokens_computed"], "steps": info["steps"],
+              "examples": len(exs), "passages": len({e.group for e in exs})}  # fmt: skip
+    if args.compare_shared_prefix:
+        result["eval_loss"] = eval_loss(exs, out)
+    return result
 
 
 def run_bare(args, out: Path) -> dict:
@@ -183,7 +244,7 @@ def bf16_matmul_peak() -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--examples", type=int, default=200)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="default 8; with --compare-shared-prefix one epoch")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--micro", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
@@ -192,7 +253,17 @@ def main() -> None:
     p.add_argument("--laffi-set", action="append", default=[], help="laffi side: a train setting, key=value")
     p.add_argument("--laffi-variants", default="", help="Also run laffi with other train settings: variants separated "
                    "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
+    p.add_argument("--compare-shared-prefix", action="store_true", help="shared_prefix true vs false (module doc)")
+    p.add_argument("--method", choices=["sft", "laffi"], default="sft")
+    p.add_argument("--sample", choices=["passages", "random"], default="passages")
+    p.add_argument("--passages", type=int, default=12)
+    p.add_argument("--questions", type=int, default=300)
     args = p.parse_args()
+    if args.steps is None:
+        args.steps = 0 if args.compare_shared_prefix else 8
+    if args.compare_shared_prefix and not args.which:
+        compare_shared_prefix(args)
+        return
     if args.which:  # child process: one side only
         if os.environ.get("LAFFI_BENCH_KEEP_FREED_MEMORY") == "1":  # laffi/engines/allocator.py, on every side
             from laffi.engines.allocator import keep_freed_memory
@@ -229,6 +300,29 @@ def main() -> None:
     print(f"ratio laffi / trl: {results['trl']['seconds'] / results['laffi']['seconds']:.2f}x "
           f"(~{tokens} non-padding tokens, {args.steps} steps of {args.batch} examples, micro-batch {args.micro}, "
           f"max length {args.max_length})")
+
+
+def compare_shared_prefix(args) -> None:
+    import math
+
+    results = {}
+    for flag in ("false", "true"):
+        cmd = [sys.executable, __file__, "--which", "laffi", *sys.argv[1:], "--laffi-set", f"shared_prefix={flag}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[flag] = json.loads(proc.stdout.splitlines()[-1])
+    r0 = results["false"]
+    per_epoch = math.ceil(r0["examples"] / 8)  # laffi's default batch size
+    scale = per_epoch / r0["steps"]
+    print(f"{args.method}, {args.sample}: {r0['examples']} examples on {r0['passages']} passages, {r0['steps']} of "
+          f"{per_epoch} steps per epoch measured (wall per epoch = measured x {scale:.2f})")  # fmt: skip
+    for flag, name in (("false", "one example per row (shared_prefix=false)"), ("true", "shared prefix")):
+        r = results[flag]
+        print(f"{name:42s} tokens {r['tokens_computed']:7d}  {r['seconds']:7.1f} s ({r['seconds'] * scale:7.1f} s per "
+              f"epoch)  {r['tokens_computed'] / r['seconds']:6.1f} tokens/s  peak RSS {r['peak_rss_gib']:.2f} GiB  "
+              f"last step loss {r['losses'][-1]:.4f}  loss on the sample after training {r['eval_loss']:.4f}")
+    r1 = results["true"]
+    print(f"ratio: tokens {r0['tokens_computed'] / r1['tokens_computed']:.2f}x fewer, wall time "
+          f"{r0['seconds'] / r1['seconds']:.2f}x faster")
 
 
 if __name__ == "__main__":
