@@ -438,23 +438,39 @@ def experiment(
                                   "human_fractions ablation."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set seeds=[0,1]."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    workers: int | None = typer.Option(None, min=1, max=64, help="Cells run in this many processes at once, torch "
+                                       "threads split between them (= --set workers=N)."),
+    shard: str | None = typer.Option(None, help="I/N: run the shared stages and every N-th cell from the I-th "
+                                     "(I = 0..N-1, e.g. a SLURM array's task id) against a run directory that other "
+                                     "shards share; the last shard to finish writes the report."),
 ) -> None:
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
     from laffi.config import ExperimentConfig, load_run_config
     from laffi.pipeline.experiment import check_method
 
-    cfg = load_run_config(config, set_, ExperimentConfig, check_method)
+    extra = [f"workers={workers}"] if workers else []
+    cfg = load_run_config(config, [*set_, *extra], ExperimentConfig, check_method)
     check_output_dir(cfg.out_dir, "out_dir")
-    _experiment(cfg, progress)
+    _experiment(cfg, progress, _shard(shard) if shard else None)
 
 
-def _experiment(cfg: Any, progress: bool) -> None:
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.strip().isdigit() and n.strip().isdigit() and 0 <= int(i) < int(n)):
+        raise LaffiError(f"--shard: expected I/N with 0 <= I < N, got '{text}'")
+    return int(i), int(n)
+
+
+def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None) -> None:
     from laffi.report.experiment import run_and_report
 
     _library_bars(progress)
-    summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress)
+    summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress, shard=shard)
     out = Path(cfg.out_dir)
+    if summary is None:
+        typer.echo(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")
+        return
     typer.echo((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
     typer.echo(f"\n{summary['verdict']}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
 

@@ -14,14 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from laffi.errors import LaffiError
+from laffi.records import printable
 
 
 def show(path: str | Path) -> str:
-    """A path for a one-line message: control characters (a newline in a file name) come out escaped."""
-    text = str(path)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return repr(text)
-    return text
+    """A path for a one-line message (`records.printable`: control characters and lone surrogates escaped)."""
+    return printable(path)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -389,6 +389,7 @@ def _save_adapter(model: Any, tokenizer: Any, out: Path, log: list[dict], info: 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), state_dict=state)
+    _sort_target_modules(tmp / "adapter_config.json")
     tokenizer.save_pretrained(str(tmp))
     with open(tmp / TRAIN_LOG, "w", encoding="utf-8") as f:
         for entry in log:
@@ -400,6 +401,15 @@ def _save_adapter(model: Any, tokenizer: Any, out: Path, log: list[dict], info: 
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """PEFT writes an expanded `all-linear` target list in set order, which changes with each process's hash seed:
+    sorted, the same training writes the same bytes, so cache keys made from adapter files agree between processes."""
+    data = json.loads(config_file.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        write_json(config_file, data)
 
 
 def _tensorboard(cfg: TrainConfig, work: Path) -> Any:
