@@ -119,6 +119,11 @@ def annotate(
     batch_size: int = typer.Option(4, min=1, help="llm: prompts decoded together by the local model."),
     max_new_tokens: int = typer.Option(96, min=8, help="llm: longest feedback, in tokens."),
     seed: int = typer.Option(0, help="llm: seed of the example sample; simulated-human: of the phrasing."),
+    learn_from_examples: bool = typer.Option(False, "--learn-from-examples", help="llm: LoRA-fine-tune the model on "
+                                             "--examples (adapter cached in OUT.annotator/) and annotate every other "
+                                             "question with it, no shots in the prompt."),
+    learn_epochs: float = typer.Option(2.0, min=0.0, help="--learn-from-examples: passes over the examples."),
+    learn_learning_rate: float = typer.Option(2e-4, min=0.0, help="--learn-from-examples: peak learning rate."),
 ) -> None:
     """Write natural-language feedback on each predicted answer."""
     if ctx.invoked_subcommand is not None:
@@ -132,7 +137,9 @@ def annotate(
             raise LaffiError(f"annotate: {name} is required")
     cfg = AnnotateConfig(annotator=annotator, correct_threshold=threshold, examples=str(examples or ""), shots=shots,
                          seed=seed, model=model, endpoint=endpoint, api_model=api_model, concurrency=concurrency,
-                         max_retries=max_retries, batch_size=batch_size, max_new_tokens=max_new_tokens)  # fmt: skip
+                         max_retries=max_retries, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         learn_from_examples=learn_from_examples, learn_epochs=learn_epochs,
+                         learn_learning_rate=learn_learning_rate)  # fmt: skip
     if annotator not in ("reference", "llm", "simulated-human"):
         raise LaffiError(f"--annotator: must be one of reference, llm, simulated-human, got '{annotator}'")
     check_output_file(out, "--out", [("--data", data), ("--predictions", predictions), ("--examples", examples)])
@@ -146,6 +153,15 @@ def annotate(
 
         s = summary(records, read_failures(failures_path(out)))
         extra = f"; {s['failures']} unparsed replies in {failures_path(out)}; {s['tokens']} tokens, {s['seconds']} s"
+        if learn_from_examples:
+            from laffi.feedback.learned import INFO
+            from laffi.pipeline.stages import annotator_adapter_path
+            from laffi.records import read_json
+
+            adapter = annotator_adapter_path(out)
+            info = read_json(adapter / INFO)
+            extra += (f"; learned from {len(info['learned_from'])} examples in {info['seconds']} s (adapter "
+                      f"{adapter}), their questions skipped")  # fmt: skip
     typer.echo(f"wrote {len(records)} feedback records to {out} ({correct} correct){extra}", err=True)
 
 
@@ -310,6 +326,45 @@ def feedback_report(
         kept = filter_contradictions(ai_records, threshold)
         write_jsonl(filtered_out, kept)
         typer.echo(f"wrote {len(kept)} of {len(ai_records)} AI records to {filtered_out}", err=True)
+
+
+@app.command("annotators-compare")
+def annotators_compare(
+    feedback: list[str] = typer.Option(..., help="NAME=FB.jsonl, once per annotator (e.g. few-shot=AI.jsonl "
+                                       "learned=L.jsonl reference=REF.jsonl): feedback on the same answers."),
+    ids_from: Path | None = typer.Option(None, help="Compare only the questions of this SQuAD file (e.g. the "
+                                         "held-out training questions)."),
+    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="F1 at which an answer counts as correct."),
+    out: Path | None = typer.Option(None, help="Also write the comparison as JSON here."),
+) -> None:
+    """Each annotator's feedback against the reference annotator's verdict: agreement, Cohen's kappa (per class too),
+    feedback contradicting the gold answers, feedback stating a parseable right answer, tokens and seconds per item."""
+    from laffi.feedback.learned import INFO
+    from laffi.feedback.llm import failures_path, read_failures
+    from laffi.feedback.report import annotator_summary, compare_markdown
+    from laffi.records import read_json, write_json
+
+    keep = None
+    if ids_from is not None:
+        from laffi.data import load_squad, resolve_data_path
+
+        keep = {q.id for q in load_squad(resolve_data_path(str(ids_from)))}
+    summaries = {}
+    for item in feedback:
+        name, sep, path_text = item.partition("=")
+        if not sep or not name or not path_text:
+            raise LaffiError(f"--feedback: expected NAME=FILE, got '{item}'")
+        path = Path(path_text)
+        records = [r for r in read_feedback(path) if keep is None or r.id in keep]
+        fails = failures_path(path)
+        n_fail = len([f for f in read_failures(fails) if keep is None or f.id in keep]) if fails.exists() else None
+        adapter = next((r.meta["adapter"] for r in records if r.meta.get("adapter")), None)
+        info = Path(adapter) / INFO if adapter else None
+        seconds = read_json(info).get("seconds") if info is not None and info.exists() else None
+        summaries[name] = annotator_summary(records, n_fail, threshold, seconds)
+    typer.echo(compare_markdown(summaries))
+    if out:
+        write_json(out, summaries)
 
 
 @app.command()

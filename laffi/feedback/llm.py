@@ -154,13 +154,15 @@ def prompt_key(backend: str, model: str, max_new_tokens: int, msgs: list[dict[st
 OnDone = Callable[[Completion], None]
 
 
-def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone) -> None:
-    """Greedy replies of a local transformers model, in batches; `on_done` is called as each batch finishes."""
+def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone,
+                   adapter: str | None = None) -> None:  # fmt: skip
+    """Greedy replies of a local transformers model (with a PEFT `adapter` merged in, if given), in batches;
+    `on_done` is called as each batch finishes."""
     from laffi.engines.generation import DecodeSettings, generate
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
-    lm = load_model(cfg.model, dtype=cfg.dtype)
+    lm = load_model(cfg.model, dtype=cfg.dtype, adapter=adapter)
     texts = [prompts.render(msgs, tokenizer) for _, msgs in jobs]
     started = [time.perf_counter()]
 
@@ -266,19 +268,29 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
                  cfg: AnnotateConfig, progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
     """Feedback on every question that has a prediction. Writes `out` (parsed records) and `OUT.failures.jsonl`;
     resumes from the prompt cache beside `out`. Returns the parsed records."""
+    shots = select_examples(examples, cfg.shots, cfg.seed)
+    items = [(q, predictions[q.id]) for q in questions if q.id in predictions]
+    meta = {"examples": [r.id for r in shots], "shots": len(shots)}
+    return run_prompts(items, [messages(q, pred, shots) for q, pred in items], out, cfg, annotator_id(cfg),
+                       TEMPLATE_VERSION, meta, progress=progress)  # fmt: skip
+
+
+def run_prompts(items: list[tuple[Question, str]], prompts_: list[list[dict[str, str]]], out: Path,
+                cfg: AnnotateConfig, who: str, template_version: str, meta: dict[str, Any], adapter: str | None = None,
+                adapter_key: str = "", progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
+    """Ask the annotator model one prompt per (question, answer) item, cached and resumable; write the parsed records
+    (annotator `who`, `meta` added to each) and the failures. `adapter`: a PEFT adapter on the local model, and
+    `adapter_key` a hash of its weights (part of the cache key: another adapter is another annotator)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
-    shots = select_examples(examples, cfg.shots, cfg.seed)
     backend = "endpoint" if cfg.endpoint else "local"
     model = f"{cfg.endpoint}|{cfg.api_model}" if cfg.endpoint else cfg.model
-    items = [(q, predictions[q.id]) for q in questions if q.id in predictions]
+    if adapter is not None:
+        model = f"{model}|adapter:{adapter_key}"
     if not items:
         raise LaffiError(f"{out}: no question has a prediction to annotate")
-    keyed = []
-    for q, pred in items:
-        msgs = messages(q, pred, shots)
-        keyed.append((prompt_key(backend, model, cfg.max_new_tokens, msgs), msgs))
+    keyed = [(prompt_key(backend, model, cfg.max_new_tokens, msgs), msgs) for msgs in prompts_]
     cache = cache_path(out)
     done: dict[str, Completion] = {}
     if cache.exists():
@@ -301,14 +313,13 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
         if todo and cfg.endpoint:
             complete_endpoint(todo, cfg, on_done, on_error)
         elif todo:
-            complete_local(todo, cfg, on_done)
-    return _write_outputs(items, keyed, done, cached_keys, errors, shots, out, cfg)
+            complete_local(todo, cfg, on_done, adapter)
+    return _write_outputs(items, keyed, done, cached_keys, errors, out, who, template_version, meta)
 
 
 def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any]], done: dict[str, Completion],
-                   cached_keys: set[str], errors: dict[str, tuple[str, str]], shots: list[FeedbackRecord], out: Path,
-                   cfg: AnnotateConfig) -> list[FeedbackRecord]:  # fmt: skip
-    who = annotator_id(cfg)
+                   cached_keys: set[str], errors: dict[str, tuple[str, str]], out: Path, who: str,
+                   template_version: str, meta: dict[str, Any]) -> list[FeedbackRecord]:  # fmt: skip
     records, failures = [], []
     for (q, pred), (key, _) in zip(items, keyed, strict=True):
         if key in errors:
@@ -325,9 +336,8 @@ def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any
         verdict, text = parsed
         records.append(FeedbackRecord(
             id=q.id, question=q.question, context=q.context, predicted_answer=pred, gold_answers=list(q.answers),
-            verdict=verdict, feedback=text, annotator=who, template_version=TEMPLATE_VERSION, title=q.title,
-            is_impossible=not q.answers,
-            meta={**cost, "raw": c.raw, "examples": [r.id for r in shots], "shots": len(shots)},
+            verdict=verdict, feedback=text, annotator=who, template_version=template_version, title=q.title,
+            is_impossible=not q.answers, meta={**cost, "raw": c.raw, **meta},
         ))  # fmt: skip
     write_jsonl(failures_path(out), failures)
     write_jsonl(out, records)

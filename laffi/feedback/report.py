@@ -131,3 +131,60 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines += ["", "Flagged AI feedback:", ""]
         lines += [f"- `{qid}`: {why}" for qid, why in sorted(rep["ai_contradictions"].items())]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- annotators
+
+
+def annotator_summary(records: list[FeedbackRecord], failures: int | None = None, threshold: float = 0.8,
+                      training_seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """One annotator's feedback against the gold answers (`laffi annotators-compare`): verdict agreement and Cohen's
+    kappa with the reference annotator's verdict (`gold_verdict`, the reference annotator's rule), agreement within
+    each reference class (the share of the reference's correct / incorrect items it calls the same), feedback that
+    contradicts the gold answers, feedback whose stated right answer parses (`prompts.parse_feedback`), and cost."""
+    ref = [gold_verdict(r, threshold) for r in records]
+    got = [r.verdict for r in records]
+    per_class = {}
+    for label in ("correct", "incorrect"):
+        mine = [g for x, g in zip(ref, got, strict=True) if x == label]
+        per_class[label] = {"items": len(mine), "agreement": sum(g == label for g in mine) / len(mine) if mine
+                            else float("nan")}  # fmt: skip
+    tokens = [r.meta.get("prompt_tokens", 0) + r.meta.get("completion_tokens", 0) for r in records]
+    seconds = [r.meta["seconds"] for r in records if isinstance(r.meta.get("seconds"), (int, float))]
+    n = len(records)
+    return {
+        "annotators": sorted({r.annotator for r in records}),
+        "items": n,
+        "failures": failures,
+        "abstentions": sum(not r.predicted_answer.strip() for r in records),
+        "agreement": sum(x == y for x, y in zip(ref, got, strict=True)) / n if n else float("nan"),
+        "cohen_kappa": cohen_kappa(ref, got),
+        "per_class": per_class,
+        "called_correct": sum(g == "correct" for g in got),
+        "contradicts_gold": sum(contradiction(r, threshold) is not None for r in records) / n if n else float("nan"),
+        "states_answer": sum(prompts.parse_feedback(r.feedback)[1] is not None for r in records) / n if n
+        else float("nan"),
+        "tokens_per_item": sum(tokens) / n if n else None,
+        "seconds_per_item": sum(seconds) / len(seconds) if seconds else None,
+        "training_seconds": training_seconds,
+    }  # fmt: skip
+
+
+def compare_markdown(summaries: dict[str, dict[str, Any]]) -> str:
+    """The comparison table, one row per annotator."""
+    lines = ["| annotator | items (unparsed) | agreement with reference | Cohen's κ | agreement on reference-correct / "
+             "-incorrect | contradicts gold | states a parseable right answer | tokens / item | s / item | "
+             "training s |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, s in summaries.items():
+        pc = s["per_class"]
+        lines.append(
+            f"| {name} | {s['items']} ({'n/a' if s['failures'] is None else s['failures']}) | {_num(s['agreement'])} | "
+            f"{_num(s['cohen_kappa'])} | {_num(pc['correct']['agreement'])} (of {pc['correct']['items']}) / "
+            f"{_num(pc['incorrect']['agreement'])} (of {pc['incorrect']['items']}) | {_num(s['contradicts_gold'])} | "
+            f"{_num(s['states_answer'])} | {_num(s['tokens_per_item'], '.0f')} | "
+            f"{_num(s['seconds_per_item'], '.2f')} | {_num(s['training_seconds'], '.0f')} |")  # fmt: skip
+    labels = {name: ", ".join(s["annotators"]) for name, s in summaries.items()}
+    lines += ["", "Annotators: " + "; ".join(f"{k} = {v}" for k, v in labels.items()) + ". Reference verdict: the "
+              "reference annotator's rule on the gold answers (SQuAD F1 >= threshold; an abstention is correct only "
+              "on an unanswerable question)."]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -308,17 +308,31 @@ def subset_file(out: Path, train_qs: list, size: int) -> Path:
 
 def feedback_sources(cfg: ExperimentConfig, out: Path, cells: list[Cell], train_qs: list, train_file: Path, log: Log,
                      progress: bool) -> dict[str, Path]:  # fmt: skip
-    """The base model's training answers and the feedback files the cells need: 'ai' and/or 'human'."""
+    """The base model's training answers ('answers') and the feedback files the cells need: 'ai' and/or 'human'.
+    With a learned annotator (annotate.learn_from_examples) a cell with a share of human feedback gets AI feedback of
+    its own (`learned_ai_stage`): the shared 'ai' file is needed only by cells without human feedback."""
     fractions = {c.human_fraction for c in cells if c.human_fraction is not None}
     if not fractions:
         return {}
     answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
-    sources = {}
+    sources = {"answers": answers}
     if any(p > 0 for p in fractions):
         sources["human"] = human_stage(cfg, out, train_qs, answers, log)
-    if any(p < 1 for p in fractions):
+    if any(p == 0 if learns(cfg) else p < 1 for p in fractions):
         sources["ai"] = ai_stage(cfg, out, train_qs, answers, log, progress)
     return sources
+
+
+def annotation_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The annotate settings that decide what an annotator writes, for cache keys (filtering happens afterwards)."""
+    settings = asdict(cfg.annotate)
+    settings.pop("filter_contradictions")
+    return settings
+
+
+def learns(cfg: ExperimentConfig) -> bool:
+    """Whether the AI annotator is the learned one (fine-tuned on each cell's human share)."""
+    return cfg.annotate.annotator == "llm" and cfg.annotate.learn_from_examples
 
 
 def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log) -> Path:
@@ -356,11 +370,13 @@ def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str,
 def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log,
              progress: bool = True) -> Path:  # fmt: skip
     """Feedback from the `annotate` annotator. An LLM annotator learns from `annotate.examples` (default: the
-    hand-written examples shipped with laffi, on passages outside SQuAD), never from the human feedback on these
-    training questions: a question among its shots would have its own human feedback copied into its AI feedback."""
+    hand-written examples shipped with laffi, on passages outside SQuAD), never from the human feedback on all of
+    these training questions: a question among its shots would have its own human feedback copied into its AI
+    feedback. (The learned annotator learns from a cell's human share and annotates the cell's other questions:
+    `learned_ai_stage`; this file is then only for cells without human feedback.)"""
     output = out / "feedback" / "ai.jsonl"
     examples = Path(cfg.annotate.examples) if cfg.annotate.examples else None
-    key = stage_key(answers=file_hash(answers), annotate=asdict(cfg.annotate),
+    key = stage_key(answers=file_hash(answers), annotate=annotation_settings(cfg),
                     examples=file_hash(examples) if examples else None)  # fmt: skip
     if cached(output, key):
         return output
@@ -394,24 +410,84 @@ def run_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, eval_
                         answer_cfg, first)  # fmt: skip
 
 
-def cell_feedback(out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path]) -> Path:
+def cell_feedback(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path], log: Log,
+                  progress: bool) -> Path:  # fmt: skip
     """The feedback one cell trains on: for its first `size` questions, a seeded `human_fraction` of them take the
-    human record, the rest the AI record. Deterministic, so it is simply rewritten when missing."""
+    human record, the rest the AI record. With a learned annotator, the AI records of a cell with a share of human
+    feedback come from an annotator fine-tuned on exactly that share (`learned_ai_stage`). With
+    annotate.filter_contradictions, AI records that contradict the gold answers are dropped (their questions get no
+    record; the human share is chosen before filtering, so it is the same either way). Rewritten when missing."""
+    from laffi.feedback.mix import human_share, mix_feedback
+
     output = out / "feedback" / f"{cell.method}-{cell.name}.jsonl"
-    ids = {q.id for q in train_qs[: cell.size]}
-    pick = {src: [r for r in read_feedback(path) if r.id in ids] for src, path in feedback.items()}
+    questions = train_qs[: cell.size]
+    ids = {q.id for q in questions}
+    pick = {src: [r for r in read_feedback(feedback[src]) if r.id in ids] for src in ("human", "ai") if src in feedback}
     human, ai = pick.get("human", []), pick.get("ai", [])
-    if cell.human_fraction == 0:
-        records, split = ai, {"human": 0, "ai": len(ai), "seed": cell.seed, "human_ids": []}
-    elif cell.human_fraction == 1:
+    learned = None
+    if cell.human_fraction == 1:
         records, split = human, {"human": len(human), "ai": 0, "seed": cell.seed, "human_ids": [r.id for r in human]}
     else:
-        from laffi.feedback.mix import mix_feedback
-
-        records, split = mix_feedback(human, ai, cell.human_fraction, cell.seed)
+        if cell.human_fraction == 0:
+            chosen: list[str] = []
+        elif learns(cfg):
+            chosen = human_share([r.id for r in human], cell.human_fraction, cell.seed)
+            share = [r for r in human if r.id in set(chosen)]
+            learned = learned_ai_stage(cfg, out, cell, share, questions, feedback["answers"], log, progress)
+            ai = read_feedback(learned)
+        else:
+            ai_ids = {r.id for r in ai}
+            chosen = human_share([r.id for r in human if r.id in ai_ids], cell.human_fraction, cell.seed)
+        dropped = contradicting(cfg, ai)
+        ai = [r for r in ai if r.id not in dropped]
+        if cell.human_fraction == 0:
+            records, split = ai, {"human": 0, "ai": len(ai), "seed": cell.seed, "human_ids": []}
+        else:
+            records, split = mix_feedback(human, ai, cell.human_fraction, cell.seed, human_ids=chosen)
+        if cfg.annotate.filter_contradictions:
+            split["filtered_contradictions"] = sorted(dropped)
+    if learned is not None:
+        split["learned_annotator"] = str(learned.parent.relative_to(out))
     order = {q.id: i for i, q in enumerate(train_qs)}
     write_jsonl(output, sorted(records, key=lambda r: order[r.id]))
     write_json(output.with_suffix(".split.json"), split)
+    return output
+
+
+def contradicting(cfg: ExperimentConfig, ai: list[FeedbackRecord]) -> set[str]:
+    """Ids of AI records that contradict the gold answers, when annotate.filter_contradictions (else none)."""
+    if not cfg.annotate.filter_contradictions:
+        return set()
+    from laffi.feedback.report import contradiction
+
+    return {r.id for r in ai if contradiction(r, cfg.annotate.correct_threshold) is not None}
+
+
+def learned_ai_stage(cfg: ExperimentConfig, out: Path, cell: Cell, share: list[FeedbackRecord], questions: list,
+                     answers: Path, log: Log, progress: bool) -> Path:  # fmt: skip
+    """A cell's AI feedback from the learned annotator: fine-tuned on the cell's human share (`share`; never on other
+    questions, never on evaluation questions), it annotates the cell's other questions. Under
+    feedback/annotator-<cell name>/ (shared by the cells of any method with the same size, seed and share): the
+    adapter (cached by the share's records and the annotate settings) and ai.jsonl (+ failures)."""
+    import json
+
+    from laffi.records import to_dict
+
+    directory = out / "feedback" / f"annotator-{cell.name}"
+    output = directory / "ai.jsonl"
+    content = json.dumps([to_dict(r) for r in share], sort_keys=True, default=str)
+    if not share:
+        raise LaffiError(f"annotate.learn_from_examples: cell {cell.path} has no human records to learn from "
+                         f"(human fraction {cell.human_fraction:g} of {len(questions)} questions)")
+    key = stage_key(answers=file_hash(answers), annotate=annotation_settings(cfg), share=content,
+                    questions=[q.id for q in questions])  # fmt: skip
+    if cached(output, key):
+        return output
+    begin(output, key)
+    records = stages.annotate_learning(questions, read_predictions(answers), share, output, cfg.annotate, progress,
+                                       adapter=directory / "adapter")  # fmt: skip
+    finish(output, key)
+    log(f"feedback: annotator learned from {len(share)} human records of {cell.name}, wrote {len(records)} AI records")
     return output
 
 
@@ -419,7 +495,8 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
                progress: bool) -> Path:  # fmt: skip
     output = cell_dir(out, cell) / "adapter"
     data_file = subset_file(out, train_qs, cell.size)
-    feedback_file = cell_feedback(out, cell, train_qs, feedback) if cell.human_fraction is not None else None
+    feedback_file = (cell_feedback(cfg, out, cell, train_qs, feedback, log, progress)
+                     if cell.human_fraction is not None else None)  # fmt: skip
     tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed,
                           "answers_from": critique_source(cfg, out, cell, train_qs, feedback, log, progress)})
     key = stage_key(data=file_hash(data_file), feedback=file_hash(feedback_file) if feedback_file else None,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig
+from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig, train_cache_settings
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
 from laffi.records import (  # noqa: F401
@@ -214,6 +214,8 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
         from laffi.feedback.llm import annotate_llm, default_examples_path
 
         examples = read_feedback(Path(cfg.examples) if cfg.examples else default_examples_path())
+        if cfg.learn_from_examples:
+            return annotate_learning(questions, preds, examples, out, cfg, progress)
         return annotate_llm(questions, preds, examples, out, cfg, progress)
     if cfg.annotator == "simulated-human":
         from laffi.feedback.simulated import simulated_human_feedback
@@ -227,6 +229,68 @@ def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: A
         raise LaffiError(f"{out}: no question has a prediction to annotate")
     write_jsonl(out, records)
     return records
+
+
+def annotator_adapter_path(out: Path) -> Path:
+    """Where the learned annotator's adapter for the feedback file `out` lives: beside it."""
+    return out.with_name(f"{out.name}.annotator")
+
+
+def annotate_learning(questions: list[Question], preds: dict[str, str], examples: list[FeedbackRecord], out: Path,
+                      cfg: AnnotateConfig, progress: bool = True,
+                      adapter: Path | None = None) -> list[FeedbackRecord]:  # fmt: skip
+    """The learned annotator (laffi/feedback/learned.py): fine-tune on `examples` (cached in `adapter`, default
+    OUT.annotator/), then annotate every question with a prediction that is not among them."""
+    from laffi.feedback.learned import annotate_learned
+
+    adapter = adapter or annotator_adapter_path(out)
+    learn_annotator(examples, adapter, cfg, progress)
+    return annotate_learned(questions, preds, adapter, [r.id for r in examples], out, cfg, progress)
+
+
+def annotator_train_config(cfg: AnnotateConfig) -> TrainConfig:
+    """The training settings of the learned annotator: TrainConfig's defaults with annotate.learn_* (alpha = 2r)."""
+    micro = 2 if cfg.learn_batch_size % 2 == 0 else 1
+    return TrainConfig(method="annotator", epochs=cfg.learn_epochs, max_steps=cfg.learn_max_steps,
+                       learning_rate=cfg.learn_learning_rate, lora_r=cfg.learn_lora_r, lora_alpha=2 * cfg.learn_lora_r,
+                       batch_size=cfg.learn_batch_size, micro_batch_size=micro, seed=cfg.seed)  # fmt: skip
+
+
+def learn_annotator(records: list[FeedbackRecord], adapter: Path, cfg: AnnotateConfig,
+                    progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """LoRA-fine-tune the annotator model (`cfg.model`) on human feedback records with laffi's training loop
+    (laffi.training.loop.train on `Example`s: loss on the `Verdict:` / `Feedback:` reply only) and save the adapter
+    to `adapter`, with `annotator.json` (ids learned from, seconds). Cached: the same records (by content), model and
+    learn_* settings reuse the adapter."""
+    import json
+
+    from laffi.feedback.learned import INFO, training_pairs
+    from laffi.models import load_tokenizer
+    from laffi.pipeline.cache import begin, cached, finish, stage_key
+    from laffi.records import to_dict
+    from laffi.training.examples import Example
+    from laffi.training.loop import train as run_training
+
+    if not records:
+        raise LaffiError("annotate.learn_from_examples: no human feedback records to learn from")
+    tcfg = annotator_train_config(cfg)
+    content = json.dumps([to_dict(r) for r in sorted(records, key=lambda r: r.id)], sort_keys=True, default=str)
+    key = stage_key(records=content, model=cfg.model, dtype=cfg.dtype, train=train_cache_settings(tcfg))
+    if cached(adapter, key):
+        return read_json(adapter / INFO)
+    begin(adapter, key, [adapter.with_name(adapter.name + ".partial"), adapter.with_name(adapter.name + ".tmp")])
+    tokenizer = load_tokenizer(cfg.model)
+    examples = [Example(kind="annotator", id=i, prompt=p, completion=c)
+                for i, p, c in training_pairs(records, tokenizer)]  # fmt: skip
+    start = time.perf_counter()
+    info = run_training(cfg.model, cfg.dtype, examples, tcfg, adapter, progress=progress, tokenizer=tokenizer)
+    summary = {"learned_from": [r.id for r in records], "annotators": sorted({r.annotator for r in records}),
+               "verdicts": {v: sum(r.verdict == v for r in records) for v in ("correct", "incorrect")},
+               "seconds": round(time.perf_counter() - start, 2), "steps": info["steps"],
+               "final_loss": info["final_loss"], "tokens": info["tokens"]}  # fmt: skip
+    write_json(adapter / INFO, summary)
+    finish(adapter, key)
+    return summary
 
 
 def train(

@@ -89,6 +89,10 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
     if split.exists():
         s = read_json(split)
         info["feedback_split"] = {"human": s["human"], "ai": s["ai"]}
+        if "filtered_contradictions" in s:  # annotate.filter_contradictions: AI records dropped before training
+            info["feedback_split"]["filtered"] = len(s["filtered_contradictions"])
+        if "learned_annotator" in s:  # annotate.learn_from_examples: the annotator fine-tuned on this cell's share
+            info["feedback_split"]["learned_annotator"] = s["learned_annotator"]
     return info
 
 
@@ -269,7 +273,7 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
              f"{s['eval_questions']} evaluation questions from held-out {', '.join(s['eval_articles'])}; "
              f"{s['train_questions']} training questions from {', '.join(s['train_articles'])}; training "
              f"sizes {cfg.train_sizes}; seeds {cfg.seeds}; main grid human-feedback share {cfg.human_fraction:g} "
-             f"(human source: {human_label(cfg)}; AI annotator: {cfg.annotate.annotator}).", "",
+             f"(human source: {human_label(cfg)}; AI annotator: {ai_label(cfg)}).", "",
              "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "
              "bootstrap over questions of the seed-averaged per-question F1.", "",
              groups_table(s["abstain"], s["groups"])]  # fmt: skip
@@ -322,6 +326,18 @@ def groups_table(abstain: dict, rows: list[dict], by: str = "method") -> str:
                      f"{_pct(g['f1_sd'])} | {_pct(g['HasAns_f1_mean'])} | {_pct(g['NoAns_f1_mean'])} | "
                      f"{_pct(lo)}–{_pct(hi)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def ai_label(cfg: ExperimentConfig) -> str:
+    """The AI annotator as the report names it: which kind, and whether contradicting records were dropped."""
+    a = cfg.annotate
+    label = a.annotator
+    if a.annotator == "llm":
+        label += (" fine-tuned on each cell's human share (learn_from_examples)" if a.learn_from_examples
+                  else f" with {a.shots} shots")  # fmt: skip
+    if a.filter_contradictions:
+        label += "; AI feedback contradicting the gold answers dropped before training"
+    return label
 
 
 def made_data_table(cells: dict[str, dict]) -> str:

@@ -51,3 +51,45 @@ def test_report_agreement_cost_and_simulated_label():
     timed = feedback_report([rec("a", "correct", "human:ann", seconds=90.0)], ai)
     assert timed["cost"]["human_minutes_per_item"] == 1.5 and not timed["human_is_simulated"]
     assert "SIMULATED" not in report_markdown(timed)
+
+
+def test_annotator_summary_against_the_reference_verdict():
+    from laffi.feedback.report import annotator_summary, compare_markdown
+
+    # a: right answer, b: abstention on an answerable question, c: abstention on an unanswerable one (correct).
+    records = [
+        rec("a", "correct", "llm:m", feedback='Right. The right answer is "911".', prompt_tokens=90,
+            completion_tokens=10, seconds=1.0),
+        rec("b", "incorrect", "llm:m", pred="", feedback="No.", prompt_tokens=100, completion_tokens=0, seconds=3.0),
+        rec("c", "incorrect", "llm:m", pred="", gold=(), feedback="The right answer is unanswerable."),
+    ]  # fmt: skip
+    s = annotator_summary(records, failures=2, training_seconds=12.6)
+    assert (s["items"], s["failures"], s["abstentions"], s["called_correct"]) == (3, 2, 2, 1)
+    assert s["agreement"] == pytest.approx(2 / 3) and s["cohen_kappa"] == pytest.approx(cohen_kappa(
+        ["correct", "incorrect", "correct"], ["correct", "incorrect", "incorrect"]))
+    assert s["per_class"] == {"correct": {"items": 2, "agreement": 0.5}, "incorrect": {"items": 1, "agreement": 1.0}}
+    assert s["contradicts_gold"] == pytest.approx(1 / 3) and s["states_answer"] == pytest.approx(2 / 3)
+    assert s["tokens_per_item"] == pytest.approx(200 / 3) and s["seconds_per_item"] == 2.0
+    table = compare_markdown({"few-shot": s})
+    assert "| few-shot | 3 (2) | 0.667 |" in table and "0.500 (of 2) / 1.000 (of 1)" in table and "| 13 |" in table
+
+
+def test_annotators_compare_command(tmp_path, capsys):
+    import json
+
+    from laffi.cli import main
+    from laffi.records import write_jsonl
+
+    ref = [rec("a", "correct", "reference"), rec("b", "incorrect", "reference", pred="")]
+    bad = [rec("a", "incorrect", "llm:m"), rec("b", "incorrect", "llm:m", pred="")]
+    write_jsonl(tmp_path / "ref.jsonl", ref)
+    write_jsonl(tmp_path / "bad.jsonl", bad)
+    write_jsonl(tmp_path / "bad.failures.jsonl", [])
+    main(["annotators-compare", "--feedback", f"reference={tmp_path / 'ref.jsonl'}", "--feedback",
+          f"few-shot={tmp_path / 'bad.jsonl'}", "--out", str(tmp_path / "cmp.json")])  # fmt: skip
+    text = capsys.readouterr().out
+    assert "| reference | 2 (n/a) | 1.000 | 1.000 |" in text and "| few-shot | 2 (0) | 0.500 | 0.000 |" in text
+    assert set(json.loads((tmp_path / "cmp.json").read_text())) == {"reference", "few-shot"}
+    with pytest.raises(SystemExit):
+        main(["annotators-compare", "--feedback", "no-equals-sign"])
+    assert capsys.readouterr().err == "laffi: error: --feedback: expected NAME=FILE, got 'no-equals-sign'\n"
