@@ -69,7 +69,9 @@ def sample_examples(args):
     from laffi.models import load_tokenizer
 
     train_qs, _ = split_by_article(load_squad(POOL), 1, 0)
-    if args.sample == "passages":
+    if args.sample == "all":
+        qs = train_qs
+    elif args.sample == "passages":
         contexts = sorted({q.context for q in train_qs})
         picked = set(random.Random(0).sample(contexts, args.passages))
         qs = [q for q in train_qs if q.context in picked]
@@ -255,7 +257,9 @@ def main() -> None:
                    "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
     p.add_argument("--compare-shared-prefix", action="store_true", help="shared_prefix true vs false (module doc)")
     p.add_argument("--method", choices=["sft", "laffi"], default="sft")
-    p.add_argument("--sample", choices=["passages", "random"], default="passages")
+    p.add_argument("--sample", choices=["passages", "random", "all"], default="passages")
+    p.add_argument("--plan-only", action="store_true", help="with --compare-shared-prefix: tokens per epoch only "
+                   "(tokenize and plan the steps of both sides; no model, no training)")
     p.add_argument("--passages", type=int, default=12)
     p.add_argument("--questions", type=int, default=300)
     args = p.parse_args()
@@ -302,9 +306,36 @@ def main() -> None:
           f"max length {args.max_length})")
 
 
+def planned_tokens(args) -> None:
+    """Tokens one epoch computes on each side, from the same schedule the loop builds (no model runs)."""
+    from laffi.config import TrainConfig
+    from laffi.models import load_tokenizer
+    from laffi.training.examples import tokenize_example
+    from laffi.training.loop import _tokens_computed, step_schedule
+    from laffi.training.packing import group_keys, pack_step
+
+    exs = sample_examples(args)
+    tok = load_tokenizer(MODEL)
+    rows = [tokenize_example(e, tok, 1024) for e in exs]
+    tokens = {}
+    for shared in (False, True):
+        cfg = TrainConfig(epochs=1, shared_prefix=shared)
+        keys = group_keys(exs) if shared else None
+        steps = step_schedule(rows, cfg, keys)
+        plans = [pack_step(rows, keys, [i for mb in s for i in mb], cfg.micro_batch_tokens) for s in steps] \
+            if shared else None
+        tokens[shared] = _tokens_computed(rows, steps, plans)
+    print(f"{args.method}, {args.sample}: {len(exs)} examples on {len({e.group for e in exs})} passages; tokens per "
+          f"epoch: one example per row {tokens[False]}, shared prefix {tokens[True]}, "
+          f"{tokens[False] / tokens[True]:.2f}x fewer")  # fmt: skip
+
+
 def compare_shared_prefix(args) -> None:
     import math
 
+    if args.plan_only:
+        planned_tokens(args)
+        return
     results = {}
     for flag in ("false", "true"):
         cmd = [sys.executable, __file__, "--which", "laffi", *sys.argv[1:], "--laffi-set", f"shared_prefix={flag}"]
