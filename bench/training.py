@@ -151,7 +151,7 @@ def run_laffi(args, out: Path) -> dict:
     losses = [json.loads(line)["loss"] for line in (out / TRAIN_LOG).read_text().splitlines()]
     result = {"seconds": seconds, "losses": losses, "tokens_computed": info["tokens_computed"], "steps": info["steps"],
               "examples": len(exs), "passages": len({e.group for e in exs})}  # fmt: skip
-    if args.compare_shared_prefix:
+    if args.compare_shared_prefix and not args.steps:  # a whole epoch: both sides trained on the same examples
         result["eval_loss"] = eval_loss(exs, out)
     return result
 
@@ -308,12 +308,15 @@ def main() -> None:
 
 def planned_tokens(args) -> None:
     """Tokens one epoch computes on each side, from the same schedule the loop builds (no model runs)."""
+    from transformers import AutoConfig
+
     from laffi.config import TrainConfig
-    from laffi.models import load_tokenizer
+    from laffi.models import load_tokenizer, resolve_model
     from laffi.training.examples import tokenize_example
     from laffi.training.loop import _tokens_computed, step_schedule
-    from laffi.training.packing import group_keys, pack_step
+    from laffi.training.packing import attention_tokens, group_keys, pack_step
 
+    attention = attention_tokens(AutoConfig.from_pretrained(resolve_model(MODEL)))
     exs = sample_examples(args)
     tok = load_tokenizer(MODEL)
     rows = [tokenize_example(e, tok, 1024) for e in exs]
@@ -322,8 +325,8 @@ def planned_tokens(args) -> None:
         cfg = TrainConfig(epochs=1, shared_prefix=shared)
         keys = group_keys(exs) if shared else None
         steps = step_schedule(rows, cfg, keys)
-        plans = [pack_step(rows, keys, [i for mb in s for i in mb], cfg.micro_batch_tokens) for s in steps] \
-            if shared else None
+        plans = [pack_step(rows, keys, [i for mb in s for i in mb], cfg.micro_batch_tokens, attention)
+                 for s in steps] if shared else None  # fmt: skip
         tokens[shared] = _tokens_computed(rows, steps, plans)
     print(f"{args.method}, {args.sample}: {len(exs)} examples on {len({e.group for e in exs})} passages; tokens per "
           f"epoch: one example per row {tokens[False]}, shared prefix {tokens[True]}, "
@@ -350,7 +353,8 @@ def compare_shared_prefix(args) -> None:
         r = results[flag]
         print(f"{name:42s} tokens {r['tokens_computed']:7d}  {r['seconds']:7.1f} s ({r['seconds'] * scale:7.1f} s per "
               f"epoch)  {r['tokens_computed'] / r['seconds']:6.1f} tokens/s  peak RSS {r['peak_rss_gib']:.2f} GiB  "
-              f"last step loss {r['losses'][-1]:.4f}  loss on the sample after training {r['eval_loss']:.4f}")
+              f"last step loss {r['losses'][-1]:.4f}  loss on the sample after training "
+              f"{r.get('eval_loss', float('nan')):.4f}")
     r1 = results["true"]
     print(f"ratio: tokens {r0['tokens_computed'] / r1['tokens_computed']:.2f}x fewer, wall time "
           f"{r0['seconds'] / r1['seconds']:.2f}x faster")

@@ -149,8 +149,9 @@ class TrainConfig:
     shared_prefix: bool = _f(True, "Train the questions of one passage together, computing their shared prompt start "
                              "(system, shots, passage) once per row (laffi/training/packing.py): each epoch shuffles "
                              "passages, not questions, and each step packs its examples of one passage into one row "
-                             "where every question attends to the shared prefix and to itself only; the same loss per "
-                             "example up to float rounding. false: one example per row, questions shuffled. Part of "
+                             "(with other passages where they share enough, e.g. the shots) where every question "
+                             "attends to the shared prefix and to itself only; the same loss per example up to float "
+                             "rounding. false: one example per row, questions shuffled. Part of "
                              "the cache key (it changes the data order). Launched data-parallel runs keep the passage "
                              "order but train one example per row (micro_batch_size).")
     micro_batch_tokens: int = _f(2048, "With shared_prefix: token positions per forward pass (packed rows x the "

@@ -23,7 +23,7 @@ from laffi.errors import LaffiError
 from laffi.records import write_json
 from laffi.training.examples import Example, tokenize_example
 from laffi.training.loss import completion_loss_sum
-from laffi.training.packing import group_keys, group_order, pack, pack_step, packed_loss, packed_width
+from laffi.training.packing import attention_tokens, group_keys, group_order, pack, pack_step, packed_loss, packed_width
 
 TRAIN_LOG = "train_log.jsonl"
 TRAIN_INFO = "laffi_train.json"
@@ -95,8 +95,11 @@ def train(
     schedule = step_schedule(rows, cfg, keys)
     # Shared-prefix training in this process: each step's examples as micro-batches of packed rows (packing.py).
     # Launched data-parallel runs keep the group order but train one example per row.
-    plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens) for step in schedule] \
-        if keys is not None and parallel is None else None
+    plans = None
+    if keys is not None and parallel is None:
+        attention = attention_tokens(model.get_base_model().config)
+        plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens, attention)
+                 for step in schedule]  # fmt: skip
     warmup = int(cfg.warmup_ratio * len(schedule))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear(s, warmup, len(schedule)))
     work = out.with_name(out.name + ".partial")

@@ -13,9 +13,15 @@ the hidden states it would compute alone, and the loss is taken on the same targ
 position before it on its path). For the QA prompt the shared part is system + shots + passage; for the feedback
 prompt system + passage; the rest (question, completion) is each example's own.
 
-Micro-batches (`pack_step`) are bounded by tokens, not examples: a group whose tree exceeds `train.micro_batch_tokens`
-is cut into several rows; rows are sorted by length and cut so that rows x longest row (padding included) stays within
-the budget; a single sequence longer than it is a row of its own.
+Rows and micro-batches (`pack_step`) are bounded by tokens, not examples. The examples of a step go, group by group,
+into the row where they add the least compute (linear layers per token plus the dense attention of the row's width,
+`attention_tokens`), or into a new row when that is cheaper: a passage's questions share a row, and passages share
+one where the tokens they have in common (the shots of the QA prompt) pay for the wider attention. No row exceeds
+`train.micro_batch_tokens` (a single sequence longer than it is a row of its own); rows are sorted by length and cut
+so that rows x longest row (padding included) stays within the same budget.
+
+Exactness: in float32 the per-example losses and LoRA gradients equal one example per row to float rounding
+(tests/test_shared_prefix.py); LoRA dropout draws other masks for another layout.
 """
 
 from __future__ import annotations
@@ -101,28 +107,56 @@ def packed_width(rows: Sequence[Row], members: Sequence[int]) -> int:
     return sum(len(s) for s in seqs) - sum(_common(a, b) for a, b in zip(seqs, seqs[1:], strict=False))
 
 
-def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int], budget: int) -> list[list[list[int]]]:
+def attention_tokens(config: Any) -> float:
+    """Row width at which dense attention costs as much per token as the linear layers, from a Llama-like model
+    config: (per-layer weights) / (2 x hidden size), ~3,070 tokens for SmolLM2-135M. The forward pass of a row of w
+    tokens costs about w x (linear layers per token) x (1 + w / this)."""
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    inner = getattr(config, "intermediate_size", None) or 4 * d
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    weights = 2 * d * heads * head_dim + 2 * d * kv * head_dim + 3 * d * inner
+    return weights / (2 * d)
+
+
+def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int], budget: int,
+              attention: float = 0.0) -> list[list[list[int]]]:  # fmt: skip
     """One optimizer step's examples as micro-batches of packed rows (each row: the example indices it holds).
 
-    A group's examples go into one row in the order given while its tree stays within `budget` tokens, then into the
-    next; rows, shortest first, are cut into micro-batches of at most `budget` tokens counting padding."""
+    Examples are taken group by group. Each goes into the row (of at most `budget` tokens) where it adds the least
+    cost, or starts a new row when that costs less, a row of w tokens costing w x (1 + w / `attention`): linear
+    layers per token plus dense attention per pair of tokens (`attention_tokens`). So the questions of a passage share
+    a row, and rows of several passages form where they share enough (the shots of the QA prompt) to pay for the
+    wider attention. `attention` = 0: a row holds one group only. Rows, shortest first, are cut into micro-batches of
+    at most `budget` tokens counting padding."""
     groups: dict[Hashable, list[int]] = {}
     for i in step:
         groups.setdefault(keys[i], []).append(i)
-    packed: list[tuple[int, list[int]]] = []
-    for members in groups.values():
-        current: list[int] = []
-        width = 0
-        for i in members:
-            seq = rows[i]["input_ids"]
-            add = len(seq) - max((_common(rows[j]["input_ids"], seq) for j in current), default=0)
-            if current and width + add > budget:
-                packed.append((width, current))
-                current, width, add = [], 0, len(seq)
-            current.append(i)
-            width += add
-        packed.append((width, current))
-    packed.sort(key=lambda wr: wr[0])
+
+    def cost(width: int) -> float:
+        return width * (1 + width / attention) if attention else width
+
+    held: list[list[int]] = []
+    widths: list[int] = []
+    for i in (i for members in groups.values() for i in members):
+        seq = rows[i]["input_ids"]
+        candidates = range(len(held)) if attention else [len(held) - 1] if held and keys[held[-1][0]] == keys[i] else []
+        best, best_add, best_delta = -1, 0, 0.0
+        for r in candidates:
+            add = len(seq) - max(_common(rows[j]["input_ids"], seq) for j in held[r])
+            if widths[r] + add > budget:
+                continue
+            delta = cost(widths[r] + add) - cost(widths[r])
+            if best < 0 or delta < best_delta:
+                best, best_add, best_delta = r, add, delta
+        if best < 0 or best_delta >= cost(len(seq)):
+            held.append([i])
+            widths.append(len(seq))
+        else:
+            held[best].append(i)
+            widths[best] += best_add
+    packed = sorted(zip(widths, held, strict=True), key=lambda wr: wr[0])
     micro_batches: list[list[list[int]]] = []
     current_mb: list[list[int]] = []
     for width, members in packed:  # widths ascending: the new row is the widest
