@@ -2,7 +2,6 @@
 one process; stage locks keep two processes from making the same stage."""
 
 import json
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import write_squad
-from laffi.pipeline.cache import cached, finish, marker
+from laffi.pipeline.cache import cached, marker
 from laffi.report.experiment import run_and_report
 
 
@@ -53,28 +52,30 @@ def test_workers_and_shards_make_what_one_process_makes(cfg, tmp_path):
     assert (tmp_path / "shards" / "results.md").exists()
 
 
+MAKER = """
+import sys, time
+from pathlib import Path
+from laffi.pipeline.cache import cached, finish
+output = Path(sys.argv[1])
+assert not cached(output, "k")  # nobody made it: this process holds the stage's lock
+print("holding", flush=True)
+time.sleep(1.0)
+output.write_text("made by the first process")
+finish(output, "k")
+"""
+
+
 def test_a_stage_is_made_by_one_process_while_the_others_wait(tmp_path):
-    """Two makers of one stage (threads standing in for processes: each takes the flock on its own descriptor): the
-    second waits for the first, then finds the stage cached and makes nothing."""
-    from laffi.pipeline import cache
+    """A second maker of a stage waits for the process that is making it, then finds it cached."""
+    import subprocess
+    import sys
+    import time
 
     output = tmp_path / "stage.json"
-    made = []
-    first_has_lock = threading.Event()
-
-    def first():
-        assert not cached(output, "k")
-        first_has_lock.set()
-        threading.Event().wait(0.3)
-        output.write_text("made")
-        made.append("first")
-        finish(output, "k")
-
-    t = threading.Thread(target=first)
-    t.start()
-    first_has_lock.wait()
-    cache._held.clear()  # this thread is "another process": it holds nothing
-    fd_before = dict(cache._held)
-    assert cached(output, "k") is True  # waited for the first maker, then found its output
-    t.join()
-    assert made == ["first"] and fd_before == {}
+    first = subprocess.Popen([sys.executable, "-c", MAKER, str(output)], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "holding"
+    start = time.monotonic()
+    assert cached(output, "k") is True  # waited for the lock, then found the first process's output
+    waited = time.monotonic() - start
+    assert first.wait(timeout=30) == 0
+    assert output.read_text() == "made by the first process" and waited > 0.5
