@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from laffi import methods
+from laffi.cli_options import config_options
+from laffi.config import AnnotateConfig, AnswerConfig
 from laffi.errors import LaffiError
 from laffi.outputs import check_output_dir, check_output_file, show
 from laffi.records import read_feedback, read_predictions
@@ -33,44 +36,32 @@ def _err(msg: str) -> None:
 
 
 @app.command()
+@config_options({"model": ["name", "dtype"], "answer": [f.name for f in fields(AnswerConfig)]},
+                flags={"model.name": "model", "answer.revise_rounds": "rounds"})
 def answer(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),
     out: Path = typer.Option(..., help="Predictions file to write: {question_id: answer}, '' = abstain."),
-    model: str = typer.Option("bundled", help=MODEL_HELP),
     adapter: Path | None = typer.Option(None, help="PEFT adapter directory to apply."),
-    shots: int = typer.Option(2, min=0, max=4, help="Few-shot examples in the prompt (2+ include an unanswerable)."),
     limit: int | None = typer.Option(None, min=1, help="Answer only the first N questions of the file."),
-    batch_size: int = typer.Option(16, min=1, help="Questions decoded together (per worker)."),
-    workers: int = typer.Option(2, min=1, max=64, help="Decoding threads taking passages from a shared pool "
-                                "(answer.workers)."),
-    draft_tokens: int = typer.Option(2, min=0, max=16, help="Guessed next tokens checked per decode step "
-                                     "(answer.draft_tokens; 0 = one token per step)."),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest answer generated, in tokens."),
-    dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
-    require_in_context: bool = typer.Option(False, help="Abstain when the answer is not a span of the passage."),
     generations: Path | None = typer.Option(None, help="Also write raw generations (JSONL) here."),
     revise: bool = typer.Option(False, help="Then predict feedback on each answer with the same (LaFFi) adapter and "
-                                "take the right answer it states when it judges the answer incorrect."),
-    rounds: int = typer.Option(1, min=1, max=10, help="Revision rounds (with --revise)."),
-    feedback_max_new_tokens: int = typer.Option(160, min=1, help="Longest predicted feedback (with --revise)."),
+                                "take the right answer it states when it judges the answer incorrect (at least one "
+                                "round: --rounds)."),
     first_answers: Path | None = typer.Option(None, help="With --revise: revise the answers in this generations "
                                               "JSONL (written by an earlier `--generations`) instead of answering "
                                               "again."),
-    engine: str = typer.Option("transformers", help="Generation engine: transformers or vllm (when installed; "
-                               "laffi/engines/vllm.py)."),
-    constrain: str = typer.Option("none", help="'span': answers are spans of the passage or the abstention phrase "
-                                  "(answer.constrain); 'none': free decoding."),
-    na_score: str = typer.Option("first_token", help="No-answer score in OUT.na_prob.json: first_token, or verdict "
-                                 "(a LaFFi --adapter's probability of 'Verdict: incorrect' on its own answer)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    cfg: Any = None,
 ) -> None:
     """Answer questions with a few-shot QA prompt (batched greedy decoding; resumes if interrupted).
 
     Each answer's no-answer probability (the abstention phrase's first token against the answer's own, at the first
     answer position) goes to OUT with the suffix .na_prob.json, the official --na-prob-file format (not with
     --revise or vllm). With --revise, each question's history (first answer, predicted feedback, final answer) goes
-    to OUT with the suffix .revisions.jsonl."""
-    from laffi.config import AnswerConfig, ModelConfig, from_mapping
+    to OUT with the suffix .revisions.jsonl. Settings come from the options, --set and --config (its `model:` and
+    `answer:` sections)."""
+    from dataclasses import replace
+
     from laffi.data import load_squad, resolve_data_path
     from laffi.engines.allocator import keep_freed_memory
     from laffi.pipeline import stages
@@ -81,14 +72,8 @@ def answer(
         check_output_file(generations, "--generations", [*inputs, ("--out", out)])
     keep_freed_memory()  # before any tensor exists: answering ~6 % faster (engines/allocator.py; not for training)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
-    cfg = AnswerConfig(shots=shots, batch_size=batch_size, workers=workers, draft_tokens=draft_tokens,
-                       max_new_tokens=max_new_tokens,
-                       require_in_context=require_in_context, revise_rounds=rounds if revise else 0,
-                       feedback_max_new_tokens=feedback_max_new_tokens)  # fmt: skip
-    checked = from_mapping(AnswerConfig, {"engine": engine, "constrain": constrain, "na_score": na_score},
-                           "answer")  # checks the choices
-    cfg.engine, cfg.constrain, cfg.na_score = checked.engine, checked.constrain, checked.na_score
-    preds = stages.answer(questions, out, ModelConfig(model, dtype), cfg, str(adapter) if adapter else None,
+    settings = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds)) if revise else cfg.answer
+    preds = stages.answer(questions, out, cfg.model, settings, str(adapter) if adapter else None,
                           generations_out=generations, progress=progress, first=first_answers,
                           where=str(data))  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
@@ -101,51 +86,31 @@ app.add_typer(annotate_app, name="annotate")
 
 
 @annotate_app.callback()
+@config_options({"annotate": [f.name for f in fields(AnnotateConfig)]},
+                flags={"annotate.correct_threshold": "threshold"})
 def annotate(
     ctx: typer.Context,
     data: Path | None = typer.Option(None, help="SQuAD 2.0 JSON file with the gold answers (required)."),
     predictions: Path | None = typer.Option(None, help="Predictions file {question_id: answer} (required)."),
     out: Path | None = typer.Option(None, help="Feedback records to write (JSONL) (required)."),
-    annotator: str = typer.Option("reference", help="Who writes the feedback: reference, llm or simulated-human."),
-    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Best F1 at which an answer is judged correct."),
-    examples: Path | None = typer.Option(None, help="llm: human-written feedback (JSONL) to learn from (default: "
-                                         "the hand-written examples shipped with laffi)."),
-    shots: int = typer.Option(4, min=0, max=16, help="llm: feedback examples in the prompt."),
-    model: str = typer.Option("bundled", help="llm: local model. " + MODEL_HELP),
-    endpoint: str = typer.Option("", help="llm: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
-    api_model: str = typer.Option("", help="llm: model name sent to the endpoint."),
-    concurrency: int = typer.Option(4, min=1, help="llm: endpoint requests in flight at once."),
-    max_retries: int = typer.Option(4, min=0, help="llm: retries (exponential backoff) per endpoint request."),
-    batch_size: int = typer.Option(4, min=1, help="llm: prompts decoded together by the local model."),
-    max_new_tokens: int = typer.Option(96, min=8, help="llm: longest feedback, in tokens."),
-    seed: int = typer.Option(0, help="llm: seed of the example sample; simulated-human: of the phrasing."),
-    learn_from_examples: bool = typer.Option(False, "--learn-from-examples", help="llm: LoRA-fine-tune the model on "
-                                             "--examples (adapter cached in OUT.annotator/) and annotate every other "
-                                             "question with it, no shots in the prompt."),
-    learn_epochs: float = typer.Option(2.0, min=0.0, help="--learn-from-examples: passes over the examples."),
-    learn_learning_rate: float = typer.Option(2e-4, min=0.0, help="--learn-from-examples: peak learning rate."),
+    cfg: Any = None,
 ) -> None:
     """Write natural-language feedback on each predicted answer."""
     if ctx.invoked_subcommand is not None:
         return
-    from laffi.config import AnnotateConfig
     from laffi.data import load_squad, resolve_data_path
     from laffi.pipeline import stages
 
     for name, value in (("--data", data), ("--predictions", predictions), ("--out", out)):
         if value is None:
             raise LaffiError(f"annotate: {name} is required")
-    cfg = AnnotateConfig(annotator=annotator, correct_threshold=threshold, examples=str(examples or ""), shots=shots,
-                         seed=seed, model=model, endpoint=endpoint, api_model=api_model, concurrency=concurrency,
-                         max_retries=max_retries, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         learn_from_examples=learn_from_examples, learn_epochs=learn_epochs,
-                         learn_learning_rate=learn_learning_rate)  # fmt: skip
-    if annotator not in ("reference", "llm", "simulated-human"):
-        raise LaffiError(f"--annotator: must be one of reference, llm, simulated-human, got '{annotator}'")
-    check_output_file(out, "--out", [("--data", data), ("--predictions", predictions), ("--examples", examples)])
+    settings = cfg.annotate
+    annotator, learn_from_examples = settings.annotator, settings.learn_from_examples
+    check_output_file(out, "--out", [("--data", data), ("--predictions", predictions),
+                                     ("--examples", settings.examples or None)])  # fmt: skip
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
-    records = stages.annotate(questions, preds, out, cfg)
+    records = stages.annotate(questions, preds, out, settings)
     correct = sum(r.verdict == "correct" for r in records)
     extra = ""
     if annotator == "llm":

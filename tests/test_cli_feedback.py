@@ -25,7 +25,7 @@ def test_annotate_needs_its_files_and_keeps_reference_default(small_squad, tmp_p
     assert r.returncode == 2 and r.stderr.strip() == "laffi: error: annotate: --data is required"
     r = run_cli("annotate", "--data", small_squad, "--predictions", tmp_path / "p.json", "--out", tmp_path / "f.jsonl",
                 "--annotator", "oracle")  # fmt: skip
-    assert r.returncode == 2 and "--annotator: must be one of" in r.stderr
+    assert r.returncode == 2 and "--annotator: annotate.annotator: must be one of" in r.stderr
 
 
 def test_simulated_human_and_report(small_squad, tmp_path, capsys):
