@@ -21,14 +21,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path) -> Iterator[tuple[str, int]]:
-    """Yields the server's URL and process id once it answers; the server's output goes to `log_path` (a file, not
-    a pipe: a full pipe would block the server)."""
+def annotation_server(data: Path, predictions: Path, db: Path, log_path: Path,
+                      *extra: object) -> Iterator[tuple[str, int]]:  # fmt: skip
+    """Yields the server's URL and process id once it answers; `extra`: more `annotate-server` flags. The server's
+    output goes to `log_path` (a file, not a pipe: a full pipe would block the server)."""
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", str(data),
-                                 "--predictions", str(predictions), "--db", str(db), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                 "--predictions", str(predictions), "--db", str(db), "--port", str(port),
+                                 *map(str, extra)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         url = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.time() + 60

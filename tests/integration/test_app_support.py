@@ -10,10 +10,6 @@ import itertools
 import json
 import os
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,32 +88,10 @@ def build(folder: Path) -> dict[str, Path]:
 @contextlib.contextmanager
 def serve(paths: dict[str, Path], *extra: object) -> Iterator[str]:
     """`laffi annotate-server` on the files from `build`, with extra flags; yields its URL."""
-    from server_helper import free_port
+    from server_helper import annotation_server
 
-    port = free_port()
-    with open(paths["log"], "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", str(paths["data"]),
-                                 "--predictions", str(paths["preds"]), "--db", str(paths["db"]), "--port", str(port),
-                                 *map(str, extra)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(url, timeout=1)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        pytest.fail(f"annotation server did not start: {paths['log'].read_text()[-2000:]}")
-                    time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with annotation_server(paths["data"], paths["preds"], paths["db"], paths["log"], *extra) as (url, _):
+        yield url
 
 
 _names = itertools.count()
