@@ -117,8 +117,10 @@ def train(
             total = 0.0
             for mb in plans[step] if plans is not None else micro_batches:
                 with autocast:
-                    if plans is not None:  # a list of packed rows
+                    if plans is not None and any(len(members) > 1 for members in mb):  # packed rows
                         loss_sum = packed_loss(model, [pack(rows, members) for members in mb], pad_id)
+                    elif plans is not None:  # rows of one example each: the plain causal path
+                        loss_sum = completion_loss_sum(model, [rows[members[0]] for members in mb], pad_id)
                     else:  # a list of examples
                         loss_sum = completion_loss_sum(model, [rows[i] for i in mb], pad_id)
                 (loss_sum / n_loss).backward()

@@ -156,15 +156,20 @@ def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int]
         else:
             held[best].append(i)
             widths[best] += best_add
-    packed = sorted(zip(widths, held, strict=True), key=lambda wr: wr[0])
+    # Rows of one example and packed rows go to separate micro-batches: a micro-batch of single examples runs the
+    # plain causal path (no 4-D mask), as one example per row does.
     micro_batches: list[list[list[int]]] = []
-    current_mb: list[list[int]] = []
-    for width, members in packed:  # widths ascending: the new row is the widest
-        if current_mb and (len(current_mb) + 1) * width > budget:
+    for single in (True, False):
+        current_mb: list[list[int]] = []
+        rows_here = sorted((wr for wr in zip(widths, held, strict=True) if (len(wr[1]) == 1) == single),
+                           key=lambda wr: wr[0])  # fmt: skip
+        for width, members in rows_here:  # widths ascending: the new row is the widest
+            if current_mb and (len(current_mb) + 1) * width > budget:
+                micro_batches.append(current_mb)
+                current_mb = []
+            current_mb.append(members)
+        if current_mb:
             micro_batches.append(current_mb)
-            current_mb = []
-        current_mb.append(members)
-    micro_batches.append(current_mb)
     return micro_batches
 
 
