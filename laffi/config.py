@@ -234,8 +234,8 @@ class ExperimentConfig(RunConfig):
                                 "are nested: a smaller one is the start of a larger one (one seeded order of the "
                                 "training questions).")
     workers: int = _f(1, "Processes that run the grid's cells at once on this machine, torch threads split between "
-                      "them (same cache keys and files as one process). On 2 cores, 2 one-thread workers keep both "
-                      "cores busier than one two-thread process (docs/performance.md).", min=1, max=64)
+                      "them. The files and cache keys are those of one process with as many threads as each worker "
+                      "(another thread count sums floats in another order).", min=1, max=64)
     all_seeds_up_to: int = _f(0, "Sizes above this train with the first seed only, e.g. a learning curve with several "
                               "seeds where cells are cheap (0: every size with every seed).", min=0)
     human_feedback: str = _f("simulated", "Feedback written by people: 'simulated' (a documented stand-in built from "

@@ -120,7 +120,6 @@ def test_grid_report_matches_the_cells(grid_cfg):
 ])  # fmt: skip
 def test_bad_grid_settings_are_one_line_errors(override, message):
     from laffi.errors import LaffiError
-
     from laffi.pipeline.experiment import check_method
 
     with pytest.raises(LaffiError, match=message):
