@@ -6,6 +6,7 @@ This is the only place that turns a `LaffiError` into one line on stderr and exi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -517,7 +518,16 @@ def attention(
     typer.echo(f"wrote {report['files']['json']}, {report['files']['markdown']} and the plots in {out}", err=True)
 
 
+def passive_openmp() -> None:
+    """OpenMP threads that sleep while they wait, unless the user set a policy: with as many threads as cores, the
+    default spinning makes two torch processes on one machine steal each other's cores (a training step beside a
+    2-thread torch process took 4.1x its time alone; 1.5x with PASSIVE, which cost nothing measurable alone:
+    bench/contention.py, docs/performance.md). Read by torch's OpenMP when it starts, so set before torch loads."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> None:
+    passive_openmp()
     try:
         app(args=argv, standalone_mode=False)
     except LaffiError as e:

@@ -163,3 +163,15 @@ def bundled_small(tmp_path):
     path = tmp_path / "small.json"
     write_squad(load_squad(bundled_data_path())[:5], path)
     return path
+
+
+def test_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+    """Spinning OpenMP threads of two torch processes steal each other's cores (bench/contention.py)."""
+    from laffi.cli import passive_openmp
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
