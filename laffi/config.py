@@ -151,12 +151,16 @@ class TrainConfig:
                              "passages, not questions, and each step packs its examples of one passage into one row "
                              "(with other passages where they share enough, e.g. the shots) where every question "
                              "attends to the shared prefix and to itself only; the same loss per example up to float "
-                             "rounding. false: one example per row, questions shuffled. Part of "
+                             "rounding. An example that shares nothing with the others of its step (sparse data) is "
+                             "trained as with false: one example per row, micro_batch_size per forward pass. "
+                             "false: one example per row, questions shuffled. Part of "
                              "the cache key (it changes the data order). Launched data-parallel runs keep the passage "
                              "order but train one example per row (micro_batch_size).")
-    micro_batch_tokens: int = _f(2048, "With shared_prefix: token positions per forward pass (packed rows x the "
-                                 "longest, padding included); bounds memory as micro_batch_size does without it. A "
-                                 "single sequence longer than this is a row of its own.", min=16)
+    micro_batch_tokens: int = _f(2048, "With shared_prefix: token positions per forward pass of packed rows (rows "
+                                 "x the longest, padding included) and the most tokens of one packed row; bounds "
+                                 "memory as micro_batch_size does for examples that share nothing (rows of one "
+                                 "example, batched by micro_batch_size). A single sequence longer than this is a row "
+                                 "of its own.", min=16)
     max_length: int = _f(1024, "Training sequences are cut to this many tokens (the prompt from the left); with "
                          "shared_prefix each example's own sequence is cut so, before packing.", min=16)
     warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.", min=0.0, max=1.0)

@@ -95,6 +95,31 @@ def test_pack_step_bounds_rows_and_micro_batches_by_tokens():
     assert attention_tokens(_SmolConfig()) == pytest.approx(3072.0)
 
 
+def test_a_step_that_shares_nothing_is_cut_as_without_shared_prefixes():
+    """Sparse data: every example on a passage of its own. Each step's plan is the old loop's micro-batches of
+    `micro_batch_size` examples (sorted by length), one example per row, whatever the token budget and attention."""
+    lengths = [30, 12, 50, 12, 41, 7, 30, 64, 19, 25, 12, 33, 8]
+    rows = [_row([1000 + i] + [i] * (n - 1), 3) for i, n in enumerate(lengths)]  # no two share a first token
+    keys = [("sft", f"p{i}") for i in range(len(rows))]
+    cfg = TrainConfig(epochs=2, batch_size=6, micro_batch_size=2, seed=5)
+    schedule = step_schedule(rows, cfg, keys)
+    assert schedule == step_schedule(rows, cfg)  # groups of one: the same order as questions shuffled
+    assert any(len(mb) == 2 and len(rows[mb[0]]["input_ids"]) != len(rows[mb[1]]["input_ids"])
+               for step in schedule for mb in step)  # fmt: skip
+    for step in schedule:
+        old = [[[i] for i in mb] for mb in step]
+        flat = [i for mb in step for i in mb]
+        for budget, attention in ((2048, 3072.0), (2048, 0.0), (60, 1e9)):
+            assert pack_step(rows, keys, flat, budget, attention, micro_batch_size=2) == old
+    # with a group that shares a prefix: it is packed, the rest keep micro-batches of 2 examples, singles first
+    shared = rows + [_row([7, 7, 7, 7] + [i], 4) for i in range(3)]
+    keys2 = keys + [("sft", "q")] * 3
+    plan = pack_step(shared, keys2, [5, 1, 13, 3, 14, 0, 15], 2048, 3072.0, micro_batch_size=2)
+    assert plan == [[[5], [1]], [[3], [0]], [[13, 14, 15]]]
+    # micro_batch_size 0: single rows are cut by tokens, as packed rows are
+    assert pack_step(shared, keys2, [5, 1, 13, 3, 14, 0, 15], 2048, 3072.0) == [[[5], [1], [3], [0]], [[13, 14, 15]]]
+
+
 class _SmolConfig:  # SmolLM2-135M's shapes
     hidden_size, num_attention_heads, num_key_value_heads, intermediate_size, head_dim = 576, 9, 3, 1536, 64
 
@@ -258,6 +283,24 @@ def test_packed_training_is_independent_of_how_rows_are_cut(tmp_path, tiny_model
         assert (a[key] - b[key]).abs().max() <= 1e-4 * max(a[key].abs().max(), 1e-3), key
     assert info[4096]["tokens_computed"] < 0.7 * info[16]["tokens_computed"]
     assert info[16]["tokens_computed"] == info[16]["tokens"]  # 4 steps of 4: one epoch, one example per row
+
+
+def test_training_that_shares_nothing_equals_shared_prefix_off(tmp_path, tiny_model_dir, tokenizer):
+    """Examples without a passage group and no common prompt start: shared_prefix on trains the same micro-batches in
+    the same order as off, so the seeded run (LoRA dropout on) logs the same losses, bit for bit."""
+    words = ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliet"]
+    examples = [Example("sft", f"q{i}", f"{w} asks question {i}" + " and more" * (i % 4) + ":", f" answer {i}")
+                for i, w in enumerate(words)]  # fmt: skip
+    starts = [tokenize_example(ex, tokenizer, 1024)["input_ids"][0] for ex in examples]
+    assert len(set(starts)) == len(starts)
+    logs, info = {}, {}
+    for shared in (True, False):
+        cfg = TrainConfig(max_steps=3, batch_size=4, micro_batch_size=2, lora_r=4, learning_rate=1e-2, seed=2,
+                          shared_prefix=shared)  # fmt: skip
+        info[shared] = train(str(tiny_model_dir), "float32", examples, cfg, tmp_path / str(shared), progress=False)
+        logs[shared] = _log(tmp_path / str(shared))
+    assert logs[True] == logs[False]
+    assert info[True]["tokens_computed"] == info[False]["tokens_computed"]
 
 
 # Per-step losses of one seeded run with shared_prefix on (tiny random model, float32, default LoRA dropout with

@@ -93,13 +93,14 @@ def train(
     rows = [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
     keys = group_keys(examples) if cfg.shared_prefix else None
     schedule = step_schedule(rows, cfg, keys)
-    # Shared-prefix training in this process: each step's examples as micro-batches of packed rows (packing.py).
+    # Shared-prefix training in this process: each step's examples as micro-batches of packed rows (packing.py); an
+    # example that shares nothing in its step is batched as `schedule` batches it (micro_batch_size examples).
     # Launched data-parallel runs keep the group order but train one example per row.
     plans = None
     if keys is not None and parallel is None:
         attention = attention_tokens(model.get_base_model().config)
-        plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens, attention)
-                 for step in schedule]  # fmt: skip
+        plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens, attention,
+                           cfg.micro_batch_size) for step in schedule]  # fmt: skip
     warmup = int(cfg.warmup_ratio * len(schedule))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear(s, warmup, len(schedule)))
     work = out.with_name(out.name + ".partial")

@@ -13,12 +13,19 @@ the hidden states it would compute alone, and the loss is taken on the same targ
 position before it on its path). For the QA prompt the shared part is system + shots + passage; for the feedback
 prompt system + passage; the rest (question, completion) is each example's own.
 
-Rows and micro-batches (`pack_step`) are bounded by tokens, not examples. The examples of a step go, group by group,
-into the row where they add the least compute (linear layers per token plus the dense attention of the row's width,
+Rows (`pack_step`) are bounded by tokens, not examples. The examples of a step go, group by group, into the row
+where they add the least compute (linear layers per token plus the dense attention of the row's width,
 `attention_tokens`), or into a new row when that is cheaper: a passage's questions share a row, and passages share
 one where the tokens they have in common (the shots of the QA prompt) pay for the wider attention. No row exceeds
-`train.micro_batch_tokens` (a single sequence longer than it is a row of its own); rows are sorted by length and cut
-so that rows x longest row (padding included) stays within the same budget.
+`train.micro_batch_tokens` (a single sequence longer than it is a row of its own).
+
+Micro-batches: only rows that share a prefix (two examples or more) are packed; they are sorted by length and cut so
+that rows x longest row (padding included) stays within `train.micro_batch_tokens`. An example that shares nothing
+worth packing with another example of its step is a row of its own, and those rows are batched exactly as the loop
+without shared prefixes batches a step: sorted by length, `train.micro_batch_size` examples per micro-batch, the
+plain causal path (no 4-D mask). A step where nothing is shared (sparse data: questions on different passages) is
+therefore trained as one example per row trains it; rows of one example in micro-batches of 2,048 tokens had run at
+0.90-0.93x its speed (docs/performance.md). The loss of a step is still divided by its completion tokens.
 
 Exactness: in float32 the per-example losses and LoRA gradients equal one example per row to float rounding
 (tests/test_shared_prefix.py); LoRA dropout draws other masks for another layout.
@@ -121,15 +128,20 @@ def attention_tokens(config: Any) -> float:
 
 
 def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int], budget: int,
-              attention: float = 0.0) -> list[list[list[int]]]:  # fmt: skip
+              attention: float = 0.0, micro_batch_size: int = 0) -> list[list[list[int]]]:  # fmt: skip
     """One optimizer step's examples as micro-batches of packed rows (each row: the example indices it holds).
 
     Examples are taken group by group. Each goes into the row (of at most `budget` tokens) where it adds the least
     cost, or starts a new row when that costs less, a row of w tokens costing w x (1 + w / `attention`): linear
     layers per token plus dense attention per pair of tokens (`attention_tokens`). So the questions of a passage share
     a row, and rows of several passages form where they share enough (the shots of the QA prompt) to pay for the
-    wider attention. `attention` = 0: a row holds one group only. Rows, shortest first, are cut into micro-batches of
-    at most `budget` tokens counting padding."""
+    wider attention. `attention` = 0: a row holds one group only.
+
+    Packed rows (two examples or more), shortest first, are cut into micro-batches of at most `budget` tokens counting
+    padding. Rows of one example come first, in micro-batches of their own: with `micro_batch_size`, sorted by length
+    in the order of `step` and cut into micro-batches of that many examples, which is exactly how the loop without
+    shared prefixes cuts a step (`loop.step_schedule`, whose steps are sorted so): a step where nothing is shared is
+    laid out as there. `micro_batch_size` = 0: cut by `budget` tokens like packed rows."""
     groups: dict[Hashable, list[int]] = {}
     for i in step:
         groups.setdefault(keys[i], []).append(i)
@@ -159,7 +171,13 @@ def pack_step(rows: Sequence[Row], keys: Sequence[Hashable], step: Sequence[int]
     # Rows of one example and packed rows go to separate micro-batches: a micro-batch of single examples runs the
     # plain causal path (no 4-D mask), as one example per row does.
     micro_batches: list[list[list[int]]] = []
-    for single in (True, False):
+    if micro_batch_size:  # single rows as the loop without shared prefixes batches them: by examples
+        where = {i: n for n, i in enumerate(step)}
+        singles = sorted((members[0] for members in held if len(members) == 1),
+                         key=lambda i: (len(rows[i]["input_ids"]), where[i]))  # fmt: skip
+        micro_batches += [[[i] for i in singles[m : m + micro_batch_size]]
+                          for m in range(0, len(singles), micro_batch_size)]  # fmt: skip
+    for single in (True, False) if not micro_batch_size else (False,):
         current_mb: list[list[int]] = []
         rows_here = sorted((wr for wr in zip(widths, held, strict=True) if (len(wr[1]) == 1) == single),
                            key=lambda wr: wr[0])  # fmt: skip
