@@ -47,6 +47,15 @@ class DataConfig:
                             min=1)
     split_seed: int = _f(0, "Seed of the article split and of the question samples.")
     train_questions: int = _f(300, "Training questions sampled from the training articles (0 = all).", min=0)
+    sample_by: str = _f("question", "run/experiment: how a training size's questions are drawn from the training "
+                        "articles (laffi.data.sample_training). 'question': one by one, so they spread over as many "
+                        "passages as they can (300 random pool questions: 212 passages). 'passage': whole passages "
+                        "(all their questions, in a seeded order) until the size is reached, the last one cut to "
+                        "fit: still n questions, and sizes still nested prefixes of one order. A different design, "
+                        "not the same one faster: fewer passages with more questions each, so cheaper to train with "
+                        "train.shared_prefix (a passage's questions share one row; 2.4-4.6x fewer tokens per epoch "
+                        "on passage-dense data, docs/performance.md) but less diverse. 'question' keeps the "
+                        "split's cache key of runs made before the setting.", choices=("question", "passage"))
     eval_questions: int = _f(0, "Evaluation questions sampled from the held-out articles (0 = all).", min=0)
 
 

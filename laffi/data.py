@@ -305,6 +305,40 @@ def split_by_article(questions: list[Question], eval_articles: int, seed: int) -
     return train, evaluation
 
 
+SAMPLE_BY = ("question", "passage")  # `data.sample_by`
+
+
+def sample_training(questions: list[Question], n: int, seed: int, by: str = "question") -> list[Question]:
+    """`n` training questions in one seeded order (`data.sample_by`): a run's training sizes take prefixes of the
+    sample of the largest, so they are nested.
+
+    'question': drawn one by one, `random.Random(seed).sample(questions, n)` in the order drawn (a sample of another
+    `n` is not a prefix of it: draw the largest once). 'passage': whole passages (the questions with the same
+    context, the group that shared-prefix training packs) in a seeded order, each passage's questions in a seeded
+    order, until `n` are taken: the last passage is cut to fit, and the order does not depend on `n`, so every
+    prefix of the result is the sample of its own size."""
+    if by not in SAMPLE_BY:
+        raise LaffiError(f"data.sample_by: {by!r} is not one of {', '.join(SAMPLE_BY)}")
+    if not 0 <= n <= len(questions):
+        raise LaffiError(f"cannot sample {n} training questions from {len(questions)}")
+    rng = random.Random(seed)
+    if by == "question":
+        return rng.sample(questions, n)
+    passages: dict[str, list[Question]] = {}
+    for q in questions:
+        passages.setdefault(q.context, []).append(q)
+    groups = list(passages.values())
+    rng.shuffle(groups)
+    order: list[Question] = []
+    for group in groups:
+        if len(order) >= n:
+            break
+        group = list(group)
+        rng.shuffle(group)
+        order += group
+    return order[:n]
+
+
 def sample_questions(questions: list[Question], n: int | None, seed: int) -> list[Question]:
     """A seeded sample of `n` questions (all when n is None or too large), kept in the input's order."""
     if n is not None and n < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +19,7 @@ from laffi.data import (
     load_squad,
     resolve_data_path,
     sample_questions,
+    sample_training,
     split_by_article,
     write_squad,
 )
@@ -130,6 +132,34 @@ def test_sample_questions_is_deterministic_and_ordered():
     assert [order[q.id] for q in a] == sorted(order[q.id] for q in a)
     assert sample_questions(qs, None, seed=7) == qs
     assert sample_questions(qs, 10_000, seed=7) == qs
+
+
+def test_sample_training_by_question_or_by_whole_passage():
+    from laffi.records import Question
+
+    sizes = {"A": 3, "B": 2, "C": 1, "D": 4}
+    qs = [Question(id=f"{p.lower()}{i}", title="T", context=f"passage {p}", question="?")
+          for p, k in sizes.items() for i in range(1, k + 1)]  # fmt: skip
+    qs = qs[::2] + qs[1::2]  # a passage's questions are not next to each other in the file
+    ids = [q.id for q in qs]
+    assert ids == ["a1", "a3", "b2", "d1", "d3", "a2", "b1", "c1", "d2", "d4"]
+    # 'question' (the default): the split's sample as it always was, in the order drawn
+    assert sample_training(qs, 5, seed=0) == random.Random(0).sample(qs, 5)
+    assert [q.id for q in sample_training(qs, 5, seed=0, by="question")] == ["b1", "d4", "a1", "b2", "d3"]
+    # 'passage': passages D, A, B, C in the seed's order, each whole and in a seeded order; the last one cut to fit
+    assert [q.id for q in sample_training(qs, 6, seed=0, by="passage")] == ["d1", "d3", "d4", "d2", "a1", "a2"]
+    everything = [q.id for q in sample_training(qs, 10, seed=0, by="passage")]
+    assert everything == ["d1", "d3", "d4", "d2", "a1", "a2", "a3", "b2", "b1", "c1"]
+    for n in range(11):  # n questions, nested prefixes of one order, at most one passage cut
+        sample = [q.id for q in sample_training(qs, n, seed=0, by="passage")]
+        assert sample == everything[:n]
+        cut = {p for p in "abcd" if 0 < sum(i[0] == p for i in sample) < sizes[p.upper()]}
+        assert len(cut) <= 1
+    assert [q.id for q in sample_training(qs, 4, seed=1, by="passage")] == ["c1", "a2", "a1", "a3"]
+    with pytest.raises(LaffiError, match="11 training questions from 10"):
+        sample_training(qs, 11, seed=0, by="passage")
+    with pytest.raises(LaffiError, match="data.sample_by"):
+        sample_training(qs, 3, seed=0, by="article")
 
 
 # ---------------------------------------------------------------------------------------------- validation

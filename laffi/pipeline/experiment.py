@@ -34,7 +34,15 @@ import yaml
 
 from laffi import methods
 from laffi.config import AnswerConfig, ExperimentConfig, RunConfig, TrainConfig, train_cache_settings
-from laffi.data import articles, load_squad, resolve_data_path, sample_questions, split_by_article, write_squad
+from laffi.data import (
+    articles,
+    load_squad,
+    resolve_data_path,
+    sample_questions,
+    sample_training,
+    split_by_article,
+    write_squad,
+)
 from laffi.errors import LaffiError
 from laffi.pipeline import stages
 from laffi.pipeline.cache import Log, begin, cached, file_hash, finish, stage_key
@@ -214,7 +222,8 @@ def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentCon
 
 
 def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]:
-    """Article split; the training questions in one seeded order (sizes take prefixes, so they are nested)."""
+    """Article split; the training questions in one seeded order, question by question or passage by passage
+    (`data.sample_by`, `laffi.data.sample_training`): sizes take prefixes, so they are nested."""
     src = resolve_data_path(cfg.data.path)
     largest = max([*cfg.train_sizes, cfg.ablation_size])  # the ablation's size is sampled too (nested)
     settings = {**asdict(cfg.data), "train_questions": largest}
@@ -222,6 +231,8 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
         settings.pop("eval_path")
     else:
         settings["eval_data"] = data_hash(cfg.data.eval_path)
+    if cfg.data.sample_by == "question":  # the default: the same key as before the setting existed
+        settings.pop("sample_by")
     key = stage_key(data=data_hash(cfg.data.path), settings=settings)
     train_file, eval_file = out / "data" / "train.json", out / "data" / "eval.json"
     if cached(eval_file, key) and train_file.exists():
@@ -231,8 +242,7 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
     if largest > len(train_all):
         raise LaffiError(f"train_sizes: {largest} is more than the {len(train_all)} questions of the training "
                          f"articles in {src}")  # fmt: skip
-    rng = random.Random(cfg.data.split_seed)
-    train_qs = rng.sample(train_all, largest)
+    train_qs = sample_training(train_all, largest, cfg.data.split_seed, cfg.data.sample_by)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
     return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
 
