@@ -350,8 +350,10 @@ def train(
     human_fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="With --human-feedback: the share of training "
                                          "questions that take the human record (seeded; the rest take the AI's)."),
     mix_seed: int = typer.Option(0, help="Seed of the human/AI split."),
-    answers_from: Path | None = typer.Option(None, help="critique: the answers to critique, a predictions file "
-                                             "{id: answer} or an adapter directory (= --set train.answers_from=)."),
+    answers_from: Path | None = typer.Option(None, help="critique only: the answers to critique, a predictions "
+                                             "file {id: answer}, an adapter directory or base-Kshot (the model with "
+                                             "K shots) (= --set train.answers_from=). laffi and laffi+sft take it in "
+                                             "`laffi run` / `laffi experiment`, not here: they train on --feedback."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).

@@ -191,8 +191,13 @@ class TrainConfig:
                         "events (OUT/runs/; needs the tensorboard package). Not part of any cache key.",
                         choices=("", "tensorboard"))
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
-    answers_from: str = _f("", "critique only: the answers to critique, a predictions file {id: answer} or a PEFT "
-                           "adapter directory (its answers on the training questions are generated).")
+    answers_from: str = _f("", "Answers other than the base model's own, to be judged: 'base-0shot' (the run's model "
+                           "answering with 0 shots; base-Kshot: K shots), a predictions file {id: answer} covering "
+                           "the training questions, or a PEFT adapter directory (its answers on the training questions "
+                           "are generated). critique: the answers it critiques (`laffi train` too). laffi, laffi+sft "
+                           "in `laffi run` / `laffi experiment`: the feedback they train on (annotate.annotator's "
+                           "and the human share) is written on these answers instead of the base model's answers with "
+                           "the run's prompt (answer.shots); coh and refine keep those. '': the base model's own.")
     launcher: str = _f("", "How `laffi run` / `laffi experiment` (and `laffi train`) start training: '' trains in this "
                        "process; a command such as 'torchrun --nproc_per_node 2' or 'accelerate launch --config_file "
                        "configs/accelerate/multi_gpu_ddp.yaml' runs `-m laffi train` under it (data-parallel). "

@@ -4,6 +4,7 @@ the methods that make their own data before training (refine, critique)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ class Method:
     summary: str  # one line: what the model learns from (CLI help, docs)
     build: Build | None = None  # None: the method trains nothing (base, answer-time methods)
     reads_feedback: bool = False  # needs the run's feedback records on the base model's training answers
+    # What `train.answers_from` is to the method: 'judge' (critique: its `prepare` has those answers judged),
+    # 'feedback' (laffi, laffi+sft: `laffi run` / `laffi experiment` write the run's feedback on those answers
+    # instead of the base model's own), '' (not used: setting it is an error in `laffi train`).
+    answers_from: str = ""
     prepare: Prepare | None = None  # makes the method's own data before training; runs in one process only
     adapter_of: str | None = None  # an answer-time method: answers with this trained method's adapter
     revise: bool = False  # answer, then revise with the adapter's own predicted feedback (`answer.revise_rounds`)
@@ -42,6 +47,27 @@ def require_feedback(method: str, feedback: list[FeedbackRecord] | None) -> list
     if not feedback:
         raise LaffiError(f"feedback: method '{method}' needs feedback records (--feedback FEEDBACK.jsonl)")
     return feedback
+
+
+def answers_source(spec: str, where: str = "train.answers_from") -> tuple[str, Any]:
+    """What `train.answers_from` names: ("base", K) for 'base-Kshot' (the run's model without an adapter, answering
+    with K shots), ("adapter", path) for a PEFT adapter directory (the run's model with it, the run's shots), or
+    ("predictions", path) for a predictions file {id: answer} (any model). Anything else is a one-line error."""
+    base = re.fullmatch(r"base-(\d+)shots?", spec)
+    if base and not Path(spec).exists():
+        shots = int(base.group(1))
+        if shots > len(prompts.SHOTS):
+            raise LaffiError(f"{where}: {spec}: the QA prompt has 0 to {len(prompts.SHOTS)} shots")
+        return "base", shots
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "adapter_config.json").exists():
+            raise LaffiError(f"{where}: {spec}: not a PEFT adapter directory (no adapter_config.json)")
+        return "adapter", path
+    if path.is_file():
+        return "predictions", path
+    raise LaffiError(f"{where}: {spec}: no such predictions file or adapter directory (nor base-Kshot: the run's "
+                     f"model with K = 0-{len(prompts.SHOTS)} shots)")
 
 
 def record_question(r: FeedbackRecord) -> Question:

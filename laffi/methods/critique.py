@@ -1,8 +1,9 @@
 """`critique`: the laffi objective on feedback about answers that are not the model's own (critique fine-tuning,
 Wang, Yue, Chen 2025).
 
-Before training, the answers of `train.answers_from` (a predictions file from any model, or an adapter directory whose
-answers are generated here) are judged by the reference annotator; the model then learns to predict that feedback.
+Before training, the answers of `train.answers_from` (a predictions file from any model, an adapter directory whose
+answers are generated here, or base-Kshot: the run's model with K shots) are judged by the reference annotator; the
+model then learns to predict that feedback.
 Without `answers_from`, the given feedback records are used as they are (feedback someone wrote on other answers).
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 from laffi import prompts
 from laffi.config import AnnotateConfig, ModelConfig, TrainConfig
 from laffi.errors import LaffiError
-from laffi.methods.common import Method, feedback_examples, generate, require_feedback, work_dir
+from laffi.methods.common import Method, answers_source, feedback_examples, generate, require_feedback, work_dir
 from laffi.records import FeedbackRecord, Question, read_predictions
 from laffi.training.examples import Example
 
@@ -23,20 +24,21 @@ def critique_feedback(questions: list[Question], answers_from: str, out: Path, m
                       progress: bool = True) -> tuple[list[FeedbackRecord], dict[str, Any]]:  # fmt: skip
     """Reference-annotator feedback on the answers of `answers_from` to the training questions.
 
-    `answers_from` is a predictions file ({id: answer}, as `laffi answer` writes; any model) or a PEFT adapter
-    directory, whose answers (the run's model + that adapter, `shots` shots) are generated here."""
+    `answers_from` (`common.answers_source`) is a predictions file ({id: answer}, as `laffi answer` writes; any
+    model), a PEFT adapter directory, whose answers (the run's model + that adapter, `shots` shots) are generated
+    here, or 'base-Kshot': the run's model without an adapter, answering with K shots."""
     from laffi.feedback import reference
 
     if not answers_from:
-        raise LaffiError("train.answers_from: method 'critique' needs the answers to critique: a predictions file "
-                         "or an adapter directory (--set train.answers_from=PATH)")  # fmt: skip
-    source = Path(answers_from)
-    if source.is_dir():
-        preds, kind = _adapter_answers(questions, source, out, model, shots, progress), "adapter"
-    elif source.is_file():
-        preds, kind = read_predictions(source), "predictions"
+        raise LaffiError("train.answers_from: method 'critique' needs the answers to critique: a predictions file, "
+                         "an adapter directory or base-Kshot (--set train.answers_from=PATH)")  # fmt: skip
+    kind, source = answers_source(answers_from)
+    if kind == "predictions":
+        preds = read_predictions(source)
+    elif kind == "adapter":
+        preds = _generated_answers(questions, source, out, model, shots, progress)
     else:
-        raise LaffiError(f"train.answers_from: {answers_from}: no such predictions file or adapter directory")
+        preds = _generated_answers(questions, None, out, model, source, progress)
     threshold = AnnotateConfig().correct_threshold
     records = [reference.annotate(q, preds[q.id], threshold) for q in questions if q.id in preds]
     if not records:
@@ -47,12 +49,11 @@ def critique_feedback(questions: list[Question], answers_from: str, out: Path, m
     return records, {"summary": summary, "items": records}
 
 
-def _adapter_answers(questions: list[Question], adapter: Path, out: Path, model: ModelConfig, shots: int,
-                     progress: bool) -> dict[str, str]:  # fmt: skip
+def _generated_answers(questions: list[Question], adapter: Path | None, out: Path, model: ModelConfig, shots: int,
+                       progress: bool) -> dict[str, str]:  # fmt: skip
+    """The answers of the run's model (with `adapter`, if any) to `questions`, resumable under `out`.partial/."""
     from laffi.engines.generation import answer_prefix
 
-    if not (adapter / "adapter_config.json").exists():
-        raise LaffiError(f"train.answers_from: {adapter}: not a PEFT adapter directory (no adapter_config.json)")
     by_id = {q.id: q for q in questions}
     prefix = answer_prefix(adapter)  # a Chain of Hindsight adapter answers after its positive marker
 
@@ -63,7 +64,8 @@ def _adapter_answers(questions: list[Question], adapter: Path, out: Path, model:
         return prompts.parse_answer(raw, by_id[qid].context)
 
     partial = work_dir(out) / "critique.answers.jsonl"
-    gens = generate(list(by_id), prompt, parse, partial, model, str(adapter), progress, "answers")
+    adapter_name = str(adapter) if adapter else None
+    gens = generate(list(by_id), prompt, parse, partial, model, adapter_name, progress, "answers")
     return {q.id: gens[q.id].answer for q in questions}
 
 
@@ -81,4 +83,5 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 
 METHOD = Method("critique", "the laffi objective on feedback about another model's answers (train.answers_from)",
+                answers_from="judge",
                 build=build, prepare=prepare, order=60)

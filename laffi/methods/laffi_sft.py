@@ -23,4 +23,5 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 
 METHOD = Method("laffi+sft", "both laffi and sft examples, shuffled together", build=build, reads_feedback=True,
+                answers_from="feedback",
                 order=30)

@@ -14,6 +14,8 @@ Layout of an experiment directory:
     data/train-n<N>.json              the first N training questions
     base/train_answers.json           the base model's answers on the training questions
     feedback/ai.jsonl, human.jsonl    feedback on those answers from the `annotate` annotator and from people
+    answers_from/train_answers.json   with train.answers_from: that source's training answers, and under
+    feedback/answers_from/            the feedback on them that laffi and laffi+sft cells train on
     feedback/<cell>.jsonl             the mix one cell trains on (+ .split.json: which questions got human feedback)
     cells/<method>/<cell>/            adapter/, eval_answers.json (+ generations, timing, revisions)
     results.json, results.md, report.html, plots/*.png
@@ -320,17 +322,83 @@ def feedback_sources(cfg: ExperimentConfig, out: Path, cells: list[Cell], train_
                      progress: bool) -> dict[str, Path]:  # fmt: skip
     """The base model's training answers ('answers') and the feedback files the cells need: 'ai' and/or 'human'.
     With a learned annotator (annotate.learn_from_examples) a cell with a share of human feedback gets AI feedback of
-    its own (`learned_ai_stage`): the shared 'ai' file is needed only by cells without human feedback."""
-    fractions = {c.human_fraction for c in cells if c.human_fraction is not None}
-    if not fractions:
-        return {}
-    answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
-    sources = {"answers": answers}
-    if any(p > 0 for p in fractions):
-        sources["human"] = human_stage(cfg, out, train_qs, answers, log)
-    if any(p == 0 if learns(cfg) else p < 1 for p in fractions):
-        sources["ai"] = ai_stage(cfg, out, train_qs, answers, log, progress)
+    its own (`learned_ai_stage`): the shared 'ai' file is needed only by cells without human feedback.
+
+    Cells of the methods that take `train.answers_from` (laffi, laffi+sft), when it is set, need the same three on
+    the answers of that source instead (`answers_from_stage`): keys prefixed with `ANSWERS_FROM`, files under
+    answers_from/ and feedback/answers_from/."""
+    fractions: dict[str, set[float]] = {}  # answers source ('' = the base model's own) -> shares of human feedback
+    for c in cells:
+        if c.human_fraction is not None:
+            fractions.setdefault(answers_from(cfg, c), set()).add(c.human_fraction)
+    sources = {}
+    for spec, shares in fractions.items():
+        if spec:
+            answers = answers_from_stage(cfg, out, spec, train_qs, train_file, log, progress)
+            prefix, directory = ANSWERS_FROM, out / "feedback" / "answers_from"
+        else:
+            answers = answer_stage(cfg, out / "base", "train_answers.json", train_qs, train_file, None, log, progress)
+            prefix, directory = "", out / "feedback"
+        sources[prefix + "answers"] = answers
+        if any(p > 0 for p in shares):
+            sources[prefix + "human"] = human_stage(cfg, out, train_qs, answers, log, directory / "human.jsonl", spec)
+        if any(p == 0 if learns(cfg) else p < 1 for p in shares):
+            sources[prefix + "ai"] = ai_stage(cfg, out, train_qs, answers, log, progress, directory / "ai.jsonl")
     return sources
+
+
+ANSWERS_FROM = "answers_from/"  # prefix of `feedback_sources` keys whose files are on the answers of answers_from
+
+
+def answers_from(cfg: ExperimentConfig, cell: Cell) -> str:
+    """Whose training answers a cell's feedback judges: `train.answers_from` for the methods that take it here
+    (laffi, laffi+sft, and the answer-time methods that use their adapters), '' (the base model's own answers with the
+    run's prompt) for the others and when it is not set."""
+    if cfg.train.answers_from and methods.get(cell.trained().method).answers_from == "feedback":
+        return cfg.train.answers_from
+    return ""
+
+
+def source_files(feedback: dict[str, Path], spec: str) -> dict[str, Path]:
+    """The 'answers', 'human' and 'ai' files (those that exist) of one answers source among `feedback_sources`."""
+    if spec:
+        return {k.removeprefix(ANSWERS_FROM): v for k, v in feedback.items() if k.startswith(ANSWERS_FROM)}
+    return {k: v for k, v in feedback.items() if not k.startswith(ANSWERS_FROM)}
+
+
+def answers_from_stage(cfg: ExperimentConfig, out: Path, spec: str, train_qs: list, train_file: Path, log: Log,
+                       progress: bool) -> Path:  # fmt: skip
+    """answers_from/train_answers.json: the training answers of `train.answers_from` (`methods.common.answers_source`),
+    made like the base model's (`answer_stage`, the `answer` settings): 'base-Kshot' is the run's model with K
+    shots, an adapter directory the run's model with that adapter; a predictions file is copied for the training
+    questions, each of which it must answer. Cached by the source's content (or the stage's settings)."""
+    from laffi.methods.common import answers_source
+
+    kind, source = answers_source(spec)
+    stage_dir = out / "answers_from"
+    output = stage_dir / "train_answers.json"
+    if kind == "predictions":
+        preds = read_predictions(source)
+        missing = [q.id for q in train_qs if q.id not in preds]
+        if missing:
+            raise LaffiError(f"train.answers_from: {spec}: no answer for training question id '{missing[0]}' "
+                             f"({len(missing)} of {len(train_qs)} missing)")  # fmt: skip
+        key = stage_key(data=file_hash(train_file), predictions=file_hash(source))
+        if not cached(output, key):
+            leftovers = [output.with_suffix(s) for s in (".generations.jsonl", ".timing.json", ".na_prob.json")]
+            begin(output, key, leftovers)
+            write_json(output, {q.id: preds[q.id] for q in train_qs})
+            finish(output, key)
+    else:
+        # The answers only: their no-answer scores are not used (and 'verdict' scores need a LaFFi adapter).
+        answer_cfg = replace(cfg.answer, revise_rounds=0, na_score="first_token")
+        if kind == "base":
+            answer_cfg = replace(answer_cfg, shots=source)
+        output = answer_stage(cfg, stage_dir, output.name, train_qs, train_file, source if kind == "adapter" else None,
+                              log, progress, answer_cfg)  # fmt: skip
+    preds = read_predictions(output)
+    log(f"answers_from: {spec}: {len(preds)} training answers ({sum(not a for a in preds.values())} abstentions)")
+    return output
 
 
 def annotation_settings(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -345,8 +413,11 @@ def learns(cfg: ExperimentConfig) -> bool:
     return cfg.annotate.annotator == "llm" and cfg.annotate.learn_from_examples
 
 
-def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log) -> Path:
-    output = out / "feedback" / "human.jsonl"
+def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log, output: Path | None = None,
+                spec: str = "") -> Path:  # fmt: skip
+    """feedback/human.jsonl: `human_feedback` on the base model's training answers, or on those of `train.answers_from`
+    (`spec`, written to `output`)."""
+    output = output or out / "feedback" / "human.jsonl"
     source = cfg.human_feedback
     key = stage_key(answers=file_hash(answers), source=source if source == "simulated" else file_hash(Path(source)))
     if cached(output, key):
@@ -358,33 +429,37 @@ def human_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path,
 
         records = simulated_human_feedback(train_qs, preds, seed=0)
     else:
-        records = _records_for(read_feedback(Path(source)), train_qs, preds, source)
+        records = _records_for(read_feedback(Path(source)), train_qs, preds, source, spec)
     write_jsonl(output, records)
     finish(output, key)
     log(f"feedback: {len(records)} human records ({source})")
     return output
 
 
-def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str, str], source: str) -> list:
-    """A human feedback file must cover every training question and be about the answer the base model gave."""
+def _records_for(records: list[FeedbackRecord], train_qs: list, preds: dict[str, str], source: str,
+                 spec: str = "") -> list:  # fmt: skip
+    """A human feedback file must cover every training question and be about the answer the base model gave (or the
+    answers of `train.answers_from`: `spec`)."""
+    whose = f"train.answers_from ({spec})" if spec else "the base model"
     by_id = {r.id: r for r in records}
     for q in train_qs:
         if q.id not in by_id:
             raise LaffiError(f"{source}: no feedback for training question id '{q.id}'")
         if by_id[q.id].predicted_answer != preds[q.id]:
             raise LaffiError(f"{source}: feedback for '{q.id}' is on the answer {by_id[q.id].predicted_answer!r}, "
-                             f"not on the base model's {preds[q.id]!r}")  # fmt: skip
+                             f"not on {whose}'s {preds[q.id]!r}")  # fmt: skip
     return [by_id[q.id] for q in train_qs]
 
 
-def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log,
-             progress: bool = True) -> Path:  # fmt: skip
+def ai_stage(cfg: ExperimentConfig, out: Path, train_qs: list, answers: Path, log: Log, progress: bool = True,
+             output: Path | None = None) -> Path:  # fmt: skip
     """Feedback from the `annotate` annotator. An LLM annotator learns from `annotate.examples` (default: the
     hand-written examples shipped with laffi, on passages outside SQuAD), never from the human feedback on all of
     these training questions: a question among its shots would have its own human feedback copied into its AI
     feedback. (The learned annotator learns from a cell's human share and annotates the cell's other questions:
-    `learned_ai_stage`; this file is then only for cells without human feedback.)"""
-    output = out / "feedback" / "ai.jsonl"
+    `learned_ai_stage`; this file is then only for cells without human feedback.) `output`: feedback/ai.jsonl, or
+    where the feedback on the answers of `train.answers_from` goes."""
+    output = output or out / "feedback" / "ai.jsonl"
     examples = Path(cfg.annotate.examples) if cfg.annotate.examples else None
     key = stage_key(answers=file_hash(answers), annotate=annotation_settings(cfg),
                     examples=file_hash(examples) if examples else None)  # fmt: skip
@@ -426,8 +501,12 @@ def cell_feedback(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, 
     human record, the rest the AI record. With a learned annotator, the AI records of a cell with a share of human
     feedback come from an annotator fine-tuned on exactly that share (`learned_ai_stage`). With
     annotate.filter_contradictions, AI records that contradict the gold answers are dropped (their questions get no
-    record; the human share is chosen before filtering, so it is the same either way). Rewritten when missing."""
+    record; the human share is chosen before filtering, so it is the same either way). Rewritten when missing.
+    With `train.answers_from` (laffi, laffi+sft: `answers_from`), the records are those on that source's answers."""
     from laffi.feedback.mix import human_share, mix_feedback
+
+    spec = answers_from(cfg, cell)
+    feedback = source_files(feedback, spec)
 
     output = out / "feedback" / f"{cell.method}-{cell.name}.jsonl"
     questions = train_qs[: cell.size]
@@ -443,7 +522,8 @@ def cell_feedback(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, 
         elif learns(cfg):
             chosen = human_share([r.id for r in human], cell.human_fraction, cell.seed)
             share = [r for r in human if r.id in set(chosen)]
-            learned = learned_ai_stage(cfg, out, cell, share, questions, feedback["answers"], log, progress)
+            learned = learned_ai_stage(cfg, out, cell, share, questions, feedback["answers"], log, progress,
+                                       out / "feedback" / "answers_from" if spec else None)  # fmt: skip
             ai = read_feedback(learned)
         else:
             ai_ids = {r.id for r in ai}
@@ -458,6 +538,8 @@ def cell_feedback(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, 
             split["filtered_contradictions"] = sorted(dropped)
     if learned is not None:
         split["learned_annotator"] = str(learned.parent.relative_to(out))
+    if spec:
+        split["answers_from"] = spec
     order = {q.id: i for i, q in enumerate(train_qs)}
     write_jsonl(output, sorted(records, key=lambda r: order[r.id]))
     write_json(output.with_suffix(".split.json"), split)
@@ -474,16 +556,17 @@ def contradicting(cfg: ExperimentConfig, ai: list[FeedbackRecord]) -> set[str]:
 
 
 def learned_ai_stage(cfg: ExperimentConfig, out: Path, cell: Cell, share: list[FeedbackRecord], questions: list,
-                     answers: Path, log: Log, progress: bool) -> Path:  # fmt: skip
+                     answers: Path, log: Log, progress: bool, feedback_dir: Path | None = None) -> Path:  # fmt: skip
     """A cell's AI feedback from the learned annotator: fine-tuned on the cell's human share (`share`; never on other
     questions, never on evaluation questions), it annotates the cell's other questions. Under
     feedback/annotator-<cell name>/ (shared by the cells of any method with the same size, seed and share): the
-    adapter (cached by the share's records and the annotate settings) and ai.jsonl (+ failures)."""
+    adapter (cached by the share's records and the annotate settings) and ai.jsonl (+ failures); under
+    `feedback_dir` (feedback/answers_from/ for the answers of `train.answers_from`) instead of feedback/."""
     import json
 
     from laffi.records import to_dict
 
-    directory = out / "feedback" / f"annotator-{cell.name}"
+    directory = (feedback_dir or out / "feedback") / f"annotator-{cell.name}"
     output = directory / "ai.jsonl"
     content = json.dumps([to_dict(r) for r in share], sort_keys=True, default=str)
     if not share:

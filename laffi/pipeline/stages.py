@@ -311,6 +311,8 @@ def train(
     from laffi.training.loop import train as run_training
 
     method = methods.get(cfg.method, "train.method")
+    if cfg.answers_from and method.answers_from != "judge":
+        raise LaffiError(answers_from_unused(cfg.method, method.answers_from))
     if launched() and method.prepare is not None:
         # Making data generates and writes files; it is not shared out between processes.
         raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
@@ -327,6 +329,15 @@ def train(
         save_report(out, cfg.method, report)
         info[cfg.method] = report["summary"]
     return info
+
+
+def answers_from_unused(method: str, use: str) -> str:
+    """The error for `train.answers_from` given to a method that trains on the records it is given."""
+    if use == "feedback":
+        return (f"train.answers_from: method '{method}' trains on the given --feedback records, whatever answers they "
+                "judge; train.answers_from chooses those answers in `laffi run` / `laffi experiment` only (here: "
+                "`laffi answer`, then `laffi annotate` on its answers; or --method critique)")  # fmt: skip
+    return f"train.answers_from: method '{method}' does not use it (critique does; laffi and laffi+sft in `laffi run`)"
 
 
 def launch_training(
