@@ -23,6 +23,9 @@ each trained adapter on the whole sample (mean per completion token, packed, no 
     .venv/bin/python bench/training.py --compare-shared-prefix --method sft --sample passages --passages 12
     .venv/bin/python bench/training.py --compare-shared-prefix --method laffi --sample random --questions 300 --steps 12
 
+`--with-trl` adds TRL's `SFTTrainer` as a third process on the same examples in the order of one example per row
+(laffi's batch, micro-batch, learning rate, LoRA and max length; completion-only loss).
+
 `--sample passages`: every question of `--passages` passages drawn at random (seed 0), the structure of passage-dense
 data; `--sample random`: `--questions` questions drawn at random (few share a passage). `--steps N` trains the first N
 optimizer steps on each side instead of one epoch and extrapolates wall seconds to the epoch (steps per epoch / N).
@@ -120,14 +123,25 @@ def laffi_config(args):
 
 def consumed(args) -> list[dict]:
     """The tokenized examples laffi's loop trains on, in its order (its seeded shuffle, `step_schedule`). TRL is given
-    the same examples in the same order, so both sides do exactly the same work and their losses are comparable."""
+    the same examples in the same order, so both sides do exactly the same work and their losses are comparable.
+    With --compare-shared-prefix: the sample's examples in the order of one example per row (shared_prefix=false)."""
+    from dataclasses import replace
+
     from laffi.models import load_tokenizer
     from laffi.training.examples import tokenize_example
     from laffi.training.loop import step_schedule
 
     tok = load_tokenizer(MODEL)
-    rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
-    return [rows[i] for step in step_schedule(rows, laffi_config(args)) for mb in step for i in mb]
+    cfg = laffi_config(args)
+    if args.compare_shared_prefix:
+        cfg = replace(cfg, shared_prefix=False)
+        rows = [tokenize_example(e, tok, cfg.max_length) for e in sample_examples(args)]
+    else:
+        rows = [tokenize_example(e, tok, args.max_length) for e in examples(args.examples)]
+    steps = step_schedule(rows, cfg)
+    if args.compare_shared_prefix and args.steps:
+        steps = steps[: args.steps]
+    return [rows[i] for step in steps for mb in step for i in mb]
 
 
 def run_laffi(args, out: Path) -> dict:
@@ -189,24 +203,32 @@ def run_trl(args, out: Path) -> dict:
     from laffi.training.loop import lora_config
 
     tok = load_tokenizer(MODEL)
-    cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
+    if args.compare_shared_prefix:  # laffi's training defaults, as its side uses them
+        cfg = TrainConfig()
+        rows = consumed(args)
+        steps, max_length = len(rows) // cfg.batch_size + bool(len(rows) % cfg.batch_size), cfg.max_length
+    else:
+        cfg = TrainConfig(batch_size=args.batch, micro_batch_size=args.micro)
+        rows, steps, max_length = consumed(args), args.steps, args.max_length
     sft_args = SFTConfig(
-        output_dir=str(out), per_device_train_batch_size=args.micro,
-        gradient_accumulation_steps=args.batch // args.micro,
-        learning_rate=cfg.learning_rate, max_steps=args.steps, lr_scheduler_type="linear", logging_steps=1,
-        save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=args.max_length, completion_only_loss=True,
+        output_dir=str(out), per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch_size,
+        learning_rate=cfg.learning_rate, max_steps=steps, lr_scheduler_type="linear", logging_steps=1,
+        save_strategy="no", report_to=[], use_cpu=True, seed=0, max_length=max_length, completion_only_loss=True,
         disable_tqdm=True,
         # Not a speed setting: the examples arrive already in laffi's order (see `consumed`), so both do the same work.
         train_sampling_strategy="sequential",
     )  # fmt: skip
     torch.manual_seed(0)
     model = load_model(MODEL, dtype="bfloat16", trainable=True)
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(consumed(args)),
+    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows),
                          processing_class=tok, peft_config=lora_config(cfg))  # fmt: skip
     start = time.perf_counter()
     trainer.train()
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    return {"seconds": time.perf_counter() - start, "losses": losses}
+    tokens = sum(len(r["input_ids"]) for r in rows)  # TRL pads each micro-batch: padding not counted, as laffi's
+    return {"seconds": time.perf_counter() - start, "losses": losses, "tokens_computed": tokens, "steps": steps,
+            "examples": len(rows), "passages": 0}
 
 
 def tokens_trained(args) -> tuple[int, float]:
@@ -256,6 +278,8 @@ def main() -> None:
     p.add_argument("--laffi-variants", default="", help="Also run laffi with other train settings: variants separated "
                    "by ';', settings within one by '+', e.g. 'checkpoint_every=2;checkpoint_keep=+trim_memory=false'")
     p.add_argument("--compare-shared-prefix", action="store_true", help="shared_prefix true vs false (module doc)")
+    p.add_argument("--with-trl", action="store_true", help="with --compare-shared-prefix: TRL's SFTTrainer on the same "
+                   "examples in the order of one example per row, laffi's training defaults, as a third side")
     p.add_argument("--method", choices=["sft", "laffi"], default="sft")
     p.add_argument("--sample", choices=["passages", "random", "all"], default="passages")
     p.add_argument("--plan-only", action="store_true", help="with --compare-shared-prefix: tokens per epoch only "
@@ -340,8 +364,12 @@ def compare_shared_prefix(args) -> None:
         planned_tokens(args)
         return
     results = {}
-    for flag in ("false", "true"):
-        cmd = [sys.executable, __file__, "--which", "laffi", *sys.argv[1:], "--laffi-set", f"shared_prefix={flag}"]
+    sides = [("false", ["--which", "laffi", "--laffi-set", "shared_prefix=false"]),
+             ("true", ["--which", "laffi", "--laffi-set", "shared_prefix=true"])]  # fmt: skip
+    if args.with_trl:
+        sides.append(("trl", ["--which", "trl"]))
+    for flag, extra in sides:
+        cmd = [sys.executable, __file__, *sys.argv[1:], *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[flag] = json.loads(proc.stdout.splitlines()[-1])
     r0 = results["false"]
@@ -349,7 +377,11 @@ def compare_shared_prefix(args) -> None:
     scale = per_epoch / r0["steps"]
     print(f"{args.method}, {args.sample}: {r0['examples']} examples on {r0['passages']} passages, {r0['steps']} of "
           f"{per_epoch} steps per epoch measured (wall per epoch = measured x {scale:.2f})")  # fmt: skip
-    for flag, name in (("false", "one example per row (shared_prefix=false)"), ("true", "shared prefix")):
+    names = {"false": "one example per row (shared_prefix=false)", "true": "shared prefix",
+             "trl": "TRL SFTTrainer (same examples and order)"}  # fmt: skip
+    for flag, name in names.items():
+        if flag not in results:
+            continue
         r = results[flag]
         print(f"{name:42s} tokens {r['tokens_computed']:7d}  {r['seconds']:7.1f} s ({r['seconds'] * scale:7.1f} s per "
               f"epoch)  {r['tokens_computed'] / r['seconds']:6.1f} tokens/s  peak RSS {r['peak_rss_gib']:.2f} GiB  "
@@ -358,6 +390,9 @@ def compare_shared_prefix(args) -> None:
     r1 = results["true"]
     print(f"ratio: tokens {r0['tokens_computed'] / r1['tokens_computed']:.2f}x fewer, wall time "
           f"{r0['seconds'] / r1['seconds']:.2f}x faster")
+    if "trl" in results:
+        print(f"ratio to TRL: shared prefix {results['trl']['seconds'] / r1['seconds']:.2f}x faster, one example "
+              f"per row {results['trl']['seconds'] / r0['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
