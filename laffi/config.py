@@ -57,6 +57,12 @@ class DataConfig:
                         "on passage-dense data, docs/performance.md) but less diverse. 'question' keeps the "
                         "split's cache key of runs made before the setting.", choices=("question", "passage"))
     eval_questions: int = _f(0, "Evaluation questions sampled from the held-out articles (0 = all).", min=0)
+    calibration_questions: int = _f(100, "run/experiment: questions of the training articles kept out of every "
+                                    "training size; each model answers them and the no-answer threshold that "
+                                    "maximises its F1 there (the official best_f1_thresh) is applied to its "
+                                    "evaluation answers: the report's calibrated rows. Fewer when fewer are left "
+                                    "after the largest training size (training size 0 = all leaves these out); "
+                                    "0 = no calibration.", min=0)
 
 
 @dataclass

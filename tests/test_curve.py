@@ -1,6 +1,8 @@
 """The learning-curve pieces of the experiment: seeds only where cells are cheap, size 0 = every training question,
 and the size at which each method first beats abstaining."""
 
+from dataclasses import replace
+
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import bundled_data_path, load_squad
 from laffi.pipeline.experiment import Cell, check_method, plan, with_sizes_resolved
@@ -21,7 +23,10 @@ def test_size_zero_is_every_training_question():
     from laffi.data import split_by_article
 
     train, _ = split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)
-    assert resolved.train_sizes == [2, len(train)] and len(train) < len(questions)
+    # "All" leaves out the calibration questions (data.calibration_questions), which no training size uses.
+    assert resolved.train_sizes == [2, len(train) - cfg.data.calibration_questions] and len(train) < len(questions)
+    no_calibration = replace(cfg, data=replace(cfg.data, calibration_questions=0))
+    assert with_sizes_resolved(no_calibration, questions).train_sizes == [2, len(train)]
     assert Cell("sft", resolved.train_sizes[1]).name == f"n{resolved.train_sizes[1]}-seed0"
 
 

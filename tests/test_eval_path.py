@@ -31,7 +31,8 @@ def two_files(tmp_path, excerpt_questions):
 def test_eval_path_takes_every_question_of_each_file(two_files):
     tmp, train, evaluation = two_files
     cfg = ExperimentConfig(out_dir=str(tmp / "run"), train_sizes=[0],
-                           data=DataConfig(path=str(tmp / "train.json"), eval_path=str(tmp / "eval.json")))  # fmt: skip
+                           data=DataConfig(path=str(tmp / "train.json"), eval_path=str(tmp / "eval.json"),
+                                           calibration_questions=0))  # fmt: skip
     cfg = with_sizes_resolved(cfg, load_squad(tmp / "train.json"))
     assert cfg.train_sizes == [len(train)]  # size 0: every training question (no article is held out)
     train_file, eval_file = split_stage(cfg, tmp / "run", log=lambda m: None)

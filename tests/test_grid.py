@@ -74,12 +74,13 @@ def test_grid_report_matches_the_cells(grid_cfg):
         assert stages.score(out / "data" / "eval.json", out / "cells" / path / "eval_answers.json") == cell["scores"]
     # Each group's numbers are the mean and spread of its cells' F1 over the two seeds.
     for g in summary["groups"]:
-        if g["method"] == "base":
+        if g["method"].startswith("base") or g["method"].endswith(" (calibrated)"):
             continue
         f1 = [summary["cells"][f"{g['method']}/n{g['size']}-seed{s}" + ("" if g["method"] == "sft" else "-human0")]
               ["scores"]["f1"] for s in (0, 1)]  # fmt: skip
         assert g["f1_by_seed"] == f1 and g["f1_mean"] == pytest.approx(sum(f1) / 2)
         assert g["f1_sd"] == pytest.approx(abs(f1[0] - f1[1]) / 2 ** 0.5)
+    check_calibration(out, summary, train, eval_qs)
     # laffi+revise revises the laffi cell's answers with the same adapter; no adapter of its own.
     assert not (out / "cells" / "laffi+revise" / "n4-seed0-human0" / "adapter").exists()
     assert summary["revision"]["laffi+revise/n4-seed0-human0"]["questions"] == len(eval_qs)
@@ -109,6 +110,41 @@ def test_grid_report_matches_the_cells(grid_cfg):
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
     run_and_report(grid_cfg, log=logs.append, progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+
+
+def check_calibration(out, summary, train, eval_qs):
+    """Calibration questions come from the training articles and no training size; each cell's threshold is the
+    official best_f1_thresh on its calibration answers, and its calibrated scores are the official script's with that
+    --na-prob-thresh on the evaluation answers."""
+    from laffi.data import load_squad
+    from laffi.metrics import squad_v2_scores
+    from laffi.records import read_json, read_predictions
+
+    calibration = load_squad(out / "data" / "calibration.json")
+    assert len(calibration) == 4  # the 8 questions of the 2 training articles less the 4 training questions
+    assert {q.id for q in calibration}.isdisjoint({q.id for q in train} | {q.id for q in eval_qs})
+    assert {q.title for q in calibration} <= {q.title for q in train} and summary["calibration_questions"] == 4
+    calibrated = {path: c["calibrated"] for path, c in summary["cells"].items() if "calibrated" in c}
+    assert set(calibrated) == {p for p in summary["cells"] if not p.startswith("laffi+revise")}
+    for path, cal in calibrated.items():
+        cell = out / "cells" / path
+        on_cal = squad_v2_scores(calibration, read_predictions(cell / "calibration_answers.json"),
+                                 na_probs=read_json(cell / "calibration_answers.na_prob.json"))  # fmt: skip
+        assert cal["threshold"] == on_cal["best_f1_thresh"] and cal["calibration_best_f1"] == on_cal["best_f1"]
+        official = squad_v2_scores(eval_qs, read_predictions(cell / "eval_answers.json"),
+                                   na_probs=read_json(cell / "eval_answers.na_prob.json"),
+                                   na_prob_thresh=cal["threshold"])  # fmt: skip
+        assert cal["scores"] == {k: v for k, v in official.items() if not k.startswith("best")}
+    # Raw and calibrated rows side by side; paired tests within each family and each method against its raw self.
+    methods = [g["method"] for g in summary["groups"]]
+    assert methods[:4] == ["base", "base (calibrated)", "sft", "sft (calibrated)"]
+    tests = summary["paired"]["n=4"]
+    assert {"sft (calibrated) vs sft", "laffi (calibrated) vs sft (calibrated)",
+            "sft (calibrated) vs abstain"} <= set(tests)  # fmt: skip
+    assert "laffi (calibrated) vs sft" not in tests and "sft (calibrated) vs base" not in tests
+    beats = summary["first_beats_abstain"]
+    assert "sft (calibrated)" in beats and "base (calibrated)" not in beats
+    assert summary["verdict_calibrated"].startswith("Calibrated, LaFFi ")
 
 
 @pytest.mark.parametrize("override, message", [

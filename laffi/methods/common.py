@@ -36,6 +36,7 @@ class Method:
     adapter_of: str | None = None  # an answer-time method: answers with this trained method's adapter
     revise: bool = False  # answer, then revise with the adapter's own predicted feedback (`answer.revise_rounds`)
     answer_prefix: str = ""  # text that ends every QA prompt for this method's adapter (coh's positive marker)
+    predicts_feedback: bool = False  # its adapter writes feedback on an answer (answer.na_score: verdict can use it)
     order: int = 100  # position in listings
 
     @property

@@ -84,4 +84,4 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 METHOD = Method("critique", "the laffi objective on feedback about another model's answers (train.answers_from)",
                 answers_from="judge",
-                build=build, prepare=prepare, order=60)
+                build=build, prepare=prepare, predicts_feedback=True, order=60)

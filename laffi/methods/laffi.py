@@ -20,4 +20,4 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 METHOD = Method("laffi", "QA prompt + the model's own answer -> the feedback on it", build=build, reads_feedback=True,
                 answers_from="feedback",
-                order=20)
+                predicts_feedback=True, order=20)

@@ -24,4 +24,4 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 METHOD = Method("laffi+sft", "both laffi and sft examples, shuffled together", build=build, reads_feedback=True,
                 answers_from="feedback",
-                order=30)
+                predicts_feedback=True, order=30)

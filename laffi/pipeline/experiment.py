@@ -28,7 +28,7 @@ import os
 import platform
 import random
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,15 @@ from laffi.data import (
 from laffi.errors import LaffiError
 from laffi.pipeline import stages
 from laffi.pipeline.cache import Log, begin, cached, file_hash, finish, stage_key
-from laffi.records import FeedbackRecord, atomic_write_text, read_feedback, read_predictions, write_json, write_jsonl
+from laffi.records import (
+    FeedbackRecord,
+    atomic_write_text,
+    read_feedback,
+    read_json,
+    read_predictions,
+    write_json,
+    write_jsonl,
+)
 
 
 def check_method(name: str, where: str = "methods", needs_feedback: bool = False) -> None:
@@ -131,6 +139,7 @@ class Finished:
     ablation: list[Cell]
     train_questions: list
     eval_questions: list
+    calibration_questions: list = field(default_factory=list)  # choose each cell's no-answer threshold on these
 
 
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None,
@@ -158,12 +167,12 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     cells = list(dict.fromkeys(main + ablation))
     train_file, eval_file = split_stage(cfg, out, log)
     write_json(out / "environment.json", environment(cfg, train_file, eval_file))
-    train_qs, eval_qs = load_squad(train_file), load_squad(eval_file)
+    train_qs, eval_qs, calibration = load_squad(train_file), load_squad(eval_file), read_calibration(out)
     feedback = feedback_sources(cfg, out, cells, train_qs, train_file, log, progress)
     mine = cells if shard is None else cells[shard[0]::shard[1]]
     for cell in mine:
         log(f"[{cells.index(cell) + 1}/{len(cells)}] {cell.path}")
-        run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress)
+        run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress, calibration)
     if shard is not None:
         left = [c for c in cells if not answered(out, c)]
         if left:
@@ -173,7 +182,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
-    return Finished(cfg, out, main, ablation, train_qs, eval_qs)
+    return Finished(cfg, out, main, ablation, train_qs, eval_qs, calibration)
 
 
 def answered(out: Path, cell: Cell) -> bool:
@@ -216,6 +225,8 @@ def _quiet(message: str) -> None:
 def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
     """Training size 0 means every question of the training articles: replaced by that number."""
     n_train = len(train_and_eval(cfg, questions)[0])
+    if n_train > cfg.data.calibration_questions:  # "all" leaves the calibration questions out
+        n_train -= cfg.data.calibration_questions
     sizes = list(dict.fromkeys(n or n_train for n in cfg.train_sizes))
     return replace(cfg, train_sizes=sizes)
 
@@ -237,16 +248,40 @@ def split_stage(cfg: ExperimentConfig, out: Path, log: Log) -> tuple[Path, Path]
         settings.pop("sample_by")
     key = stage_key(data=data_hash(cfg.data.path), settings=settings)
     train_file, eval_file = out / "data" / "train.json", out / "data" / "eval.json"
-    if cached(eval_file, key) and train_file.exists():
+    if cached(eval_file, key) and train_file.exists() and calibration_file(out).exists():
         return train_file, eval_file
-    begin(eval_file, key, [train_file])
+    begin(eval_file, key, [train_file, calibration_file(out)])
     train_all, eval_all = train_and_eval(cfg, load_squad(src))
     if largest > len(train_all):
         raise LaffiError(f"train_sizes: {largest} is more than the {len(train_all)} questions of the training "
                          f"articles in {src}")  # fmt: skip
     train_qs = sample_training(train_all, largest, cfg.data.split_seed, cfg.data.sample_by)
     eval_qs = sample_questions(eval_all, cfg.data.eval_questions or None, cfg.data.split_seed)  # as `laffi run`
-    return write_split(train_qs, eval_qs, train_file, eval_file, key, log)
+    calibration = calibration_questions(cfg, train_all, train_qs)
+    write_squad(calibration, calibration_file(out))
+    return write_split(train_qs, eval_qs, train_file, eval_file, key, log, calibration)
+
+
+def calibration_file(out: Path) -> Path:
+    return out / "data" / "calibration.json"
+
+
+def read_calibration(out: Path) -> list:
+    """The calibration questions of a split (none in a run directory made before they existed, or with 0 asked)."""
+    path = calibration_file(out)
+    return load_squad(path) if path.exists() and read_json(path)["data"] else []
+
+
+def calibration_questions(cfg: ExperimentConfig, train_all: list, train_qs: list) -> list:
+    """Questions of the training articles that no training size uses (drawn after the training order, so the training
+    questions are those of a run without calibration): each cell answers them, and the no-answer threshold that
+    maximises F1 on them (the official best_f1_thresh) is applied to its evaluation answers. Never evaluation
+    questions. As many as `data.calibration_questions`, or all that are left when fewer are."""
+    if not cfg.data.calibration_questions:
+        return []
+    used = {q.id for q in train_qs}
+    rest = [q for q in train_all if q.id not in used]
+    return sample_questions(rest, cfg.data.calibration_questions, cfg.data.split_seed + 1)
 
 
 def train_and_eval(cfg: ExperimentConfig, questions: list) -> tuple[list, list]:
@@ -274,13 +309,15 @@ def data_hash(spec: str) -> str:
 
 
 def write_split(train_qs: list, eval_qs: list, train_file: Path, eval_file: Path, key: str,
-                log: Log) -> tuple[Path, Path]:  # fmt: skip
-    """Write both halves of a split (the eval file's marker covers the pair) and say what went where."""
+                log: Log, calibration: list | None = None) -> tuple[Path, Path]:  # fmt: skip
+    """Write both halves of a split (the eval file's marker covers them and the calibration questions, written
+    before it) and say what went where."""
     write_squad(train_qs, train_file)
     write_squad(eval_qs, eval_file)
     finish(eval_file, key)
     log(f"split: {len(train_qs)} training questions from {len(articles(train_qs))} articles, "
-        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}")  # fmt: skip
+        f"{len(eval_qs)} evaluation questions from held-out {', '.join(articles(eval_qs))}"
+        + (f", {len(calibration)} calibration questions from the training articles" if calibration else ""))
     return train_file, eval_file
 
 
@@ -480,19 +517,33 @@ def cell_dir(out: Path, cell: Cell) -> Path:
 
 
 def run_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, eval_qs: list, eval_file: Path,
-             feedback: dict[str, Path], log: Log, progress: bool) -> Path:  # fmt: skip
+             feedback: dict[str, Path], log: Log, progress: bool, calibration: list = ()) -> Path:  # fmt: skip
+    """Train a cell (cached), answer the calibration questions, then the evaluation questions (the cell is finished
+    when those exist: `answered`)."""
     adapter, first = None, None
-    answer_cfg = replace(cfg.answer, revise_rounds=0)
+    answer_cfg = cell_answer_config(cfg, cell)
     method = methods.get(cell.method)
     if method.trains or method.adapter_of:
         adapter = train_cell(cfg, out, cell.trained(), train_qs, feedback, log, progress)
+    if calibration and not method.revise:  # revised answers have no no-answer score to threshold
+        answer_stage(cfg, cell_dir(out, cell), "calibration_answers.json", list(calibration), calibration_file(out),
+                     adapter, log, progress, answer_cfg)  # fmt: skip
     if method.revise:
         first_preds = answer_stage(cfg, cell_dir(out, cell.trained()), "eval_answers.json", eval_qs, eval_file,
-                                   adapter, log, progress)  # fmt: skip
+                                   adapter, log, progress, cell_answer_config(cfg, cell.trained()))  # fmt: skip
         first = first_preds.with_suffix(".generations.jsonl")
         answer_cfg = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds))
     return answer_stage(cfg, cell_dir(out, cell), "eval_answers.json", eval_qs, eval_file, adapter, log, progress,
                         answer_cfg, first)  # fmt: skip
+
+
+def cell_answer_config(cfg: ExperimentConfig, cell: Cell) -> AnswerConfig:
+    """A cell's settings for plain answers. answer.na_score 'verdict' needs an adapter that writes feedback (laffi,
+    laffi+sft, critique); the other cells score their answers with 'first_token'."""
+    answer_cfg = replace(cfg.answer, revise_rounds=0)
+    if answer_cfg.na_score == "verdict" and not methods.get(cell.trained().method).predicts_feedback:
+        answer_cfg = replace(answer_cfg, na_score="first_token")
+    return answer_cfg
 
 
 def cell_feedback(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path], log: Log,

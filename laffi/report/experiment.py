@@ -44,9 +44,15 @@ def write_report(done: Finished) -> dict[str, Any]:
     per_q = {path: [100.0 * score_one(q, p[q.id])[1] for q in eval_qs] for path, p in preds.items()}
     abstain = squad_v2_scores(eval_qs, abstain_predictions(eval_qs))
     per_q["abstain"] = [100.0 * score_one(q, "")[1] for q in eval_qs]
+    cal = {c: calibrated(out, c, eval_qs, done.calibration_questions, preds[c.path]) for c in cells}
+    cal = {c: v for c, v in cal.items() if v is not None}
+    for c, v in cal.items():
+        kept = v.pop("preds")
+        per_q[as_calibrated(c).path] = [100.0 * score_one(q, kept[q.id])[1] for q in eval_qs]
     summary: dict[str, Any] = {
         "train_questions": len(done.train_questions),
         "train_articles": articles(done.train_questions),
+        "calibration_questions": len(done.calibration_questions),
         "eval_questions": len(eval_qs),
         "eval_articles": articles(eval_qs),
         "train_sizes": cfg.train_sizes,
@@ -54,8 +60,12 @@ def write_report(done: Finished) -> dict[str, Any]:
         "abstain": abstain,
         "cells": {c.path: cell_summary(out, c, eval_qs, preds[c.path], per_q[c.path]) for c in cells},
     }
-    summary["groups"] = [group_summary(g, summary["cells"], per_q) for g in groups(main)]
-    summary["paired"] = paired_tests(main, per_q)
+    for c, v in cal.items():
+        summary["cells"][c.path]["calibrated"] = v | {"f1_ci95": list(bootstrap_ci(per_q[as_calibrated(c).path]))}
+    info = summary["cells"] | {as_calibrated(c).path: v for c, v in cal.items()}
+    rows = [x for c in main for x in ([c, as_calibrated(c)] if c in cal else [c])]  # raw and calibrated side by side
+    summary["groups"] = [group_summary(g, info, per_q) for g in groups(rows)]
+    summary["paired"] = paired_tests(rows, per_q)
     summary["first_beats_abstain"] = first_beats_abstain(summary["paired"])
     summary["ablation"] = [group_summary(g, summary["cells"], per_q) for g in groups(ablation)]
     summary["ablation_paired"] = ablation_tests(ablation, per_q)
@@ -63,6 +73,8 @@ def write_report(done: Finished) -> dict[str, Any]:
     if revision:
         summary["revision"] = revision
     summary["verdict"] = verdict(summary["groups"], summary["paired"])
+    if any(g["method"] == "laffi" + CALIBRATED for g in summary["groups"]):
+        summary["verdict_calibrated"] = verdict(summary["groups"], summary["paired"], CALIBRATED)
     summary["plots"] = write_plots(out, summary, cells)
     summary["examples"] = examples(out, main, eval_qs)
     summary["attention"] = attention_summary(out)
@@ -94,6 +106,32 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
         if "learned_annotator" in s:  # annotate.learn_from_examples: the annotator fine-tuned on this cell's share
             info["feedback_split"]["learned_annotator"] = s["learned_annotator"]
     return info
+
+
+CALIBRATED = " (calibrated)"  # a cell's answers with its no-answer threshold applied: a row of its own in every table
+
+
+def as_calibrated(cell: Cell) -> Cell:
+    """The row of a cell's calibrated answers (a name only: no directory of its own)."""
+    return Cell(cell.method + CALIBRATED, cell.size, cell.seed, cell.human_fraction)
+
+
+def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: dict[str, str]) -> dict | None:
+    """A cell's evaluation answers under the no-answer threshold chosen on the calibration questions (training
+    articles, never evaluation ones): the official best_f1_thresh of its calibration answers and their no-answer
+    scores; an evaluation question whose score is above it counts as an abstention, as the official script's
+    --na-prob-thresh does. None when the cell has no scores (revised answers, vLLM) or there is no calibration."""
+    directory = cell_dir(out, cell)
+    answers = directory / "calibration_answers.json"
+    na_cal, na_eval = stages.na_prob_path(answers), stages.na_prob_path(directory / "eval_answers.json")
+    if not (calibration and answers.exists() and na_cal.exists() and na_eval.exists()):
+        return None
+    on_cal = squad_v2_scores(calibration, read_predictions(answers), na_probs=read_json(na_cal))
+    threshold, na = on_cal["best_f1_thresh"], read_json(na_eval)
+    kept = {q.id: "" if na[q.id] > threshold else preds[q.id] for q in eval_qs}
+    return {"threshold": threshold, "calibration_f1": on_cal["f1"], "calibration_best_f1": on_cal["best_f1"],
+            "scores": squad_v2_scores(eval_qs, kept), "abstained": sum(not p for p in kept.values()),
+            "preds": kept}  # fmt: skip
 
 
 def groups(cells: list[Cell]) -> list[list[Cell]]:
@@ -144,9 +182,20 @@ def paired_tests(main: list[Cell], per_q: dict[str, list[float]]) -> dict[str, d
         rows = {"abstain": per_q["abstain"]}
         if base:
             rows["base"] = seed_mean(base[0], per_q)
+        if len(base) > 1:  # base's calibrated answers
+            rows["base" + CALIBRATED] = seed_mean(base[1], per_q)
         rows |= {g[0].method: seed_mean(g, per_q) for g in groups(main) if g[0].size == n}
-        out[f"n={n}"] = {f"{b} vs {a}": paired_bootstrap(rows[b], rows[a]) for a, b in itertools.combinations(rows, 2)}
+        out[f"n={n}"] = {f"{b} vs {a}": paired_bootstrap(rows[b], rows[a])
+                         for a, b in itertools.combinations(rows, 2) if compared(a, b)}  # fmt: skip
     return out
+
+
+def compared(a: str, b: str) -> bool:
+    """Which rows a paired test compares: raw with raw and calibrated with calibrated (abstaining with both), and
+    each method's calibrated answers with its raw ones."""
+    if "abstain" in (a, b):
+        return True
+    return a.endswith(CALIBRATED) == b.endswith(CALIBRATED) or b == a + CALIBRATED or a == b + CALIBRATED
 
 
 def first_beats_abstain(paired: dict[str, dict[str, Any]]) -> dict[str, int | None]:
@@ -156,7 +205,7 @@ def first_beats_abstain(paired: dict[str, dict[str, Any]]) -> dict[str, int | No
     for size, tests in sorted(paired.items(), key=lambda kv: int(kv[0][2:])):
         for name, t in tests.items():
             method, _, other = name.partition(" vs ")
-            if other != "abstain" or method == "base":
+            if other != "abstain" or method.startswith("base"):
                 continue
             out.setdefault(method, None)
             if out[method] is None and t["mean_diff"] > 0 and t["p_value"] < ALPHA:
@@ -174,26 +223,30 @@ def ablation_tests(ablation: list[Cell], per_q: dict[str, list[float]]) -> dict[
     return {f"human {g[0].human_fraction:g} vs {name}": paired_bootstrap(seed_mean(g, per_q), ref) for g in gs[1:]}
 
 
-def verdict(groups_: list[dict], paired: dict[str, dict]) -> str:
-    """One sentence: did LaFFi beat SFT (at the largest size both ran), by how much, at what significance."""
-    sizes = [g["size"] for g in groups_ if g["method"] == "laffi"]
-    sizes = [n for n in sizes if any(g["method"] == "sft" and g["size"] == n for g in groups_)]
+def verdict(groups_: list[dict], paired: dict[str, dict], suffix: str = "") -> str:
+    """One sentence: did LaFFi beat SFT (at the largest size both ran), by how much, at what significance. With
+    `suffix` CALIBRATED: the same for their calibrated answers."""
+    a, b = "laffi" + suffix, "sft" + suffix
+    sizes = [g["size"] for g in groups_ if g["method"] == a]
+    sizes = [n for n in sizes if any(g["method"] == b and g["size"] == n for g in groups_)]
     if not sizes:
         return "LaFFi and SFT were not both in the grid, so they are not compared."
     n = max(sizes)
     tests = paired[f"n={n}"]
     # Named "later vs earlier" in config order: flip the sign if the config listed laffi before sft.
-    test, sign = (tests["laffi vs sft"], 1) if "laffi vs sft" in tests else (tests["sft vs laffi"], -1)
+    test, sign = (tests[f"{a} vs {b}"], 1) if f"{a} vs {b}" in tests else (tests[f"{b} vs {a}"], -1)
     diff = sign * test["mean_diff"]
     lo, hi = sorted((sign * test["ci_low"], sign * test["ci_high"]))
-    laffi = next(g for g in groups_ if g["method"] == "laffi" and g["size"] == n)
-    sft = next(g for g in groups_ if g["method"] == "sft" and g["size"] == n)
+    laffi = next(g for g in groups_ if g["method"] == a and g["size"] == n)
+    sft = next(g for g in groups_ if g["method"] == b and g["size"] == n)
     if diff > 0 and test["p_value"] < ALPHA:
         outcome = "LaFFi beat SFT"
     elif diff < 0 and test["p_value"] < ALPHA:
         outcome = "LaFFi did worse than SFT"
     else:
         outcome = "LaFFi did not significantly differ from SFT"
+    if suffix:
+        outcome = outcome.replace("LaFFi", "Calibrated, LaFFi", 1)
     return (f"{outcome} with {n} training questions: F1 {laffi['f1_mean']:.1f} vs {sft['f1_mean']:.1f}, difference "
             f"{diff:+.1f} (95 % CI {lo:+.1f} to {hi:+.1f}, paired bootstrap p = {test['p_value']:.3f}, "
             f"{len(laffi['seeds'])} seed(s) averaged per question).")  # fmt: skip
@@ -269,13 +322,16 @@ def _pct(x: float) -> str:
 
 
 def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
-    lines = ["# laffi experiment", "", f"**{s['verdict']}**", "",
+    lines = ["# laffi experiment", "", f"**{s['verdict']}**", ""]
+    if s.get("verdict_calibrated"):
+        lines += [f"**{s['verdict_calibrated']}**", ""]
+    lines += [
              f"{s['eval_questions']} evaluation questions from held-out {', '.join(s['eval_articles'])}; "
              f"{s['train_questions']} training questions from {', '.join(s['train_articles'])}; training "
              f"sizes {cfg.train_sizes}; seeds {cfg.seeds}; main grid human-feedback share {cfg.human_fraction:g} "
              f"(human source: {human_label(cfg)}; AI annotator: {ai_label(cfg)}).", "",
              "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "
-             "bootstrap over questions of the seed-averaged per-question F1.", "",
+             "bootstrap over questions of the seed-averaged per-question F1. " + calibration_note(s), "",
              groups_table(s["abstain"], s["groups"])]  # fmt: skip
     beats = s.get("first_beats_abstain", {})
     if beats:
@@ -306,6 +362,16 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
     if s["examples"]:
         lines += ["", "## Examples", "", examples_markdown(s["examples"])]
     return "\n".join(lines) + "\n"
+
+
+def calibration_note(s: dict[str, Any]) -> str:
+    if not s.get("calibration_questions"):
+        return "No calibration questions: no calibrated rows (data.calibration_questions)."
+    return (f"A *calibrated* row is the same model's answers with a no-answer threshold: each cell answered "
+            f"{s['calibration_questions']} calibration questions of the training articles (used by no training "
+            "size), the threshold that maximises F1 there (the official best_f1_thresh on its no-answer scores) is "
+            "applied to its evaluation answers, and a question scored above it counts as an abstention. Thresholds "
+            "are in the cells table; revised answers have no score and no calibrated row.")
 
 
 def human_label(cfg: ExperimentConfig) -> str:
@@ -360,16 +426,20 @@ def made_data_table(cells: dict[str, dict]) -> str:
 
 
 def cells_table(cells: dict[str, dict]) -> str:
-    lines = ["| cell | EM | F1 | HasAns F1 | NoAns F1 | training steps | final loss | human / AI feedback |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| cell | EM | F1 | HasAns F1 | NoAns F1 | training steps | final loss | human / AI feedback | "
+             "no-answer threshold (calibration F1 raw -> best) | calibrated F1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for path, c in cells.items():
         s = c["scores"]
-        train, split = c.get("train"), c.get("feedback_split")
+        train, split, cal = c.get("train"), c.get("feedback_split"), c.get("calibrated")
         steps = str(train["steps"]) if train else "-"
         loss = f"{train['final_loss']:.3f}" if train and train["final_loss"] is not None else "-"
         mix = f"{split['human']} / {split['ai']}" if split else "-"
+        threshold = (f"{cal['threshold']:.4g} ({_pct(cal['calibration_f1'])} -> {_pct(cal['calibration_best_f1'])})"
+                     if cal else "-")  # fmt: skip
         lines.append(f"| {path} | {_pct(s['exact'])} | {_pct(s['f1'])} | {_pct(s.get('HasAns_f1', 0.0))} | "
-                     f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} |")  # fmt: skip
+                     f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} | {threshold} | "
+                     f"{_pct(cal['scores']['f1']) if cal else '-'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -418,7 +488,7 @@ def write_plots(out: Path, s: dict[str, Any], cells: list[Cell]) -> list[str]:
         plots.methods(rows, s["abstain"]["f1"], directory / "methods.png", f"F1 by method, n={largest}")
         made.append("methods")
     if len({g["size"] for g in s["groups"] if g["size"]}) > 1:
-        plots.sizes(s["groups"], s["abstain"]["f1"], directory / "sizes.png")
+        plots.sizes(s["groups"], s["abstain"], directory / "sizes.png")
         made.append("sizes")
     if len(s["ablation"]) > 1:
         plots.ablation(s["ablation"], s["abstain"]["f1"], directory / "ablation.png")

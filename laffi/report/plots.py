@@ -32,25 +32,37 @@ def methods(rows: list[dict], abstain_f1: float, path: Path, title: str) -> None
         ax.errorbar(i, g["f1_mean"], yerr=[[g["f1_mean"] - lo], [hi - g["f1_mean"]]], color="black", capsize=4)
         ax.scatter([i] * len(g["f1_by_seed"]), g["f1_by_seed"], color="black", s=10, zorder=3)
     _abstain_line(ax, abstain_f1)
-    ax.set_xticks(range(len(rows)), [g["method"] for g in rows])
+    ax.set_xticks(range(len(rows)), [g["method"].replace(" (calibrated)", "\n(calibrated)") for g in rows], fontsize=8)
     ax.set_ylabel("F1")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
 
-def sizes(groups: list[dict], abstain_f1: float, path: Path) -> None:
-    """F1 against the number of training questions, one line per method (error bars: 95 % interval)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for method in dict.fromkeys(g["method"] for g in groups if g["size"]):
-        pts = sorted((g["size"], g["f1_mean"], *g["f1_ci95"]) for g in groups if g["method"] == method)
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
-    _abstain_line(ax, abstain_f1)
-    ax.set_xlabel("training questions")
-    ax.set_ylabel("F1")
-    ax.legend(fontsize=8)
+def sizes(groups: list[dict], abstain: dict, path: Path) -> None:
+    """F1, HasAns F1 and NoAns F1 against the number of training questions, one line per method (F1's error bars:
+    95 % interval over questions); calibrated rows dashed in their method's colour; abstaining as a grey line."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharex=True)
+    methods = list(dict.fromkeys(g["method"].removesuffix(" (calibrated)") for g in groups if g["size"]))
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    for ax, key, title in zip(axes, ("f1_mean", "HasAns_f1_mean", "NoAns_f1_mean"), ("F1", "HasAns F1", "NoAns F1"),
+                              strict=True):  # fmt: skip
+        for method in dict.fromkeys(g["method"] for g in groups if g["size"]):
+            pts = sorted((g["size"], g[key], *g["f1_ci95"]) for g in groups if g["method"] == method)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            plain = method.removesuffix(" (calibrated)")
+            style = {"color": colours[plain], "linestyle": "--" if plain != method else "-", "marker": "o"}
+            if key == "f1_mean":
+                err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+                ax.errorbar(xs, ys, yerr=err, capsize=3, label=method, **style)
+            else:
+                ax.plot(xs, ys, label=method, **style)
+        reference = {"f1_mean": abstain["f1"], "HasAns_f1_mean": 0.0, "NoAns_f1_mean": 100.0}[key]
+        _abstain_line(ax, reference)
+        ax.set_xscale("log")
+        ax.set_xlabel("training questions")
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
     _save(fig, path)
 
 
