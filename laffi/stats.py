@@ -40,3 +40,26 @@ def paired_bootstrap(a: list[float], b: list[float], n_resamples: int = 1000, se
     above = sum(m >= 0 for m in means) / n_resamples
     lo, hi = bootstrap_ci(diffs, n_resamples, seed)
     return {"mean_diff": observed, "ci_low": lo, "ci_high": hi, "p_value": min(1.0, 2 * min(below, above))}
+
+
+def roc_auc(scores: list[float], positive: list[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for telling positives from negatives: the probability that a random
+    positive scores above a random negative, ties counting one half (Mann-Whitney U / (n_pos x n_neg)). None when
+    either class is empty. Here: no-answer scores against "the question is unanswerable" (0.5 = no separation)."""
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    # Rank-sum with average ranks for ties: O(n log n).
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, p in zip(ranks, positive, strict=True) if p)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))

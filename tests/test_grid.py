@@ -135,6 +135,10 @@ def check_calibration(out, summary, train, eval_qs):
                                    na_probs=read_json(cell / "eval_answers.na_prob.json"),
                                    na_prob_thresh=cal["threshold"])  # fmt: skip
         assert cal["scores"] == {k: v for k, v in official.items() if not k.startswith("best")}
+        na = read_json(cell / "eval_answers.na_prob.json")
+        pairs = [(na[a.id], na[b.id]) for a in eval_qs if a.is_impossible for b in eval_qs if not b.is_impossible]
+        auc = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs) / len(pairs)
+        assert summary["cells"][path]["na_score_auc"] == pytest.approx(auc)
     # Raw and calibrated rows side by side; paired tests within each family and each method against its raw self.
     methods = [g["method"] for g in summary["groups"]]
     assert methods[:4] == ["base", "base (calibrated)", "sft", "sft (calibrated)"]

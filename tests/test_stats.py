@@ -28,3 +28,19 @@ def test_paired_bootstrap_detects_a_clear_difference_and_not_a_null_one():
     assert same["mean_diff"] == 0 and same["p_value"] == 1.0
     with pytest.raises(ValueError):
         paired_bootstrap([1.0], [])
+
+
+def test_roc_auc_counts_ordered_pairs_and_half_ties():
+    from laffi.stats import roc_auc
+
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75  # scikit-learn's documented example
+    assert roc_auc([0.5, 0.5, 0.2], [True, False, False]) == 0.75  # one pair above, one tie
+    assert roc_auc([0.9, 0.1], [False, True]) == 0.0 and roc_auc([1.0], [True]) is None
+    import random
+
+    rng = random.Random(0)
+    scores = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(60)]
+    labels = [rng.random() < 0.4 for _ in range(60)]
+    pairs = [(s, t) for s, a in zip(scores, labels, strict=True) if a for t, b in zip(scores, labels, strict=True) if not b]
+    brute = sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in pairs) / len(pairs)
+    assert abs(roc_auc(scores, labels) - brute) < 1e-12

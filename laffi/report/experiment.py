@@ -24,7 +24,7 @@ from laffi.pipeline.cache import Log
 from laffi.pipeline.experiment import Cell, Finished, cell_dir, reference_cell, run_experiment
 from laffi.records import atomic_write_text, read_json, read_predictions, write_json
 from laffi.report.tables import comparisons_table
-from laffi.stats import bootstrap_ci, paired_bootstrap
+from laffi.stats import bootstrap_ci, paired_bootstrap, roc_auc
 
 ALPHA = 0.05
 
@@ -91,6 +91,10 @@ def write_report(done: Finished) -> dict[str, Any]:
 def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1: list[float]) -> dict[str, Any]:
     info = {"method": cell.method, "size": cell.size, "seed": cell.seed, "human_fraction": cell.human_fraction,
             "scores": squad_v2_scores(eval_qs, preds), "f1_ci95": list(bootstrap_ci(f1))}  # fmt: skip
+    na_file = stages.na_prob_path(cell_dir(out, cell) / "eval_answers.json")
+    if na_file.exists():  # how well its no-answer score tells unanswerable questions from answerable ones
+        na = read_json(na_file)
+        info["na_score_auc"] = roc_auc([na[q.id] for q in eval_qs], [q.is_impossible for q in eval_qs])
     train_info = cell_dir(out, cell.trained()) / "adapter" / "laffi_train.json"
     if cell.method != "base" and train_info.exists():
         t = read_json(train_info)
@@ -317,6 +321,10 @@ def examples(out: Path, main: list[Cell], eval_qs: list) -> list[dict[str, Any]]
 # ------------------------------------------------------------------------------------------------ rendering
 
 
+def _auc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float) -> str:
     return f"{x:.1f}"
 
@@ -371,7 +379,8 @@ def calibration_note(s: dict[str, Any]) -> str:
             f"{s['calibration_questions']} calibration questions of the training articles (used by no training "
             "size), the threshold that maximises F1 there (the official best_f1_thresh on its no-answer scores) is "
             "applied to its evaluation answers, and a question scored above it counts as an abstention. Thresholds "
-            "are in the cells table; revised answers have no score and no calibrated row.")
+            "are in the cells table, with each score's ROC AUC for telling unanswerable evaluation questions from "
+            "answerable ones (0.5: no better than chance); revised answers have no score and no calibrated row.")
 
 
 def human_label(cfg: ExperimentConfig) -> str:
@@ -427,8 +436,8 @@ def made_data_table(cells: dict[str, dict]) -> str:
 
 def cells_table(cells: dict[str, dict]) -> str:
     lines = ["| cell | EM | F1 | HasAns F1 | NoAns F1 | training steps | final loss | human / AI feedback | "
-             "no-answer threshold (calibration F1 raw -> best) | calibrated F1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "no-answer score AUC | no-answer threshold (calibration F1 raw -> best) | calibrated F1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for path, c in cells.items():
         s = c["scores"]
         train, split, cal = c.get("train"), c.get("feedback_split"), c.get("calibrated")
@@ -438,7 +447,8 @@ def cells_table(cells: dict[str, dict]) -> str:
         threshold = (f"{cal['threshold']:.4g} ({_pct(cal['calibration_f1'])} -> {_pct(cal['calibration_best_f1'])})"
                      if cal else "-")  # fmt: skip
         lines.append(f"| {path} | {_pct(s['exact'])} | {_pct(s['f1'])} | {_pct(s.get('HasAns_f1', 0.0))} | "
-                     f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} | {threshold} | "
+                     f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} | {_auc(c.get('na_score_auc'))} | "
+                     f"{threshold} | "
                      f"{_pct(cal['scores']['f1']) if cal else '-'} |")  # fmt: skip
     return "\n".join(lines)
 
