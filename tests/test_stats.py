@@ -41,6 +41,7 @@ def test_roc_auc_counts_ordered_pairs_and_half_ties():
     rng = random.Random(0)
     scores = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(60)]
     labels = [rng.random() < 0.4 for _ in range(60)]
-    pairs = [(s, t) for s, a in zip(scores, labels, strict=True) if a for t, b in zip(scores, labels, strict=True) if not b]
+    marked = list(zip(scores, labels, strict=True))
+    pairs = [(s, t) for s, a in marked if a for t, b in marked if not b]
     brute = sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in pairs) / len(pairs)
     assert abs(roc_auc(scores, labels) - brute) < 1e-12
