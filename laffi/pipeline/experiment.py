@@ -159,8 +159,6 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     source = load_squad(resolve_data_path(cfg.data.path))
     cfg = with_sizes_resolved(cfg, source)
     workers = workers if workers > 1 else cfg.workers
-    if workers > 1 and shard is None:
-        run_workers(cfg, workers, log)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     main, ablation = plan(cfg)
@@ -169,6 +167,9 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     write_json(out / "environment.json", environment(cfg, train_file, eval_file))
     train_qs, eval_qs, calibration = load_squad(train_file), load_squad(eval_file), read_calibration(out)
     feedback = feedback_sources(cfg, out, cells, train_qs, train_file, log, progress)
+    if workers > 1 and shard is None:
+        # The shared stages above ran here with every thread; the workers find them cached and make the cells.
+        run_workers(cfg, workers, log)
     mine = cells if shard is None else cells[shard[0]::shard[1]]
     for cell in mine:
         log(f"[{cells.index(cell) + 1}/{len(cells)}] {cell.path}")
