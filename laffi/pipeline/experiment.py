@@ -146,8 +146,9 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
                    workers: int = 1) -> Finished | None:
     """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results.
 
-    `workers` > 1: the cells run in that many processes on this machine (torch threads split between them), then this
-    process finds them all cached. `shard` (i, n): run the shared stages and every n-th cell from the i-th (i = 0..n-1)
+    `workers` > 1: the shared stages (split, the base model's training answers, feedback) run in this process with all
+    its threads, then the cells in that many processes (torch threads split between them), then this process finds
+    them all cached. `shard` (i, n): run the shared stages and every n-th cell from the i-th (i = 0..n-1)
     against a run directory other processes share; the result (None until every cell exists) comes from the shard
     that finishes last. Stage locks (laffi/pipeline/cache.py) keep two processes from making the same stage."""
     for name in cfg.methods:
