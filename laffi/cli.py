@@ -58,9 +58,10 @@ def answer(
 
     Each answer's no-answer probability (the abstention phrase's first token against the answer's own, at the first
     answer position) goes to OUT with the suffix .na_prob.json, the official --na-prob-file format (not with
-    --revise or vllm). With --revise, each question's history (first answer, predicted feedback, final answer) goes
-    to OUT with the suffix .revisions.jsonl. Settings come from the options, --set and --config (its `model:` and
-    `answer:` sections)."""
+    --revise or vllm). With --revise, each question's history (first answer, its probability of 'Verdict:
+    incorrect', predicted feedback, final answer) goes to OUT with the suffix .revisions.jsonl; --revise-threshold T
+    revises only the answers whose probability is above T. Settings come from the options, --set and --config (its
+    `model:` and `answer:` sections)."""
     from dataclasses import replace
 
     from laffi.data import load_squad, resolve_data_path

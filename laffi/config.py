@@ -84,6 +84,11 @@ class AnswerConfig:
     revise_rounds: int = _f(0, "Rounds of answer -> predicted feedback -> revised answer (needs a LaFFi adapter). The "
                             "'laffi+revise' method uses max(1, this).", min=0, max=10)
     feedback_max_new_tokens: int = _f(160, "Longest predicted feedback in a revision round, in tokens.", min=1)
+    revise_threshold: float = _f(0.0, "With revise rounds: revise only the answers whose probability of 'Verdict: "
+                                 "incorrect' (vs 'Verdict: correct', the adapter on the feedback prompt with its own "
+                                 "first answer, as na_score 'verdict') is above this; the others keep their first "
+                                 "answer. Each question's probability and whether it was revised go to "
+                                 "PREDS.revisions.jsonl. 0: revise every answer (1: none).", min=0.0, max=1.0)
     engine: str = _f("transformers", "Generation engine: 'transformers' (default) or 'vllm' (when installed, on a GPU: "
                      "prefix caching, LoRA served as a LoRARequest; same prompts and parsing; no revise rounds).",
                      choices=("transformers", "vllm"))

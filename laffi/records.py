@@ -203,6 +203,10 @@ class Revision:
     verdicts: list[str] = field(default_factory=list)  # "correct", "incorrect" or "unparsed", one per round
     answers: list[str] = field(default_factory=list)  # the answer after each round
     final_answer: str = ""
+    # The adapter's probability of "Verdict: incorrect" on its first answer (`engines.generation.verdict_scores`),
+    # and whether that was above answer.revise_threshold, so the rounds ran (False: it kept its first answer).
+    incorrect_prob: float | None = None
+    revised: bool = True
 
 
 @dataclass

@@ -246,8 +246,14 @@ def revise_answers(
     partial: Path | None = None,
     require_in_context: bool = False,
     progress: Progress | None = None,
+    threshold: float = 0.0,
+    incorrect_probs: dict[str, float] | None = None,
 ) -> list[Revision]:
     """Answer -> predicted feedback -> revised answer, for up to `rounds` rounds.
+
+    `threshold` > 0: only the answers whose probability of "Verdict: incorrect" (`incorrect_probs`, by default
+    `verdict_scores` on the first answers) is above it go through the rounds; the others keep their first answer
+    (`Revision.revised` False). Each `Revision` records its probability when there is one.
 
     Each round asks the model (with the LaFFi training prompt) for feedback on its current answer. When the predicted
     verdict is "incorrect" and the feedback states a different right answer (parsed by `prompts.parse_feedback`, the
@@ -255,8 +261,13 @@ def revise_answers(
     settled and leaves later rounds. Round r resumes from `partial` + ".round<r>".
     """
     by_id = {q.id: q for q in questions}
-    history = {g.id: Revision(id=g.id, first_answer=g.answer, final_answer=g.answer) for g in first}
-    active = [q.id for q in questions]
+    probs = incorrect_probs
+    if threshold > 0 and probs is None:
+        probs = verdict_scores(model, tokenizer, questions, {g.id: g.answer for g in first}, settings)
+    history = {g.id: Revision(id=g.id, first_answer=g.answer, final_answer=g.answer,
+                              incorrect_prob=probs[g.id] if probs is not None else None,
+                              revised=threshold <= 0 or probs[g.id] > threshold) for g in first}  # fmt: skip
+    active = [q.id for q in questions if history[q.id].revised]
     for r in range(1, rounds + 1):
         if not active:
             break

@@ -333,6 +333,9 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     if not answer_cfg.revise_rounds:  # revision settings don't change plain answers
         settings.pop("revise_rounds")
         settings.pop("feedback_max_new_tokens")
+        settings.pop("revise_threshold")
+    elif not answer_cfg.revise_threshold:  # 0, revise every answer: keys stay those of runs made before the setting
+        settings.pop("revise_threshold")
     for name, default in (("constrain", "none"), ("na_score", "first_token")):
         if settings[name] == default:  # the defaults: keys stay those of runs made before the settings existed
             settings.pop(name)
@@ -678,9 +681,11 @@ def examples_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_qs: 
     directory = cell_dir(out, cell)
     first = directory / "eval_answers.generations.jsonl"
     output = directory / "examples.json"
-    # Revision runs on transformers whatever answer.engine says.
-    answer_cfg = replace(cfg.answer, revise_rounds=1, engine="transformers")
-    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=asdict(answer_cfg))
+    # Revision runs on transformers whatever answer.engine says; every example shows its predicted feedback.
+    answer_cfg = replace(cfg.answer, revise_rounds=1, engine="transformers", revise_threshold=0.0)
+    settings = asdict(answer_cfg)
+    settings.pop("revise_threshold")  # always 0: keys stay those of runs made before the setting existed
+    key = stage_key(ids=[q.id for q in picked], first=file_hash(first), answer=settings)
     if cached(output, key):
         return output
     begin(output, key)

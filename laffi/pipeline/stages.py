@@ -85,13 +85,20 @@ def answer(
     preds = {g.id: g.answer for g in gens}
     revisions = []
     if settings.revise_rounds > 0:
+        from laffi.engines.generation import verdict_scores
+
         start = time.perf_counter()
+        # Each first answer's probability of "Verdict: incorrect" (one prefill each): recorded in the revisions, and
+        # what answer.revise_threshold compares.
+        incorrect = verdict_scores(lm, tokenizer, questions, {g.id: g.answer for g in gens},
+                                   DecodeSettings(1, settings.batch_size, workers=settings.workers))  # fmt: skip
         with tqdm(desc=f"revise {out.name}", unit="q", disable=not progress) as bar:
             revisions = revise_answers(
                 lm, tokenizer, questions, gens, settings.revise_rounds,
                 DecodeSettings(settings.feedback_max_new_tokens, settings.batch_size, workers=settings.workers,
                                draft_tokens=settings.draft_tokens),
                 partial=partial, require_in_context=settings.require_in_context, progress=bar.update,
+                threshold=settings.revise_threshold, incorrect_probs=incorrect,
             )  # fmt: skip
         timing["revise_seconds"] = time.perf_counter() - start
         preds = {r.id: r.final_answer for r in revisions}
