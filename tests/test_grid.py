@@ -80,7 +80,7 @@ def test_grid_report_matches_the_cells(grid_cfg):
               ["scores"]["f1"] for s in (0, 1)]  # fmt: skip
         assert g["f1_by_seed"] == f1 and g["f1_mean"] == pytest.approx(sum(f1) / 2)
         assert g["f1_sd"] == pytest.approx(abs(f1[0] - f1[1]) / 2 ** 0.5)
-    check_calibration(out, summary, train, eval_qs)
+    check_calibration(out, summary, train, eval_qs, grid_cfg)
     # laffi+revise revises the laffi cell's answers with the same adapter; no adapter of its own.
     assert not (out / "cells" / "laffi+revise" / "n4-seed0-human0" / "adapter").exists()
     assert summary["revision"]["laffi+revise/n4-seed0-human0"]["questions"] == len(eval_qs)
@@ -112,7 +112,7 @@ def test_grid_report_matches_the_cells(grid_cfg):
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
 
 
-def check_calibration(out, summary, train, eval_qs):
+def check_calibration(out, summary, train, eval_qs, cfg):
     """Calibration questions come from the training articles and no training size; each cell's threshold is the
     official best_f1_thresh on its calibration answers, and its calibrated scores are the official script's with that
     --na-prob-thresh on the evaluation answers."""
@@ -125,8 +125,11 @@ def check_calibration(out, summary, train, eval_qs):
     assert {q.id for q in calibration}.isdisjoint({q.id for q in train} | {q.id for q in eval_qs})
     assert {q.title for q in calibration} <= {q.title for q in train} and summary["calibration_questions"] == 4
     calibrated = {path: c["calibrated"] for path, c in summary["cells"].items() if "calibrated" in c}
-    assert set(calibrated) == {p for p in summary["cells"] if not p.startswith("laffi+revise")}
+    assert set(calibrated) == set(summary["cells"])
     for path, cal in calibrated.items():
+        if path.startswith("laffi+revise"):
+            check_revise_threshold(out, path, cal, calibration, cfg)
+            continue
         cell = out / "cells" / path
         on_cal = squad_v2_scores(calibration, read_predictions(cell / "calibration_answers.json"),
                                  na_probs=read_json(cell / "calibration_answers.na_prob.json"))  # fmt: skip
@@ -149,6 +152,23 @@ def check_calibration(out, summary, train, eval_qs):
     beats = summary["first_beats_abstain"]
     assert "sft (calibrated)" in beats and "base (calibrated)" not in beats
     assert summary["verdict_calibrated"].startswith("Calibrated, LaFFi ")
+
+
+def check_revise_threshold(out, path, cal, calibration, cfg):
+    """laffi+revise's calibrated row: answering the calibration questions again with the chosen revision threshold
+    gives exactly the answers (and F1) the report derived from the one revision run."""
+    from dataclasses import replace
+
+    from laffi.metrics import squad_v2_scores
+    from laffi.pipeline import stages
+
+    laffi = out / "cells" / path.replace("laffi+revise", "laffi")
+    again = out / "revise-again.json"
+    settings = replace(cfg.answer, revise_rounds=1, revise_threshold=max(cal["threshold"], 0.0))
+    preds = stages.answer(calibration, again, cfg.model, settings, adapter=str(laffi / "adapter"), progress=False,
+                          first=laffi / "calibration_answers.generations.jsonl")  # fmt: skip
+    assert squad_v2_scores(calibration, preds)["f1"] == cal["calibration_best_f1"]
+    assert cal["calibration_best_f1"] >= cal["calibration_f1"]
 
 
 @pytest.mark.parametrize("override, message", [

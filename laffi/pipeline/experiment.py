@@ -530,9 +530,15 @@ def run_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, eval_
     method = methods.get(cell.method)
     if method.trains or method.adapter_of:
         adapter = train_cell(cfg, out, cell.trained(), train_qs, feedback, log, progress)
-    if calibration and not method.revise:  # revised answers have no no-answer score to threshold
+    if calibration and not method.revise:
         answer_stage(cfg, cell_dir(out, cell), "calibration_answers.json", list(calibration), calibration_file(out),
                      adapter, log, progress, answer_cfg)  # fmt: skip
+    if calibration and method.revise:  # the same revision of the adapter's calibration answers: its threshold's data
+        first_cal = answer_stage(cfg, cell_dir(out, cell.trained()), "calibration_answers.json", list(calibration),
+                                 calibration_file(out), adapter, log, progress, cell_answer_config(cfg, cell.trained()))
+        answer_stage(cfg, cell_dir(out, cell), "calibration_answers.json", list(calibration), calibration_file(out),
+                     adapter, log, progress, replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds)),
+                     first_cal.with_suffix(".generations.jsonl"))  # fmt: skip
     if method.revise:
         first_preds = answer_stage(cfg, cell_dir(out, cell.trained()), "eval_answers.json", eval_qs, eval_file,
                                    adapter, log, progress, cell_answer_config(cfg, cell.trained()))  # fmt: skip

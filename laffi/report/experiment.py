@@ -127,8 +127,12 @@ def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: d
     --na-prob-thresh does. None when the cell has no scores (revised answers, vLLM) or there is no calibration."""
     directory = cell_dir(out, cell)
     answers = directory / "calibration_answers.json"
+    if not calibration:
+        return None
+    if stages.revisions_path(answers).exists():
+        return calibrated_revision(directory, eval_qs, calibration)
     na_cal, na_eval = stages.na_prob_path(answers), stages.na_prob_path(directory / "eval_answers.json")
-    if not (calibration and answers.exists() and na_cal.exists() and na_eval.exists()):
+    if not (answers.exists() and na_cal.exists() and na_eval.exists()):
         return None
     on_cal = squad_v2_scores(calibration, read_predictions(answers), na_probs=read_json(na_cal))
     threshold, na = on_cal["best_f1_thresh"], read_json(na_eval)
@@ -136,6 +140,32 @@ def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: d
     return {"threshold": threshold, "calibration_f1": on_cal["f1"], "calibration_best_f1": on_cal["best_f1"],
             "scores": squad_v2_scores(eval_qs, kept), "abstained": sum(not p for p in kept.values()),
             "preds": kept}  # fmt: skip
+
+
+def calibrated_revision(directory: Path, eval_qs: list, calibration: list) -> dict | None:
+    """laffi+revise with its revision threshold chosen on the calibration questions: an answer is revised only when
+    its adapter's probability of "Verdict: incorrect" is above the threshold (answer.revise_threshold), so from one
+    revision run (every answer above the configured threshold revised, every probability recorded) the answers at any
+    higher threshold are known exactly. The threshold with the best calibration F1 (ties: the higher, fewer
+    revisions) is applied to the evaluation revisions."""
+    from laffi.records import Revision, read_jsonl
+
+    cal_file, eval_file = directory / "calibration_answers.json", directory / "eval_answers.json"
+    on_cal = read_jsonl(stages.revisions_path(cal_file), Revision)
+    on_eval = read_jsonl(stages.revisions_path(eval_file), Revision)
+    if any(r.incorrect_prob is None for r in on_cal + on_eval):
+        return None  # revisions written before the probabilities were recorded
+
+    def at(revisions: list, t: float) -> dict[str, str]:
+        return {r.id: r.final_answer if r.revised and r.incorrect_prob > t else r.first_answer for r in revisions}
+
+    candidates = sorted({-1.0, *(r.incorrect_prob for r in on_cal)})  # -1: every revision the run made
+    f1 = {t: squad_v2_scores(calibration, at(on_cal, t))["f1"] for t in candidates}
+    best = max(candidates, key=lambda t: (f1[t], t))
+    kept = at(on_eval, best)
+    return {"threshold": best, "calibration_f1": f1[-1.0], "calibration_best_f1": f1[best],
+            "scores": squad_v2_scores(eval_qs, kept), "abstained": sum(not p for p in kept.values()),
+            "revised": sum(r.revised and r.incorrect_prob > best for r in on_eval), "preds": kept}  # fmt: skip
 
 
 def groups(cells: list[Cell]) -> list[list[Cell]]:
@@ -380,7 +410,9 @@ def calibration_note(s: dict[str, Any]) -> str:
             "size), the threshold that maximises F1 there (the official best_f1_thresh on its no-answer scores) is "
             "applied to its evaluation answers, and a question scored above it counts as an abstention. Thresholds "
             "are in the cells table, with each score's ROC AUC for telling unanswerable evaluation questions from "
-            "answerable ones (0.5: no better than chance); revised answers have no score and no calibrated row.")
+            "answerable ones (0.5: no better than chance). For laffi+revise the calibrated threshold is the revision "
+            "threshold instead: an answer is revised only when its adapter's probability of 'Verdict: incorrect' is "
+            "above the one that gave the best F1 on the calibration questions (-1: revise as the run did).")
 
 
 def human_label(cfg: ExperimentConfig) -> str:
