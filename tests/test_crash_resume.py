@@ -69,8 +69,13 @@ def test_answer_survives_sigkill(twelve, tiny_model_dir, tmp_path):
                                   seed=1, kills=4, progress=lambda: line_count(partial))  # fmt: skip
     assert killed >= 1
     assert json.loads(out.read_text()) == json.loads((tmp_path / "clean.json").read_text())
-    lines = (tmp_path / "killed.jsonl").read_text().splitlines()
-    assert lines == (tmp_path / "clean.jsonl").read_text().splitlines()  # same records, once each, same order
+    killed_records = [json.loads(x) for x in (tmp_path / "killed.jsonl").read_text().splitlines()]
+    clean_records = [json.loads(x) for x in (tmp_path / "clean.jsonl").read_text().splitlines()]
+    # Same records, once each, same order. The no-answer score is a float of the first answer position, computed in
+    # the prefill of whichever questions of a passage are admitted together: after a resume fewer are, and another
+    # matmul shape rounds the last bits differently (the texts are the same).
+    assert [{**r, "na_prob": None} for r in killed_records] == [{**r, "na_prob": None} for r in clean_records]
+    assert [r["na_prob"] for r in killed_records] == pytest.approx([r["na_prob"] for r in clean_records], rel=1e-4)
     assert not list(tmp_path.glob(".killed*partial*"))  # the resume state is cleaned up
 
 
