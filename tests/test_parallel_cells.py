@@ -91,3 +91,14 @@ def test_a_stage_is_made_by_one_process_while_the_others_wait(tmp_path):
     waited = time.monotonic() - start
     assert first.wait(timeout=30) == 0
     assert output.read_text() == "made by the first process" and waited > 0.5
+
+
+def test_workers_take_the_longest_cells_first():
+    from laffi.pipeline.experiment import Cell, plan, worker_order
+
+    cells = plan(ExperimentConfig(methods=["base", "sft", "laffi", "laffi+revise"], seeds=[0], train_sizes=[10, 30],
+                                  human_fractions=[]))[0]  # fmt: skip
+    assert [cells[i].path for i in worker_order(cells)] == [
+        "sft/n30-seed0", "laffi/n30-seed0-human0", "sft/n10-seed0", "laffi/n10-seed0-human0",
+        "laffi+revise/n30-seed0-human0", "laffi+revise/n10-seed0-human0", "base"]  # fmt: skip
+    assert Cell("base") in cells

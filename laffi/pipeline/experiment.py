@@ -143,14 +143,15 @@ class Finished:
 
 
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None,
-                   workers: int = 1) -> Finished | None:
+                   workers: int = 1, finish_up: bool = True) -> Finished | None:
     """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results.
 
     `workers` > 1: the shared stages (split, the base model's training answers, feedback) run in this process with all
     its threads, then the cells in that many processes (torch threads split between them), then this process finds
     them all cached. `shard` (i, n): run the shared stages and every n-th cell from the i-th (i = 0..n-1)
     against a run directory other processes share; the result (None until every cell exists) comes from the shard
-    that finishes last. Stage locks (laffi/pipeline/cache.py) keep two processes from making the same stage."""
+    that finishes last (with `finish_up` False, never: `run_workers`' one-cell jobs). Stage locks
+    (laffi/pipeline/cache.py) keep two processes from making the same stage."""
     for name in cfg.methods:
         check_method(name)
     if cfg.human_fractions:
@@ -177,8 +178,10 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, log, progress, calibration)
     if shard is not None:
         left = [c for c in cells if not answered(out, c)]
-        if left:
-            log(f"shard {shard[0]}/{shard[1]}: done; {len(left)} of {len(cells)} cells are still being made elsewhere")
+        if left or not finish_up:  # finish_up False: a worker's one cell; the parent writes what follows
+            if finish_up:
+                log(f"shard {shard[0]}/{shard[1]}: done; {len(left)} of {len(cells)} cells are still being made "
+                    "elsewhere")  # fmt: skip
             return None
     if cfg.example_questions and any(c.method == "laffi" for c in cells):
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
@@ -197,20 +200,31 @@ def answered(out: Path, cell: Cell) -> bool:
 
 
 def run_workers(cfg: ExperimentConfig, workers: int, log: Log) -> None:
-    """The grid's cells in `workers` processes (spawned: a clean torch in each), each a shard with an equal share of
-    this machine's cores as torch threads. One process with all the threads leaves cores idle in the many small
-    operators of a small model; separate processes keep them busy."""
+    """The grid's cells in `workers` processes (spawned: a clean torch in each), each with an equal share of this
+    machine's cores as torch threads. One process with all the threads leaves cores idle in the many small operators
+    of a small model; separate processes keep them busy. Each cell is one job (a shard of one cell), and a free
+    worker takes the next: the cells that train, largest first, then those that only answer (base, answer-time
+    methods, which reuse an adapter another cell trains), so that the long cells do not end up in one worker."""
     import concurrent.futures
     import multiprocessing
 
+    main, ablation = plan(cfg)
+    cells = list(dict.fromkeys(main + ablation))
+    order = worker_order(cells)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    log(f"experiment: {workers} worker processes, {threads} torch thread(s) each")
+    log(f"experiment: {workers} worker processes, {threads} torch thread(s) each, {len(cells)} cells")
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
                                                 initargs=(threads,)) as pool:  # fmt: skip
-        jobs = [pool.submit(run_experiment, cfg, _quiet, False, (i, workers)) for i in range(workers)]
+        jobs = [pool.submit(run_experiment, cfg, _quiet, False, (i, len(cells)), 1, False) for i in order]
         for job in concurrent.futures.as_completed(jobs):
             job.result()  # a worker's error (a LaffiError) is this process's error
+
+
+def worker_order(cells: list[Cell]) -> list[int]:
+    """Indices of `cells` in the order workers take them: cells that train, largest first (ties in grid order), then
+    the cells that only answer."""
+    return sorted(range(len(cells)), key=lambda i: (not methods.get(cells[i].method).trains, -cells[i].size, i))
 
 
 def _worker_threads(threads: int) -> None:
