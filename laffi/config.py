@@ -7,6 +7,7 @@ Unknown keys, wrong types and impossible values give a one-line `LaffiError` nam
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -124,6 +125,14 @@ class AnnotateConfig:
     timeout: float = _f(120.0, "Seconds before an endpoint request counts as failed.", min=1.0)
     batch_size: int = _f(4, "Prompts decoded together by the local model.", min=1)
     max_new_tokens: int = _f(96, "Longest feedback generated, in tokens.", min=8)
+    verdict: str = _f("generate", "llm, local model: how the verdict is reached. 'generate': the model writes the "
+                      "whole reply. 'score': the verdict is P(' incorrect') against P(' correct') after 'Verdict:' "
+                      "(one prefill per item) cut at `verdict_threshold`, then the model writes the feedback after "
+                      "the chosen verdict (laffi/feedback/llm.py).", choices=("generate", "score"))
+    verdict_threshold: float = _f(-1.0, "verdict: score: an item is judged incorrect when P(incorrect) is above this. "
+                                  "-1: chosen so that the share of items judged incorrect equals the share among "
+                                  "the human records (`examples`): the human share's base rate, no labels of the "
+                                  "items needed.", min=-1.0, max=1.0)
     # The learned annotator (annotator: llm, learn_from_examples: true).
     learn_from_examples: bool = _f(False, "llm only: LoRA-fine-tune the local annotator model on the human-written "
                                    "records (`examples`; in `laffi experiment`, each cell's own human share) with "
@@ -144,6 +153,12 @@ class AnnotateConfig:
         # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
         if self.learn_from_examples and self.annotator != "llm":
             raise LaffiError(f"annotate.learn_from_examples: needs annotate.annotator: llm (got '{self.annotator}')")
+        if self.verdict == "score" and self.endpoint:
+            raise LaffiError("annotate.verdict: 'score' reads the local model's probabilities; it cannot be used with "
+                             "annotate.endpoint")
+        if not (self.verdict_threshold == -1.0 or 0.0 <= self.verdict_threshold <= 1.0):
+            raise LaffiError(f"annotate.verdict_threshold: -1 (from the human records) or a probability in [0, 1], "
+                             f"got {self.verdict_threshold}")
         if self.learn_from_examples and self.endpoint:
             raise LaffiError("annotate.learn_from_examples: fine-tunes a local model; it cannot be used with "
                              "annotate.endpoint")
@@ -447,7 +462,17 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str | tuple[str
                 flag, text = o
                 alone: dict = {}
                 apply_override(alone, text, flag)
-                _validated(from_mapping(cls, alone, f"{flag}:"), f"{flag}:", check_method)
+                try:
+                    _validated(from_mapping(cls, alone, f"{flag}:"), f"{flag}:", check_method)
+                except LaffiError as alone_error:
+                    # A value that is only valid beside others (`--learn-from-examples` needs `--annotator llm`)
+                    # is fine if it is valid with what came before it; else the error is the flag's own.
+                    combined = copy.deepcopy(data)
+                    apply_override(combined, text, flag)
+                    try:
+                        _validated(from_mapping(cls, combined, f"{flag}:"), f"{flag}:", check_method)
+                    except LaffiError:
+                        raise alone_error from None
                 apply_override(data, text, flag)
             else:
                 apply_override(data, o)

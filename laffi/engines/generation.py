@@ -208,20 +208,31 @@ def verdict_scores(model: Any, tokenizer: Any, questions: list[Question], answer
     """A LaFFi adapter's no-answer score of its own answers (answer.na_score: verdict): on the feedback prompt it was
     trained on, with its answer and the reply started with "Verdict:", the probability of " incorrect" against
     " correct" (normalised over the two): one prefill per question (prefix-cached), no decoding."""
+    texts = [prompts.render(prompts.feedback_messages(q, answers[q.id]), tokenizer) + "Verdict:" for q in questions]
+    probs = pair_probabilities(model, tokenizer, texts, (" incorrect", " correct"), settings)
+    return {q.id: p for q, p in zip(questions, probs, strict=True)}
+
+
+def pair_probabilities(model: Any, tokenizer: Any, texts: list[str], words: tuple[str, str],
+                       settings: DecodeSettings) -> list[float]:  # fmt: skip
+    """For each text, the probability of continuing with `words[0]` against `words[1]`, normalised over the two
+    (sigmoid of the difference of their first tokens' logits): one prefill per text (prefix-cached), no decoding.
+    The words' first tokens are read after the first text (they must differ)."""
     from dataclasses import replace
 
-    texts = [prompts.render(prompts.feedback_messages(q, answers[q.id]), tokenizer) + "Verdict:" for q in questions]
     if not texts:
-        return {}
+        return []
     before = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     firsts = []
-    for word in (" incorrect", " correct"):
+    for word in words:
         after = tokenizer(texts[0] + word, add_special_tokens=False)["input_ids"]
         firsts.append(after[prefix_cache.common_prefix_len(before, after)])
-    na: list[float | None] = [None] * len(texts)
-    generate(model, tokenizer, texts, replace(settings, max_new_tokens=1, draft_tokens=0), na=na,
+    if firsts[0] == firsts[1]:
+        raise ValueError(f"pair_probabilities: {words[0]!r} and {words[1]!r} start with the same token")
+    out: list[float | None] = [None] * len(texts)
+    generate(model, tokenizer, texts, replace(settings, max_new_tokens=1, draft_tokens=0), na=out,
              na_pair=(firsts[0], firsts[1]))  # fmt: skip
-    return {q.id: float(p) for q, p in zip(questions, na, strict=True)}
+    return [float(p) for p in out]
 
 
 def answer_prefix(adapter: str | Path | None) -> str:

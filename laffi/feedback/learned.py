@@ -74,13 +74,15 @@ def adapter_hash(adapter: Path) -> str:
 
 
 def annotate_learned(questions: list[Question], predictions: dict[str, str], adapter: Path, learned_from: list[str],
-                     out: Path, cfg: AnnotateConfig, progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
+                     out: Path, cfg: AnnotateConfig, progress: bool = True,
+                     share: float | None = None) -> list[FeedbackRecord]:  # fmt: skip
     """Feedback from the fine-tuned annotator on every question that has a prediction and is not among the records
     it learned from (`learned_from`: their ids; those questions already have human feedback). Writes `out` and
-    `OUT.failures.jsonl`; resumes from the prompt cache beside `out`."""
+    `OUT.failures.jsonl`; resumes from the prompt cache beside `out`. `share`: the human records' share of incorrect
+    verdicts (for `annotate.verdict: score` with the threshold from the human records)."""
     skip = set(learned_from)
     items = [(q, predictions[q.id]) for q in questions if q.id in predictions and q.id not in skip]
     meta = {"learned_from": len(skip), "adapter": str(adapter)}
     return llm.run_prompts(items, [messages(q, pred) for q, pred in items], out, cfg, annotator_id(cfg),
                            TEMPLATE_VERSION, meta, adapter=str(adapter), adapter_key=adapter_hash(adapter),
-                           progress=progress)  # fmt: skip
+                           progress=progress, share=share)  # fmt: skip

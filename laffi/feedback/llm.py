@@ -35,7 +35,7 @@ from typing import Any
 from laffi import prompts
 from laffi.config import AnnotateConfig
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, JsonlAppender, Question, read_jsonl, write_jsonl
+from laffi.records import FeedbackRecord, JsonlAppender, Question, read_json, read_jsonl, write_json, write_jsonl
 
 TEMPLATE_VERSION = "llm-annotator-v1"
 
@@ -155,29 +155,81 @@ OnDone = Callable[[Completion], None]
 
 
 def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateConfig, on_done: OnDone,
-                   adapter: str | None = None) -> None:  # fmt: skip
+                   adapter: str | None = None, prefixes: dict[str, str] | None = None,
+                   loaded: tuple[Any, Any] | None = None) -> None:  # fmt: skip
     """Greedy replies of a local transformers model (with a PEFT `adapter` merged in, if given), in batches;
-    `on_done` is called as each batch finishes."""
+    `on_done` is called as each batch finishes. `prefixes` ({key: text}): the reply already begun with this text (a
+    chosen verdict), which the model continues; the raw reply is the prefix + the continuation. `loaded`: the
+    (tokenizer, model) to use instead of loading them."""
     from laffi.engines.generation import DecodeSettings, generate
-    from laffi.models import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model)
-    lm = load_model(cfg.model, dtype=cfg.dtype, adapter=adapter)
-    texts = [prompts.render(msgs, tokenizer) for _, msgs in jobs]
+    tokenizer, lm = loaded or load_local(cfg, adapter)
+    prefixes = prefixes or {}
+    heads = [prefixes.get(key, "") for key, _ in jobs]
+    texts = [prompts.render(msgs, tokenizer) + head for (_, msgs), head in zip(jobs, heads, strict=True)]
     started = [time.perf_counter()]
 
     def finished(indices: list[int], outputs: list[str]) -> None:
         # generate() gives one duration per batch; each record gets an equal share of it.
         seconds = (time.perf_counter() - started[0]) / len(indices)
-        for i, raw in zip(indices, outputs, strict=True):
+        for i, out in zip(indices, outputs, strict=True):
+            raw = f"{heads[i]} {out}" if heads[i] else out
             on_done(Completion(
                 key=jobs[i][0], raw=raw, seconds=seconds, backend="local",
                 prompt_tokens=len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]),
-                completion_tokens=len(tokenizer(raw, add_special_tokens=False)["input_ids"]),
+                completion_tokens=len(tokenizer(out, add_special_tokens=False)["input_ids"]),
             ))  # fmt: skip
         started[0] = time.perf_counter()
 
     generate(lm, tokenizer, texts, DecodeSettings(cfg.max_new_tokens, cfg.batch_size), on_batch=finished)
+
+
+def load_local(cfg: AnnotateConfig, adapter: str | None) -> tuple[Any, Any]:
+    """(tokenizer, model) of the local annotator, with `adapter` merged in if given."""
+    from laffi.models import load_model, load_tokenizer
+
+    return load_tokenizer(cfg.model), load_model(cfg.model, dtype=cfg.dtype, adapter=adapter)
+
+
+# ---------------------------------------------------------------------------------------------------- scored verdicts
+
+
+def verdict_head(verdict: str) -> str:
+    """The start of a reply whose verdict was chosen by score: the model writes the feedback after it."""
+    return f"Verdict: {verdict}\nFeedback:"
+
+
+def incorrect_probabilities(msgs_list: list[list[dict[str, str]]], cfg: AnnotateConfig,
+                            loaded: tuple[Any, Any]) -> list[float]:  # fmt: skip
+    """P(" incorrect") against P(" correct") right after "Verdict:" at the start of the reply, per prompt."""
+    from laffi.engines.generation import DecodeSettings, pair_probabilities
+
+    tokenizer, lm = loaded
+    texts = [prompts.render(msgs, tokenizer) + "Verdict:" for msgs in msgs_list]
+    return pair_probabilities(lm, tokenizer, texts, (" incorrect", " correct"), DecodeSettings(1, cfg.batch_size))
+
+
+def choose_threshold(probs: list[float], threshold: float, incorrect_share: float | None) -> float:
+    """The cut above which an item is judged incorrect: `threshold` when it is a probability; with -1, the midpoint
+    between the k-th and (k+1)-th highest probability, k = round(incorrect_share x items), so that k items are
+    judged incorrect (fewer where probabilities tie across the cut)."""
+    if threshold >= 0:
+        return threshold
+    if incorrect_share is None:
+        raise LaffiError("annotate.verdict_threshold: -1 needs human records to take the share of incorrect "
+                         "verdicts from (annotate.examples)")
+    ranked = sorted(probs, reverse=True)
+    k = round(incorrect_share * len(ranked))
+    if k <= 0:
+        return 1.0
+    if k >= len(ranked):
+        return 0.0
+    return (ranked[k - 1] + ranked[k]) / 2
+
+
+def incorrect_share(records: list[FeedbackRecord]) -> float | None:
+    """The share of `records` whose verdict is incorrect (None without records)."""
+    return sum(r.verdict == "incorrect" for r in records) / len(records) if records else None
 
 
 # The openai client's own backoff (openai/_constants.py): laffi's retries of bad completions wait the same way.
@@ -272,15 +324,20 @@ def annotate_llm(questions: list[Question], predictions: dict[str, str], example
     items = [(q, predictions[q.id]) for q in questions if q.id in predictions]
     meta = {"examples": [r.id for r in shots], "shots": len(shots)}
     return run_prompts(items, [messages(q, pred, shots) for q, pred in items], out, cfg, annotator_id(cfg),
-                       TEMPLATE_VERSION, meta, progress=progress)  # fmt: skip
+                       TEMPLATE_VERSION, meta, progress=progress, share=incorrect_share(examples))  # fmt: skip
 
 
 def run_prompts(items: list[tuple[Question, str]], prompts_: list[list[dict[str, str]]], out: Path,
                 cfg: AnnotateConfig, who: str, template_version: str, meta: dict[str, Any], adapter: str | None = None,
-                adapter_key: str = "", progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
+                adapter_key: str = "", progress: bool = True,
+                share: float | None = None) -> list[FeedbackRecord]:  # fmt: skip
     """Ask the annotator model one prompt per (question, answer) item, cached and resumable; write the parsed records
     (annotator `who`, `meta` added to each) and the failures. `adapter`: a PEFT adapter on the local model, and
-    `adapter_key` a hash of its weights (part of the cache key: another adapter is another annotator)."""
+    `adapter_key` a hash of its weights (part of the cache key: another adapter is another annotator).
+
+    `cfg.verdict == "score"`: every prompt is first scored (P(incorrect) after "Verdict:"; scores kept in
+    `.OUT.verdict-scores.json`), the verdicts are cut at `choose_threshold` (`share`: the human records' share of
+    incorrect verdicts), and the model then writes each reply after its chosen verdict (`verdict_head`)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -290,7 +347,22 @@ def run_prompts(items: list[tuple[Question, str]], prompts_: list[list[dict[str,
         model = f"{model}|adapter:{adapter_key}"
     if not items:
         raise LaffiError(f"{out}: no question has a prediction to annotate")
-    keyed = [(prompt_key(backend, model, cfg.max_new_tokens, msgs), msgs) for msgs in prompts_]
+    heads: dict[str, str] = {}
+    loaded: tuple[Any, Any] | None = None
+    if cfg.verdict == "score":
+        loaded = load_local(cfg, adapter)
+        probs, threshold = scored_verdicts(prompts_, out, cfg, backend, model, loaded, share)
+        meta = {**meta, "verdict": "score", "verdict_threshold": round(threshold, 6)}
+        keyed = []
+        for msgs, p in zip(prompts_, probs, strict=True):
+            head = verdict_head("incorrect" if p > threshold else "correct")
+            key = prompt_key(backend, model, cfg.max_new_tokens, [*msgs, {"role": "assistant", "content": head}])
+            heads[key] = head
+            keyed.append((key, msgs))
+        item_meta = {key: {"incorrect_prob": round(p, 6)} for (key, _), p in zip(keyed, probs, strict=True)}
+    else:
+        keyed = [(prompt_key(backend, model, cfg.max_new_tokens, msgs), msgs) for msgs in prompts_]
+        item_meta = {}
     cache = cache_path(out)
     done: dict[str, Completion] = {}
     if cache.exists():
@@ -313,14 +385,31 @@ def run_prompts(items: list[tuple[Question, str]], prompts_: list[list[dict[str,
         if todo and cfg.endpoint:
             complete_endpoint(todo, cfg, on_done, on_error)
         elif todo:
-            complete_local(todo, cfg, on_done, adapter)
-    return _write_outputs(items, keyed, done, cached_keys, errors, out, who, template_version, meta)
+            complete_local(todo, cfg, on_done, adapter, heads, loaded)
+    return _write_outputs(items, keyed, done, cached_keys, errors, out, who, template_version, meta, item_meta)
+
+
+def scored_verdicts(prompts_: list[list[dict[str, str]]], out: Path, cfg: AnnotateConfig, backend: str, model: str,
+                    loaded: tuple[Any, Any], share: float | None) -> tuple[list[float], float]:  # fmt: skip
+    """P(incorrect) per prompt (cached beside `out`: a re-run scores only new prompts) and the threshold."""
+    path = out.with_name(f".{out.name}.verdict-scores.json")
+    keys = [prompt_key(f"{backend}-score", model, 0, msgs) for msgs in prompts_]
+    known: dict[str, float] = read_json(path) if path.exists() else {}
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    if todo:
+        for i, p in zip(todo, incorrect_probabilities([prompts_[i] for i in todo], cfg, loaded), strict=True):
+            known[keys[i]] = p
+        write_json(path, known)
+    probs = [known[k] for k in keys]
+    return probs, choose_threshold(probs, cfg.verdict_threshold, share)
 
 
 def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any]], done: dict[str, Completion],
                    cached_keys: set[str], errors: dict[str, tuple[str, str]], out: Path, who: str,
-                   template_version: str, meta: dict[str, Any]) -> list[FeedbackRecord]:  # fmt: skip
+                   template_version: str, meta: dict[str, Any],
+                   item_meta: dict[str, dict[str, Any]] | None = None) -> list[FeedbackRecord]:  # fmt: skip
     records, failures = [], []
+    item_meta = item_meta or {}
     for (q, pred), (key, _) in zip(items, keyed, strict=True):
         if key in errors:
             failures.append(Failure(id=q.id, reason=errors[key][0], raw=errors[key][1], annotator=who))
@@ -337,7 +426,7 @@ def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any
         records.append(FeedbackRecord(
             id=q.id, question=q.question, context=q.context, predicted_answer=pred, gold_answers=list(q.answers),
             verdict=verdict, feedback=text, annotator=who, template_version=template_version, title=q.title,
-            is_impossible=not q.answers, meta={**cost, "raw": c.raw, **meta},
+            is_impossible=not q.answers, meta={**cost, "raw": c.raw, **meta, **item_meta.get(key, {})},
         ))  # fmt: skip
     write_jsonl(failures_path(out), failures)
     write_jsonl(out, records)

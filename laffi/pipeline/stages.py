@@ -249,10 +249,12 @@ def annotate_learning(questions: list[Question], preds: dict[str, str], examples
     """The learned annotator (laffi/feedback/learned.py): fine-tune on `examples` (cached in `adapter`, default
     OUT.annotator/), then annotate every question with a prediction that is not among them."""
     from laffi.feedback.learned import annotate_learned
+    from laffi.feedback.llm import incorrect_share
 
     adapter = adapter or annotator_adapter_path(out)
     learn_annotator(examples, adapter, cfg, progress)
-    return annotate_learned(questions, preds, adapter, [r.id for r in examples], out, cfg, progress)
+    return annotate_learned(questions, preds, adapter, [r.id for r in examples], out, cfg, progress,
+                            incorrect_share(examples))  # fmt: skip
 
 
 def annotator_train_config(cfg: AnnotateConfig) -> TrainConfig:
