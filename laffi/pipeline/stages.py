@@ -74,6 +74,8 @@ def answer(
                 answer_prefix=answer_prefix(adapter), constrain=settings.constrain,
             )  # fmt: skip
         timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": resumed}
+    first_token_file = first_token_na_prob_path(out)
+    first_token_file.unlink(missing_ok=True)
     if settings.na_score == "verdict" and not settings.revise_rounds:
         from dataclasses import replace
 
@@ -81,6 +83,8 @@ def answer(
 
         scores = verdict_scores(lm, tokenizer, questions, {g.id: g.answer for g in gens},
                                 DecodeSettings(1, settings.batch_size, workers=settings.workers))  # fmt: skip
+        if all(g.na_prob is not None for g in gens):  # the first-token score too, so the two can be compared
+            write_json(first_token_file, {g.id: g.na_prob for g in gens})
         gens = [replace(g, na_prob=scores[g.id]) for g in gens]
     preds = {g.id: g.answer for g in gens}
     revisions = []
@@ -117,6 +121,11 @@ def answer(
 def na_prob_path(out: Path) -> Path:
     """`{id: probability of no answer}` beside the predictions (the official `--na-prob-file` format)."""
     return out.with_suffix(".na_prob.json")
+
+
+def first_token_na_prob_path(out: Path) -> Path:
+    """With answer.na_score 'verdict': the first-token no-answer scores of the same answers, for comparison."""
+    return out.with_suffix(".first_token.na_prob.json")
 
 
 def write_na_probs(out: Path, gens: list[Generation]) -> None:

@@ -62,6 +62,11 @@ def write_report(done: Finished) -> dict[str, Any]:
     }
     for c, v in cal.items():
         summary["cells"][c.path]["calibrated"] = v | {"f1_ci95": list(bootstrap_ci(per_q[as_calibrated(c).path]))}
+    if done.calibration_questions:
+        for c in cells:
+            both = na_scores_compared(out, c, eval_qs, done.calibration_questions, preds[c.path])
+            if both is not None:
+                summary["cells"][c.path]["na_scores"] = both
     info = summary["cells"] | {as_calibrated(c).path: v for c, v in cal.items()}
     rows = [x for c in main for x in ([c, as_calibrated(c)] if c in cal else [c])]  # raw and calibrated side by side
     summary["groups"] = [group_summary(g, info, per_q) for g in groups(rows)]
@@ -131,7 +136,13 @@ def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: d
         return None
     if stages.revisions_path(answers).exists():
         return calibrated_revision(directory, eval_qs, calibration)
-    na_cal, na_eval = stages.na_prob_path(answers), stages.na_prob_path(directory / "eval_answers.json")
+    return calibrate_with(answers, stages.na_prob_path(answers),
+                          stages.na_prob_path(directory / "eval_answers.json"), eval_qs, calibration, preds)
+
+
+def calibrate_with(answers: Path, na_cal: Path, na_eval: Path, eval_qs: list, calibration: list,
+                   preds: dict[str, str]) -> dict | None:  # fmt: skip
+    """`calibrated` with the no-answer scores of the calibration answers and evaluation answers in these files."""
     if not (answers.exists() and na_cal.exists() and na_eval.exists()):
         return None
     on_cal = squad_v2_scores(calibration, read_predictions(answers), na_probs=read_json(na_cal))
@@ -140,6 +151,28 @@ def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: d
     return {"threshold": threshold, "calibration_f1": on_cal["f1"], "calibration_best_f1": on_cal["best_f1"],
             "scores": squad_v2_scores(eval_qs, kept), "abstained": sum(not p for p in kept.values()),
             "preds": kept}  # fmt: skip
+
+
+def na_scores_compared(out: Path, cell: Cell, eval_qs: list, calibration: list,
+                       preds: dict[str, str]) -> dict[str, dict] | None:  # fmt: skip
+    """For a cell answered with answer.na_score 'verdict': each no-answer score (verdict, first_token) with its ROC
+    AUC on the evaluation questions and the calibrated F1 it gives. None for other cells."""
+    directory = cell_dir(out, cell)
+    answers, evals = directory / "calibration_answers.json", directory / "eval_answers.json"
+    files = {"verdict": (stages.na_prob_path(answers), stages.na_prob_path(evals)),
+             "first_token": (stages.first_token_na_prob_path(answers), stages.first_token_na_prob_path(evals))}
+    if not all(f.exists() for pair in files.values() for f in pair):
+        return None
+    compared = {}
+    for name, (na_cal, na_eval) in files.items():
+        na = read_json(na_eval)
+        cal = calibrate_with(answers, na_cal, na_eval, eval_qs, calibration, preds)
+        assert cal is not None  # every file exists
+        compared[name] = {"auc": roc_auc([na[q.id] for q in eval_qs], [q.is_impossible for q in eval_qs]),
+                          "threshold": cal["threshold"], "calibrated_f1": cal["scores"]["f1"],
+                          "calibrated_HasAns_f1": cal["scores"].get("HasAns_f1"),
+                          "calibrated_NoAns_f1": cal["scores"].get("NoAns_f1")}  # fmt: skip
+    return compared
 
 
 def calibrated_revision(directory: Path, eval_qs: list, calibration: list) -> dict | None:
@@ -396,6 +429,13 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
         lines += ["", "## Attention", "", f"{a['questions']} evaluation questions ({a['answerable']} answerable); "
                   "means over layers, heads and questions (see `attention/attention.json`).", "", a["markdown"], ""]
         lines += [f"![{Path(f).stem}](attention/{Path(f).name})" for f in a["pngs"]]
+    compared = na_scores_table(s["cells"])
+    if compared:
+        lines += ["", "## No-answer scores compared", "", "Cells answered with answer.na_score 'verdict' (the "
+                  "adapter's probability of 'Verdict: incorrect' on its own answer) also record the first-token "
+                  "score of the same answers. Each score's ROC AUC for telling unanswerable evaluation questions "
+                  "from answerable ones, and the F1 of the answers under the threshold it gets on the calibration "
+                  "questions.", "", compared]  # fmt: skip
     lines += ["", "## Cells", "", cells_table(s["cells"])]
     if s["examples"]:
         lines += ["", "## Examples", "", examples_markdown(s["examples"])]
@@ -464,6 +504,19 @@ def made_data_table(cells: dict[str, dict]) -> str:
     if not lines:
         return ""
     return "\n".join(["| cell | data | detail |", "|---|---|---|", *lines])
+
+
+def na_scores_table(cells: dict[str, dict]) -> str:
+    rows = [(path, name, v) for path, c in cells.items() for name, v in c.get("na_scores", {}).items()]
+    if not rows:
+        return ""
+    lines = ["| cell | no-answer score | AUC | threshold | calibrated F1 | HasAns F1 | NoAns F1 |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for path, name, v in rows:
+        has, no = v.get("calibrated_HasAns_f1"), v.get("calibrated_NoAns_f1")
+        lines.append(f"| {path} | {name} | {_auc(v['auc'])} | {v['threshold']:.4g} | {_pct(v['calibrated_f1'])} | "
+                     f"{'-' if has is None else _pct(has)} | {'-' if no is None else _pct(no)} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def cells_table(cells: dict[str, dict]) -> str:
