@@ -165,7 +165,11 @@ ABSTAIN_PREFIXES = (
     "not stated in", "no answer",
 )  # fmt: skip
 
-_RIGHT_ANSWER = re.compile(r"The right answer is:?\s*(?:\"([^\"]*)\"|(unanswerable))", re.IGNORECASE)
+# The quoted answer runs to the first quote that ends the sentence (then "." or not, then the end of the line or a
+# capitalised next sentence), so a gold answer with quotes inside (`"self" peptides`) is read whole; where no quote
+# ends a sentence, to the next quote.
+_RIGHT_ANSWER = re.compile(r"The right answer is:?\s*(?:\"(.*?)\"(?=\.?(?:[ \t]*$|\s+(?-i:[A-Z])))"
+                           r"|\"([^\"]*)\"|(unanswerable))", re.IGNORECASE | re.MULTILINE)
 _VERDICT = re.compile(r"Verdict:\s*(correct|incorrect)\b", re.IGNORECASE)
 _LEADING_LABEL = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`"
@@ -216,5 +220,5 @@ def parse_feedback(text: str) -> tuple[str | None, str | None]:
     right = _RIGHT_ANSWER.search(text)
     answer = None
     if right:
-        answer = "" if right.group(2) else right.group(1).strip()
+        answer = "" if right.group(3) else (right.group(1) if right.group(1) is not None else right.group(2)).strip()
     return (verdict.group(1).lower() if verdict else None), answer

@@ -41,6 +41,13 @@ def test_parse_feedback():
     assert prompts.parse_feedback('Verdict: correct. Fine. The right answer is "911".') == ("correct", "911")
     assert prompts.parse_feedback("Verdict: incorrect. The right answer is unanswerable.") == ("incorrect", "")
     assert prompts.parse_feedback("no structure") == (None, None)
+    # A gold answer with quotes inside is read whole: the answer ends at the quote that ends the sentence.
+    assert prompts.parse_feedback('Verdict: incorrect. The right answer is ""self" peptides".') == (
+        "incorrect", '"self" peptides')
+    assert prompts.parse_feedback('The right answer is "911". Then "x" follows.') == (None, "911")
+    assert prompts.parse_feedback('The right answer is "911"\nFeedback: "x".') == (None, "911")
+    assert prompts.parse_feedback('The right answer is "a" and "b" here') == (None, "a")
+    assert prompts.parse_feedback('The right answer is "".') == (None, "")
 
 
 def test_qa_messages_layout_and_shots():
