@@ -104,6 +104,11 @@ def test_grid_report_matches_the_cells(grid_cfg):
     assert summary["attention"]["markdown"] in md and "## Attention" in md
     assert set(summary["plots"]) == {"methods", "sizes", "ablation", "loss"} and len(summary["examples"]) == 2
     assert "## Ablation: share of human feedback" in md and "simulated-human (a stand-in" in md
+    # The AI share of each cell's feedback against the gold answers: here the reference annotator, so full agreement.
+    quality = summary["cells"]["laffi/n4-seed0-human50"]["ai_feedback"]
+    assert quality["items"] == 2 and quality["agreement"] == 1.0 and quality["annotators"] == ["reference"]
+    assert "laffi/n4-seed0-human100" in summary["cells"] and "ai_feedback" not in summary["cells"][
+        "laffi/n4-seed0-human100"] and "| laffi/n4-seed0-human50 | reference | 2 | 1.000 |" in md
     env = json.loads((out / "environment.json").read_text())
     assert env["seeds"]["training"] == [0, 1] and env["packages"]["torch"] and len(env["data_sha256"]["eval"]) == 64
     # A second run redoes nothing: every stage is cached.

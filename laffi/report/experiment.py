@@ -114,7 +114,35 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
             info["feedback_split"]["filtered"] = len(s["filtered_contradictions"])
         if "learned_annotator" in s:  # annotate.learn_from_examples: the annotator fine-tuned on this cell's share
             info["feedback_split"]["learned_annotator"] = s["learned_annotator"]
+        quality = ai_feedback_quality(out, split, s)
+        if quality is not None:
+            info["ai_feedback"] = quality
     return info
+
+
+def ai_feedback_quality(out: Path, split_file: Path, split: dict[str, Any]) -> dict[str, Any] | None:
+    """How good the AI share of a cell's feedback was, before any filtering: the AI annotator's records on the cell's
+    questions that did not take human feedback, against the gold answers (agreement and Cohen's kappa with the
+    reference annotator's verdict, contradictions, a parseable right answer: `annotators-compare`'s numbers). None
+    for a cell without AI feedback or whose AI file is gone."""
+    from laffi.feedback.report import annotator_summary
+    from laffi.records import read_feedback
+
+    if not split.get("ai"):
+        return None
+    source = out / split["learned_annotator"] / "ai.jsonl" if "learned_annotator" in split else None
+    if source is None:
+        source = out / "feedback" / ("answers_from" if split.get("answers_from") else "") / "ai.jsonl"
+    mixed = split_file.with_name(split_file.name.removesuffix(".split.json") + ".jsonl")
+    if not (source.exists() and mixed.exists()):
+        return None
+    human = set(split.get("human_ids", []))
+    ids = ({r.id for r in read_feedback(mixed)} | set(split.get("filtered_contradictions", []))) - human
+    records = [r for r in read_feedback(source) if r.id in ids]
+    if not records:
+        return None
+    s = annotator_summary(records)
+    return {k: s[k] for k in ("annotators", "items", "agreement", "cohen_kappa", "contradicts_gold", "states_answer")}
 
 
 CALIBRATED = " (calibrated)"  # a cell's answers with its no-answer threshold applied: a row of its own in every table
@@ -416,6 +444,11 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
                   f"{human_label(cfg)}.", "", groups_table(s["abstain"], s["ablation"], by="human")]  # fmt: skip
         if s["ablation_paired"]:
             lines += ["", comparisons_table(s["ablation_paired"])]
+        quality = ai_quality_table({c: v for c, v in s["cells"].items() if v.get("human_fraction") is not None})
+        if quality:
+            lines += ["", "The AI share of each cell's feedback against the gold answers (before any filtering): "
+                      "agreement and Cohen's κ with the reference annotator's verdict, the share contradicting the "
+                      "gold answers, the share stating a parseable right answer.", "", quality]  # fmt: skip
     for path, rev in s.get("revision", {}).items():
         lines += ["", f"## Revision ({path})", "", "| questions | changed | helped | hurt | q/s revision only |",
                   "|---:|---:|---:|---:|---:|", f"| {rev['questions']} | {rev['changed']} | {rev['helped']} | "
@@ -504,6 +537,19 @@ def made_data_table(cells: dict[str, dict]) -> str:
     if not lines:
         return ""
     return "\n".join(["| cell | data | detail |", "|---|---|---|", *lines])
+
+
+def ai_quality_table(cells: dict[str, dict]) -> str:
+    rows = [(path, c["ai_feedback"], c["feedback_split"]) for path, c in cells.items() if c.get("ai_feedback")]
+    if not rows:
+        return ""
+    lines = ["| cell | AI annotator | AI records | agreement | Cohen's κ | contradicts gold | states a right answer | "
+             "dropped by the filter |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for path, q, split in rows:
+        lines.append(f"| {path} | {', '.join(q['annotators'])} | {q['items']} | {q['agreement']:.3f} | "
+                     f"{q['cohen_kappa']:.3f} | {q['contradicts_gold']:.3f} | {q['states_answer']:.3f} | "
+                     f"{split.get('filtered', '-')} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def na_scores_table(cells: dict[str, dict]) -> str:

@@ -5,6 +5,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import load_squad, write_squad
 from laffi.feedback import llm
@@ -12,6 +14,7 @@ from laffi.feedback.reference import annotate as reference_annotate
 from laffi.feedback.simulated import simulated_human_feedback
 from laffi.pipeline import experiment
 from laffi.records import read_feedback, write_json, write_jsonl
+from laffi.report import experiment as grid_report
 
 
 def six_questions(excerpt_questions):
@@ -89,6 +92,14 @@ def test_filter_contradictions_in_cell_feedback(excerpt_questions, tmp_path):
         assert set(split["filtered_contradictions"]) <= bad and set(split["filtered_contradictions"]) | set(
             split["human_ids"]) >= bad
         assert {r.id for r in kept} == {q.id for q in qs} - (bad - set(split["human_ids"]))
+        # The report's view of the AI share: every AI record on a question without human feedback, filtered or not.
+        read_feedback(experiment.cell_feedback(on, tmp_path, cell, qs, files, print, False))
+        split_file = tmp_path / "feedback" / f"laffi-{cell.name}.split.json"
+        quality = grid_report.ai_feedback_quality(tmp_path, split_file, json.loads(split_file.read_text()))
+        others = [r for r in ai if r.id not in set(split["human_ids"])]
+        assert quality["items"] == len(others) and quality["annotators"] == ["reference"]
+        assert quality["agreement"] == pytest.approx(sum(r.id != qs[0].id for r in others) / len(others))
+        assert quality["contradicts_gold"] == pytest.approx(len(bad - set(split["human_ids"])) / len(others))
         if fraction == 0.5:  # the human share is chosen before filtering: the same with and without the filter
             human_unfiltered = [r.id for r in unfiltered if r.annotator.startswith("simulated-human")]
             assert split["human_ids"] == human_unfiltered and len(human_unfiltered) == 3
