@@ -17,6 +17,7 @@ from typing import Any
 from laffi import prompts
 from laffi.metrics import compute_f1, normalize_answer
 from laffi.records import FeedbackRecord
+from laffi.stats import roc_auc
 
 
 def cohen_kappa(a: list[str], b: list[str]) -> float:
@@ -167,20 +168,24 @@ def annotator_summary(records: list[FeedbackRecord], failures: int | None = None
         "tokens_per_item": sum(tokens) / n if n else None,
         "seconds_per_item": sum(seconds) / len(seconds) if seconds else None,
         "training_seconds": training_seconds,
+        # annotate.verdict 'score': how well the annotator's P(incorrect) ranks the reference's incorrect items first.
+        "incorrect_prob_auc": roc_auc([r.meta["incorrect_prob"] for r in records], [x == "incorrect" for x in ref])
+        if records and all(isinstance(r.meta.get("incorrect_prob"), (int, float)) for r in records) else None,
     }  # fmt: skip
 
 
 def compare_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     """The comparison table, one row per annotator."""
     lines = ["| annotator | items (unparsed) | agreement with reference | Cohen's κ | agreement on reference-correct / "
-             "-incorrect | contradicts gold | states a parseable right answer | tokens / item | s / item | "
-             "training s |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "-incorrect | P(incorrect) AUC | contradicts gold | states a parseable right answer | tokens / item | "
+             "s / item | training s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in summaries.items():
         pc = s["per_class"]
         lines.append(
             f"| {name} | {s['items']} ({'n/a' if s['failures'] is None else s['failures']}) | {_num(s['agreement'])} | "
             f"{_num(s['cohen_kappa'])} | {_num(pc['correct']['agreement'])} (of {pc['correct']['items']}) / "
-            f"{_num(pc['incorrect']['agreement'])} (of {pc['incorrect']['items']}) | {_num(s['contradicts_gold'])} | "
+            f"{_num(pc['incorrect']['agreement'])} (of {pc['incorrect']['items']}) | "
+            f"{_num(s.get('incorrect_prob_auc'))} | {_num(s['contradicts_gold'])} | "
             f"{_num(s['states_answer'])} | {_num(s['tokens_per_item'], '.0f')} | "
             f"{_num(s['seconds_per_item'], '.2f')} | {_num(s['training_seconds'], '.0f')} |")  # fmt: skip
     labels = {name: ", ".join(s["annotators"]) for name, s in summaries.items()}

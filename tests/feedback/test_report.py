@@ -71,7 +71,15 @@ def test_annotator_summary_against_the_reference_verdict():
     assert s["contradicts_gold"] == pytest.approx(1 / 3) and s["states_answer"] == pytest.approx(2 / 3)
     assert s["tokens_per_item"] == pytest.approx(200 / 3) and s["seconds_per_item"] == 2.0
     table = compare_markdown({"few-shot": s})
-    assert "| few-shot | 3 (2) | 0.667 |" in table and "0.500 (of 2) / 1.000 (of 1)" in table and "| 13 |" in table
+    assert "| few-shot | 3 (2) | 0.667 |" in table and "0.500 (of 2) / 1.000 (of 1) | n/a |" in table
+    assert "| 13 |" in table and s["incorrect_prob_auc"] is None
+    # Scored verdicts: the AUC of P(incorrect) against the reference's incorrect items (b only: ranked above a, c).
+    for r, p in zip(records, (0.3, 0.9, 0.6), strict=True):
+        r.meta["incorrect_prob"] = p
+    s = annotator_summary(records)
+    assert s["incorrect_prob_auc"] == 1.0 and "(of 1) | 1.000 |" in compare_markdown({"scored": s})
+    records[2].meta["incorrect_prob"] = 0.95
+    assert annotator_summary(records)["incorrect_prob_auc"] == 0.5
 
 
 def test_annotators_compare_command(tmp_path, capsys):
