@@ -78,7 +78,7 @@ def write_report(done: Finished) -> dict[str, Any]:
     if revision:
         summary["revision"] = revision
     summary["verdict"] = verdict(summary["groups"], summary["paired"])
-    if any(g["method"] == "laffi" + CALIBRATED for g in summary["groups"]):
+    if {"laffi" + CALIBRATED, "sft" + CALIBRATED} <= {g["method"] for g in summary["groups"]}:
         summary["verdict_calibrated"] = verdict(summary["groups"], summary["paired"], CALIBRATED)
     summary["plots"] = write_plots(out, summary, cells)
     summary["examples"] = examples(out, main, eval_qs)
