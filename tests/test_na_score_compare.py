@@ -71,3 +71,29 @@ def test_report_compares_the_two_scores(excerpt_questions, tmp_path):
     # A cell without the first-token file is not compared.
     stages.first_token_na_prob_path(d / "eval_answers.json").unlink()
     assert report.na_scores_compared(tmp_path, cell, eval_qs, calibration, preds) is None
+
+
+def test_experiment_with_verdict_scores_compares_them(tiny_model_dir, excerpt_questions, tmp_path):
+    # configs/curve.yaml sets answer.na_score: verdict. The base model's answers (its cell and the training answers
+    # the feedback is written on) keep the first-token score; the laffi cell gets both, and the report compares them.
+    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.data import write_squad
+    from laffi.report.experiment import run_and_report
+
+    picked = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp_path / "data.json"
+    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    cfg = load_run_config(None, [
+        f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi]", "seeds=[0]", "train_sizes=[2]", "example_questions=0", "attention_questions=0",
+        "answer.max_new_tokens=3", "answer.na_score=verdict", "train.max_steps=1", "train.lora_r=2",
+        "train.batch_size=2", "train.micro_batch_size=2",
+    ], ExperimentConfig)  # fmt: skip
+    summary = run_and_report(cfg, log=lambda m: None, progress=False)
+    out = tmp_path / "exp"
+    assert set(summary["cells"]["laffi/n2-seed0-human0"]["na_scores"]) == {"verdict", "first_token"}
+    assert "na_scores" not in summary["cells"]["base"] and "na_scores" not in summary["cells"]["sft/n2-seed0"]
+    assert not stages.first_token_na_prob_path(out / "base" / "train_answers.json").exists()
+    assert "## No-answer scores compared" in (out / "results.md").read_text()

@@ -343,6 +343,8 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     """`stages.answer` into `stage_dir/name`, cached; its raw generations go beside it (`.generations.jsonl`)."""
     output = stage_dir / name
     answer_cfg = answer_cfg or replace(cfg.answer, revise_rounds=0)
+    if adapter is None and answer_cfg.na_score == "verdict":  # the base model's own answers: no feedback to judge by
+        answer_cfg = replace(answer_cfg, na_score="first_token")
     settings = asdict(answer_cfg)
     if not answer_cfg.revise_rounds:  # revision settings don't change plain answers
         settings.pop("revise_rounds")
