@@ -467,16 +467,21 @@ def experiment(
     shard: str | None = typer.Option(None, help="I/N: run the shared stages and every N-th cell from the I-th "
                                      "(I = 0..N-1, e.g. a SLURM array's task id) against a run directory that other "
                                      "shards share; the last shard to finish writes the report."),
+    report_only: bool = typer.Option(False, "--report-only", help="Make nothing: write the report of the cells "
+                                     "out_dir already holds for this config and list the ones not made yet (a "
+                                     "grid made a size or a machine at a time)."),
 ) -> None:
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
     from laffi.config import ExperimentConfig, load_run_config
     from laffi.pipeline.experiment import check_method
 
+    if report_only and shard:
+        raise LaffiError("--report-only: not with --shard (it makes nothing to share)")
     extra = [f"workers={workers}"] if workers else []
     cfg = load_run_config(config, [*set_, *extra], ExperimentConfig, check_method)
     check_output_dir(cfg.out_dir, "out_dir")
-    _experiment(cfg, progress, _shard(shard) if shard else None)
+    _experiment(cfg, progress, _shard(shard) if shard else None, report_only)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -486,11 +491,12 @@ def _shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None) -> None:
+def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, report_only: bool = False) -> None:
     from laffi.report.experiment import run_and_report
 
     _library_bars(progress)
-    summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress, shard=shard)
+    summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress, shard=shard,
+                             report_only=report_only)  # fmt: skip
     out = Path(cfg.out_dir)
     if summary is None:
         typer.echo(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")

@@ -125,3 +125,14 @@ def test_no_progress_silences_every_bar(small_squad, tiny_model_dir, tmp_path):
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
     assert "Loading weights" in loud.stderr and "train:" in loud.stderr  # what the flag is to silence
     assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr and "\r" not in quiet.stderr
+
+
+def test_experiment_report_only_without_a_run_is_one_line(tmp_path):
+    out = tmp_path / "none"
+    r = run_cli("experiment", "configs/curve.yaml", "--report-only", "--set", f"out_dir={out}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "holds no split of this config's data" in r.stderr
+    assert not out.exists()
+    r = run_cli("experiment", "configs/curve.yaml", "--report-only", "--shard", "0/2", "--set", f"out_dir={out}")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "laffi: error: --report-only: not with --shard (it makes nothing to share)"

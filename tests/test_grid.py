@@ -258,3 +258,53 @@ def test_ablation_size_beyond_train_sizes_is_sampled_too(grid_cfg, tmp_path):
 
     with pytest.raises(LaffiError, match="train_sizes: 400 is more than"):
         split_stage(too_big, tmp_path / "big", log=lambda m: None)
+
+
+def _contents(out: Path) -> dict[str, bytes]:
+    """Every file under a run directory but the report's own, by relative path."""
+    report = {"results.json", "results.md", "report.html"}
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
+            if p.is_file() and p.name not in report and "plots" not in p.parts}  # fmt: skip
+
+
+def test_report_only_reports_the_cells_made_and_makes_nothing(grid_cfg, tmp_path):
+    """--report-only on a grid with a method added: the report holds the cells that exist, lists the new method's
+    cells as not made, and no file of the run directory is made or changed."""
+    from dataclasses import replace
+
+    cfg, full, _ = grid_cfg
+    out = tmp_path / "exp"
+    shutil.copytree(cfg.out_dir, out)
+    before = _contents(out)
+    wider = replace(cfg, out_dir=str(out), methods=["base", "sft", "laffi", "critique"], human_fractions=[])
+    logs = []
+    summary = run_and_report(wider, log=logs.append, progress=False, report_only=True)
+    main, _ = plan(wider)
+    critique = [c.path for c in main if c.method == "critique"]
+    assert summary["missing"] == critique and len(critique) == 4
+    assert set(summary["cells"]) == {c.path for c in main if c.method != "critique"}
+    for path, cell in summary["cells"].items():
+        assert cell["scores"] == full["cells"][path]["scores"]
+    assert _contents(out) == before
+    assert "Not made yet (4 cells of the grid" in (out / "results.md").read_text()
+    assert any("not made yet: critique/n2-seed0" in m for m in logs)
+
+
+def test_report_only_leaves_out_cells_made_with_other_settings(grid_cfg, tmp_path):
+    from dataclasses import replace
+
+    from laffi.errors import LaffiError
+
+    cfg = grid_cfg[0]
+    out = tmp_path / "exp"
+    shutil.copytree(cfg.out_dir, out)
+    other = replace(cfg, out_dir=str(out), methods=["base", "sft"], human_fractions=[],
+                    train=replace(cfg.train, learning_rate=0.01))  # fmt: skip
+    logs = []
+    summary = run_and_report(other, log=logs.append, progress=False, report_only=True)
+    assert set(summary["cells"]) == {"base"} and len(summary["missing"]) == 4  # the adapters' keys differ
+    assert any(m.startswith("sft/n2-seed0: made with other settings") for m in logs)
+    with pytest.raises(LaffiError, match="holds no split of this config's data"):
+        run_and_report(replace(other, out_dir=str(tmp_path / "empty")), log=logs.append, progress=False,
+                       report_only=True)  # fmt: skip
+    assert not (tmp_path / "empty").exists()

@@ -11,6 +11,9 @@ Several processes may share one run directory (`laffi experiment --workers N`, o
 over a shared file system): `cached` takes the stage's lock (an advisory `flock` on `.<output>.lock`) whenever it
 answers False, so exactly one process makes a stage while the others wait for it and then find it cached; `finish`
 releases the lock (so does the end of the process, if the stage fails).
+
+`only_cached()` turns every stage that is not cached into a `NotCached` error instead of work: `laffi experiment
+--report-only` uses it to report the cells a run directory holds without making any.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +56,35 @@ def marker(output: Path) -> Path:
     return output.with_name(f".{output.name}.stage.json")
 
 
+class NotCached(Exception):
+    """A stage that `only_cached` forbids making: its output is missing or was made from other inputs."""
+
+    def __init__(self, output: Path):
+        super().__init__(str(output))
+        self.output = output
+
+
+_read_only = False  # set by `only_cached`
+
+
+@contextmanager
+def only_cached() -> Iterator[None]:
+    """Within this block `cached` raises `NotCached` for a stage it would otherwise make (and takes no lock)."""
+    global _read_only
+    before, _read_only = _read_only, True
+    try:
+        yield
+    finally:
+        _read_only = before
+
+
 def cached(output: Path, key: str) -> bool:
     """Whether `output` was made from inputs with this key. When it was not, the caller holds the stage's lock until
-    `finish`: it is the one process that makes it."""
+    `finish`: it is the one process that makes it (within `only_cached`: NotCached is raised instead)."""
     if _done(output, key):
         return True
+    if _read_only:
+        raise NotCached(output)
     _lock(output)
     if _done(output, key):  # another process made it while this one waited
         _unlock(output)
@@ -98,6 +126,8 @@ def _unlock(output: Path) -> None:
 
 def begin(output: Path, key: str, scratch: list[Path] = ()) -> None:
     """Start or resume a stage; output and `scratch` (partial state) of a run with other inputs are removed first."""
+    if _read_only:  # a stage found cached whose companion files are gone: still nothing is made
+        raise NotCached(output)
     m = marker(output)
     if not (m.exists() and read_json(m).get("key") == key):
         for path in [output, *scratch]:

@@ -47,7 +47,7 @@ from laffi.data import (
 )
 from laffi.errors import LaffiError
 from laffi.pipeline import stages
-from laffi.pipeline.cache import Log, begin, cached, file_hash, finish, stage_key
+from laffi.pipeline.cache import Log, NotCached, begin, cached, file_hash, finish, only_cached, stage_key
 from laffi.records import (
     FeedbackRecord,
     atomic_write_text,
@@ -140,10 +140,11 @@ class Finished:
     train_questions: list
     eval_questions: list
     calibration_questions: list = field(default_factory=list)  # choose each cell's no-answer threshold on these
+    missing: list[str] = field(default_factory=list)  # with --report-only: the grid's cells not made yet
 
 
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None,
-                   workers: int = 1, finish_up: bool = True) -> Finished | None:
+                   workers: int = 1, finish_up: bool = True, report_only: bool = False) -> Finished | None:
     """Run every cell of the grid (each stage cached); `laffi.report.experiment.write_report` turns it into results.
 
     `workers` > 1: the shared stages (split, the base model's training answers, feedback) run in this process with all
@@ -151,7 +152,8 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     them all cached. `shard` (i, n): run the shared stages and every n-th cell from the i-th (i = 0..n-1)
     against a run directory other processes share; the result (None until every cell exists) comes from the shard
     that finishes last (with `finish_up` False, never: `run_workers`' one-cell jobs). Stage locks
-    (laffi/pipeline/cache.py) keep two processes from making the same stage."""
+    (laffi/pipeline/cache.py) keep two processes from making the same stage. `report_only`: make nothing, return
+    the cells `out_dir` already holds for this config (`made_cells`)."""
     for name in cfg.methods:
         check_method(name)
     if cfg.human_fractions:
@@ -160,6 +162,8 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
     source = load_squad(resolve_data_path(cfg.data.path))
     cfg = with_sizes_resolved(cfg, source)
+    if report_only:
+        return made_cells(cfg, out, log)
     workers = workers if workers > 1 else cfg.workers
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -188,6 +192,42 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
     return Finished(cfg, out, main, ablation, train_qs, eval_qs, calibration)
+
+
+def made_cells(cfg: ExperimentConfig, out: Path, log: Log) -> Finished:
+    """The grid's cells that `out` holds, made with this config's settings, and the others listed as missing:
+    every stage is looked up under `only_cached`, so nothing is trained, answered or locked. A cell whose answers
+    exist but whose stages have other keys (made with other settings) counts as missing. For a grid made a size or
+    a machine at a time (the learning curve): the report of what exists so far."""
+    main, ablation = plan(cfg)
+    cells = list(dict.fromkeys(main + ablation))
+    try:
+        with only_cached():
+            train_file, eval_file = split_stage(cfg, out, log)
+    except NotCached:
+        raise LaffiError(f"out_dir: {out} holds no split of this config's data (run `laffi experiment` without "
+                         "--report-only first, or check data.* against the run's config.yaml)") from None
+    train_qs, eval_qs, calibration = load_squad(train_file), load_squad(eval_file), read_calibration(out)
+    made, missing = [], []
+    for cell in cells:
+        if not answered(out, cell):
+            missing.append(cell)
+            continue
+        try:
+            with only_cached():
+                feedback = feedback_sources(cfg, out, [cell], train_qs, train_file, _quiet, progress=False)
+                run_cell(cfg, out, cell, train_qs, eval_qs, eval_file, feedback, _quiet, False, calibration)
+            made.append(cell)
+        except NotCached as e:
+            log(f"{cell.path}: made with other settings ({e.output} differs): left out")
+            missing.append(cell)
+    if not made:
+        raise LaffiError(f"out_dir: {out} holds none of this grid's cells yet (run `laffi experiment` without "
+                         "--report-only first)")
+    if missing:
+        log(f"report of {len(made)} of {len(cells)} cells; not made yet: {', '.join(c.path for c in missing)}")
+    return Finished(cfg, out, [c for c in main if c in made], [c for c in ablation if c in made], train_qs, eval_qs,
+                    calibration, missing=[c.path for c in missing])  # fmt: skip
 
 
 def answered(out: Path, cell: Cell) -> bool:

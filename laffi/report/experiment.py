@@ -30,10 +30,11 @@ ALPHA = 0.05
 
 
 def run_and_report(cfg: ExperimentConfig, log: Log = print, progress: bool = True,
-                   shard: tuple[int, int] | None = None) -> dict[str, Any] | None:  # fmt: skip
+                   shard: tuple[int, int] | None = None, report_only: bool = False) -> dict[str, Any] | None:
     """Run the experiment (every stage cached) and write its report: results.json, results.md, report.html. With a
-    `shard`, None until the last shard finishes (see `run_experiment`)."""
-    done = run_experiment(cfg, log, progress, shard)
+    `shard`, None until the last shard finishes (see `run_experiment`). `report_only`: the report of the cells
+    already made, nothing else run (`laffi.pipeline.experiment.made_cells`)."""
+    done = run_experiment(cfg, log, progress, shard, report_only=report_only)
     return None if done is None else write_report(done)
 
 
@@ -59,6 +60,7 @@ def write_report(done: Finished) -> dict[str, Any]:
         "seeds": cfg.seeds,
         "abstain": abstain,
         "cells": {c.path: cell_summary(out, c, eval_qs, preds[c.path], per_q[c.path]) for c in cells},
+        "missing": done.missing,
     }
     for c, v in cal.items():
         summary["cells"][c.path]["calibrated"] = v | {"f1_ci95": list(bootstrap_ci(per_q[as_calibrated(c).path]))}
@@ -432,6 +434,9 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
              "## Methods", "", "F1 is the mean over seeds (± their standard deviation); the 95 % interval is a "
              "bootstrap over questions of the seed-averaged per-question F1. " + calibration_note(s), "",
              groups_table(s["abstain"], s["groups"])]  # fmt: skip
+    if s.get("missing"):
+        lines += ["", f"Not made yet ({len(s['missing'])} cells of the grid, left out of every table and test): "
+                  + ", ".join(s["missing"]) + "."]  # fmt: skip
     beats = s.get("first_beats_abstain", {})
     if beats:
         lines += ["", "Smallest training size at which each method beats abstaining on every question (paired "
