@@ -308,3 +308,21 @@ def test_report_only_leaves_out_cells_made_with_other_settings(grid_cfg, tmp_pat
         run_and_report(replace(other, out_dir=str(tmp_path / "empty")), log=logs.append, progress=False,
                        report_only=True)  # fmt: skip
     assert not (tmp_path / "empty").exists()
+
+
+def test_each_cell_reports_its_own_wall_time(grid_cfg):
+    """Training seconds come from the timing file beside each adapter (none for base), answering seconds from the
+    calibration and evaluation answers' timing files; the cells table shows them in minutes."""
+    cfg, summary, _ = grid_cfg
+    out = Path(cfg.out_dir)
+    assert summary["cells"]["base"]["seconds"]["train"] is None
+    for path, cell in summary["cells"].items():
+        seconds = cell["seconds"]
+        assert seconds["eval"] > 0 and seconds["calibration"] > 0
+        if path != "base":
+            adapter = out / "cells" / path.replace("laffi+revise", "laffi") / "adapter"
+            timing = json.loads(adapter.with_name("adapter.timing.json").read_text())
+            assert seconds["train"] == timing["train_seconds"] > 0 and timing["resumed"] is False
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| sft/n2-seed0 |"))
+    s = summary["cells"]["sft/n2-seed0"]["seconds"]
+    assert row.endswith(f"| {s['train'] / 60:.1f} / {(s['calibration'] + s['eval']) / 60:.1f} |")

@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -714,12 +715,22 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
                     model=asdict(cfg.model), train=train_cache_settings(tcfg), shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
         return output
-    begin(output, key, [output.with_name(output.name + ".partial"), output.with_name(output.name + ".tmp")])
+    partial, timing = output.with_name(output.name + ".partial"), train_timing_path(output)
+    begin(output, key, [partial, output.with_name(output.name + ".tmp"), timing])
     records = read_feedback(feedback_file) if feedback_file else None
+    resumed, start = partial.exists(), time.perf_counter()
     info = stages.train(load_squad(data_file), records, output, cfg.model, tcfg, cfg.answer.shots, progress)
+    # Beside the adapter, not in it: the adapter's files (and so the keys of the stages that read it) stay
+    # deterministic. "resumed": the seconds are those of this process only.
+    write_json(timing, {"train_seconds": round(time.perf_counter() - start, 1), "resumed": resumed})
     finish(output, key)
     log(f"train {cell.path}: {info['examples']} examples, {info['steps']} steps, final loss {info['final_loss']:.3f}")
     return output
+
+
+def train_timing_path(adapter: Path) -> Path:
+    """Wall time of a cell's training (model loading, data a method makes, the steps): `adapter.timing.json`."""
+    return adapter.with_name(adapter.name + ".timing.json")
 
 
 def critique_source(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, feedback: dict[str, Path],

@@ -21,7 +21,7 @@ from laffi.data import articles
 from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
 from laffi.pipeline import stages
 from laffi.pipeline.cache import Log
-from laffi.pipeline.experiment import Cell, Finished, cell_dir, reference_cell, run_experiment
+from laffi.pipeline.experiment import Cell, Finished, cell_dir, reference_cell, run_experiment, train_timing_path
 from laffi.records import atomic_write_text, read_json, read_predictions, write_json
 from laffi.report.tables import comparisons_table
 from laffi.stats import bootstrap_ci, paired_bootstrap, roc_auc
@@ -108,6 +108,7 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
         info["train"] = {"examples": t["examples"], "steps": t["steps"], "final_loss": t["final_loss"]}
         if cell.method in ("refine", "critique") and cell.method in t:
             info["made_data"] = t[cell.method]  # what refine kept and why, or whose answers critique judged
+    info["seconds"] = cell_seconds(out, cell)
     split = out / "feedback" / f"{cell.method}-{cell.name}.split.json"
     if split.exists():
         s = read_json(split)
@@ -120,6 +121,22 @@ def cell_summary(out: Path, cell: Cell, eval_qs: list, preds: dict[str, str], f1
         if quality is not None:
             info["ai_feedback"] = quality
     return info
+
+
+def cell_seconds(out: Path, cell: Cell) -> dict[str, float | None]:
+    """Wall time of a cell's own stages, from their timing files: training its adapter (None for base, or when the
+    file is missing) and answering (and revising) the calibration and evaluation questions. Stages shared between
+    cells (the base model's training answers, feedback) are not counted."""
+    def answering(name: str) -> float | None:
+        path = stages.timing_path(cell_dir(out, cell) / name)
+        if not path.exists():
+            return None
+        t = read_json(path)
+        return (t.get("answer_seconds") or 0.0) + (t.get("revise_seconds") or 0.0)
+
+    train = train_timing_path(cell_dir(out, cell.trained()) / "adapter")
+    return {"train": read_json(train)["train_seconds"] if cell.method != "base" and train.exists() else None,
+            "calibration": answering("calibration_answers.json"), "eval": answering("eval_answers.json")}  # fmt: skip
 
 
 def ai_feedback_quality(out: Path, split_file: Path, split: dict[str, Any]) -> dict[str, Any] | None:
@@ -572,8 +589,8 @@ def na_scores_table(cells: dict[str, dict]) -> str:
 
 def cells_table(cells: dict[str, dict]) -> str:
     lines = ["| cell | EM | F1 | HasAns F1 | NoAns F1 | training steps | final loss | human / AI feedback | "
-             "no-answer score AUC | no-answer threshold (calibration F1 raw -> best) | calibrated F1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "no-answer score AUC | no-answer threshold (calibration F1 raw -> best) | calibrated F1 | "
+             "minutes: training / answering |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, c in cells.items():
         s = c["scores"]
         train, split, cal = c.get("train"), c.get("feedback_split"), c.get("calibrated")
@@ -585,8 +602,17 @@ def cells_table(cells: dict[str, dict]) -> str:
         lines.append(f"| {path} | {_pct(s['exact'])} | {_pct(s['f1'])} | {_pct(s.get('HasAns_f1', 0.0))} | "
                      f"{_pct(s.get('NoAns_f1', 0.0))} | {steps} | {loss} | {mix} | {_auc(c.get('na_score_auc'))} | "
                      f"{threshold} | "
-                     f"{_pct(cal['scores']['f1']) if cal else '-'} |")  # fmt: skip
+                     f"{_pct(cal['scores']['f1']) if cal else '-'} | {_minutes(c.get('seconds'))} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _minutes(seconds: dict[str, float | None] | None) -> str:
+    """'training / answering' in minutes ('-' where unknown; answering is calibration + evaluation questions)."""
+    if not seconds:
+        return "-"
+    answering = [v for k, v in seconds.items() if k != "train" and v is not None]
+    train = "-" if seconds["train"] is None else f"{seconds['train'] / 60:.1f}"
+    return f"{train} / {sum(answering) / 60:.1f}" if answering else f"{train} / -"
 
 
 def examples_markdown(rows: list[dict]) -> str:
