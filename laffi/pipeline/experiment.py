@@ -162,7 +162,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     out = Path(cfg.out_dir)
     # Validate the data before anything exists in out_dir: a mistyped data.path leaves no config or stage marker.
     source = load_squad(resolve_data_path(cfg.data.path))
-    cfg = with_sizes_resolved(cfg, source)
+    cfg = with_dtypes_resolved(with_sizes_resolved(cfg, source))
     if report_only:
         return made_cells(cfg, out, log)
     workers = workers if workers > 1 else cfg.workers
@@ -277,6 +277,15 @@ def _worker_threads(threads: int) -> None:
 
 def _quiet(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def with_dtypes_resolved(cfg: ExperimentConfig) -> ExperimentConfig:
+    """dtype 'auto' replaced by what it is on this machine (`laffi.models.resolve_dtype`) before any stage key is
+    made, so that config.yaml says what ran and a stage made in one dtype is never taken for the other's."""
+    from laffi.models import resolve_dtype
+
+    return replace(cfg, model=replace(cfg.model, dtype=resolve_dtype(cfg.model.dtype)),
+                   annotate=replace(cfg.annotate, dtype=resolve_dtype(cfg.annotate.dtype)))  # fmt: skip
 
 
 def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
