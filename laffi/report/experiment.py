@@ -452,7 +452,8 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
              "bootstrap over questions of the seed-averaged per-question F1. " + calibration_note(s), "",
              groups_table(s["abstain"], s["groups"])]  # fmt: skip
     if s.get("missing"):
-        lines += ["", f"Not made yet ({len(s['missing'])} cells of the grid, left out of every table and test): "
+        n = len(s["missing"])
+        lines += ["", f"Not made yet ({n} cell{'s' if n > 1 else ''} of the grid, left out of every table and test): "
                   + ", ".join(s["missing"]) + "."]  # fmt: skip
     beats = s.get("first_beats_abstain", {})
     if beats:
