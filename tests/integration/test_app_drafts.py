@@ -126,7 +126,7 @@ def test_guidelines_are_shown_and_rendered_safely(browser, tmp_path):
         expect(panel.locator("h2")).to_have_text("House rules")
         expect(panel.locator("strong")).to_have_text("Partial answers")
         expect(panel).to_contain_text("<script>window.__g = 1</script>")  # shown as text
-        assert panel.locator("script, img").count() == 0
+        expect(panel.locator("script, img")).to_have_count(0)
         assert panel.locator("a", has_text="a link").get_attribute("href") == "#"
         assert panel.locator("a", has_text="the paper").get_attribute("href") == "https://arxiv.org/abs/2401.00907"
         page.locator("a", has_text="a link").click()

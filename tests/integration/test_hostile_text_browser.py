@@ -75,7 +75,7 @@ def test_html_and_script_are_inert_in_the_page(tmp_path):
         assert page.evaluate("window.__pwned") is None
         assert dialogs == []
         created = page.locator("#item-view :is(img, svg, iframe, script), #passage b, #gold b")
-        assert created.count() == 0
+        expect(created).to_have_count(0)
 
         # The detector works: the same text, parsed as HTML on purpose, does set the flag.
         page.evaluate("h => { const d = document.createElement('div'); d.innerHTML = h; document.body.append(d); }",
