@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -74,6 +75,7 @@ def answer(
     if generations is not None:
         check_output_file(generations, "--generations", [*inputs, ("--out", out)])
     keep_freed_memory()  # before any tensor exists: answering ~6 % faster (engines/allocator.py; not for training)
+    _library_bars(progress)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     settings = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds)) if revise else cfg.answer
     preds = stages.answer(questions, out, cfg.model, settings, str(adapter) if adapter else None,
@@ -538,24 +540,79 @@ def passive_openmp() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     passive_openmp()
+    previous = _catch_signals()
+    code = None
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except LaffiError as e:
+        if _SIGNALLED:  # an error raised while unwinding from the signal: the signal is what happened
+            _interrupted()
         _err(_one_line(str(e)))
         sys.exit(2)
     except KeyboardInterrupt:
-        _err("interrupted (re-run the same command to resume)")
-        sys.exit(130)
+        _interrupted()
     except OSError as e:
         # A file-system failure no check foresaw (disk full, a file removed mid-run): still one line, not a traceback.
         where = f"{show(e.filename)}: " if e.filename else ""
         _err(f"{where}{(e.strerror or type(e).__name__).lower()}")
         sys.exit(2)
     except Exception as e:
+        if _SIGNALLED:  # click before typer 0.26 turns KeyboardInterrupt into Abort
+            _interrupted()
         code = _click_exit(e)
         if code is None:
             raise
         sys.exit(code)
+    finally:
+        _restore_signals(previous)
+    # typer >= 0.26 turns KeyboardInterrupt into Exit(130) and, with standalone_mode=False, returns the code.
+    if _SIGNALLED or code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is: the cleanup of Ctrl-C runs for both (temporaries removed,
+    finished answers, checkpoints and cells kept), then `main` exits 128 + the signal's number."""
+
+
+_SIGNALLED: list[int] = []  # the signal that interrupted this `main`, if any
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _SIGNALLED:  # a second signal while unwinding from the first: stop at once
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _SIGNALLED.append(signum)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _catch_signals() -> dict[int, Any]:
+    """Route SIGINT and SIGTERM to `_on_signal`; returns the previous handlers (`main` runs in tests' processes too)."""
+    _SIGNALLED.clear()
+    previous: dict[int, Any] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _on_signal)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _interrupted() -> None:
+    """One line and exit 130 (SIGINT) or 143 (SIGTERM). Every stage keeps what it finished (answers appended as they
+    finish, training checkpoints, cached stages and cells) and resumes from it when the same command runs again."""
+    signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT
+    typer.echo(f"laffi: interrupted by {signal.Signals(signum).name}: finished work is kept; re-run the same command "
+               "to resume", err=True)
+    sys.exit(128 + signum)
 
 
 def _click_exceptions(e: BaseException) -> set[str]:

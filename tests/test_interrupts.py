@@ -1,0 +1,123 @@
+"""Ctrl-C (SIGINT) and SIGTERM: a real `python -m laffi` process signalled once its work has started exits 130 / 143
+with exactly one line on stderr, keeps what it finished, and the same command run again gives the output of an
+uninterrupted run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_crash_resume import ENV, line_count, run
+
+
+def interrupted(args: list, signum: int, started: callable, timeout: float = 300) -> tuple[int, list[str]]:
+    """Start the command, send `signum` once `started()` is true; returns (exit code, stderr lines)."""
+    proc = subprocess.Popen([sys.executable, "-m", "laffi", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not started() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"finished before the signal: {proc.communicate()[1]}"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.splitlines()
+
+
+def assert_one_interrupt_line(code: int, lines: list[str], signum: int) -> None:
+    assert code == 128 + signum, lines
+    name = signal.Signals(signum).name
+    assert lines == [f"laffi: interrupted by {name}: finished work is kept; re-run the same command to resume"]
+
+
+@pytest.fixture()
+def twelve(tmp_path, excerpt_questions):
+    from laffi.data import write_squad
+
+    path = tmp_path / "twelve.json"
+    write_squad(excerpt_questions[:12], path)
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_answer_interrupted_then_resumed(signum, twelve, tiny_model_dir, tmp_path):
+    common = ["answer", "--data", twelve, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "48",
+              "--batch-size", "1", "--no-progress"]  # fmt: skip
+    assert run([*common, "--out", tmp_path / "clean.json"]).returncode == 0
+    out = tmp_path / "stopped.json"
+    partial = tmp_path / ".stopped.json.partial.jsonl"
+    code, lines = interrupted([*common, "--out", out], signum, lambda: line_count(partial) >= 1)
+    assert_one_interrupt_line(code, lines, signum)
+    assert not out.exists() and line_count(partial) >= 1  # no output yet; the answers finished are kept
+    assert not list(tmp_path.glob(".stopped.json.*.tmp"))
+    r = run([*common, "--out", out])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text()) == json.loads((tmp_path / "clean.json").read_text())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_train_interrupted_then_resumed(signum, twelve, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from laffi.data import load_squad
+    from laffi.feedback.reference import annotate
+    from laffi.records import write_jsonl
+
+    feedback = tmp_path / "feedback.jsonl"
+    write_jsonl(feedback, [annotate(q, "", 0.8) for q in load_squad(twelve)])
+    common = ["train", "--method", "laffi", "--data", twelve, "--feedback", feedback, "--model", tiny_model_dir,
+              "--dtype", "float32", "--set", "train.max_steps=24", "--set", "train.save_steps=2", "--set",
+              "train.lora_r=2", "--set", "train.batch_size=2", "--set", "train.micro_batch_size=1",
+              "--no-progress"]  # fmt: skip
+    assert run([*common, "--out", tmp_path / "clean"]).returncode == 0
+    out = tmp_path / "stopped"
+    state = tmp_path / "stopped.partial" / "state.pt"
+    code, lines = interrupted([*common, "--out", out], signum, state.exists)
+    assert_one_interrupt_line(code, lines, signum)
+    assert state.exists() and not out.exists()  # the checkpoint is kept, no adapter yet
+    r = run([*common, "--out", out])
+    assert r.returncode == 0, r.stderr
+    a = load_file(tmp_path / "clean" / "adapter_model.safetensors")
+    b = load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    losses = [[json.loads(x)["loss"] for x in (d / "train_log.jsonl").read_text().splitlines()]
+              for d in (tmp_path / "clean", out)]  # fmt: skip
+    assert len(losses[1]) == 24 and losses[0] == losses[1]
+
+
+def test_a_signal_in_process_leaves_handlers_as_they_were(tmp_path):
+    """`main` runs inside other programs (the tests call it in-process): it puts back the handlers it replaced."""
+    from laffi.cli import main
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path / "missing.json"), str(tmp_path / "missing-preds.json")])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_sigterm_in_process_runs_the_same_cleanup(tmp_path, monkeypatch, capsys):
+    """A SIGTERM becomes an exception where the program is: `finally` blocks and the atomic writer's cleanup run."""
+    import os
+
+    from laffi import cli
+
+    def slow_score(*args, **kwargs):
+        if signal.getsignal(signal.SIGTERM) is not cli._on_signal:  # without it, the signal would end pytest
+            raise AssertionError("no SIGTERM handler")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted here
+        raise AssertionError("not interrupted")
+
+    from laffi.pipeline import stages
+
+    monkeypatch.setattr(stages, "score", slow_score)
+    data, preds = tmp_path / "d.json", tmp_path / "p.json"
+    for p in (data, preds):
+        Path(p).write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["score", str(data), str(preds)])
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "laffi: interrupted by SIGTERM: finished work is kept; re-run the same command to resume"]
