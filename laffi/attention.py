@@ -32,6 +32,7 @@ from typing import Any
 
 from laffi import prompts
 from laffi.errors import LaffiError
+from laffi.models import model_device
 from laffi.records import Question, atomic_write_text, read_json, write_json
 
 MEASURES = ("entropy", "distance", "local_share", "passage_share", "span_share", "question_share")
@@ -173,7 +174,7 @@ class _Recorder:
         self.layout, self.question_values, self.keep_last_row = layout, {}, keep_last_row
         self.last_rows = []
         with torch.inference_mode():
-            lm(input_ids=torch.tensor([layout.input_ids]), use_cache=False)
+            lm(input_ids=torch.tensor([layout.input_ids], device=model_device(lm)), use_cache=False)
         means = {}
         for name, per_layer in self.question_values.items():
             stacked = torch.stack(per_layer)  # (layers, heads)
@@ -288,6 +289,7 @@ def parse_adapters(spec: str) -> dict[str, str | None]:
 def attention_report(
     model_name: str, data_path: str | Path, adapters: dict[str, str | None], questions: int, out_dir: Path,
     *, shots: int = 2, dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:  # fmt: skip
     """Measure every model on the same `questions` (a seeded sample of the data file) and write the report.
 
@@ -323,7 +325,7 @@ def attention_report(
             continue
         if log:
             log(f"attention: {name} ({adapter or 'no adapter'})")
-        lm = load_model(model_name, dtype=dtype, adapter=adapter)
+        lm = load_model(model_name, dtype=dtype, adapter=adapter, device=device)
         lm.set_attn_implementation("eager")  # sdpa/flash kernels return no weights
         results[name] = {"adapter": adapter, **measure_model(lm, tokenizer, picked, shots, example_id, progress,
                                                              desc=f"attention {name}")}  # fmt: skip

@@ -36,6 +36,23 @@ class ModelConfig:
                     "are native (CUDA with bf16; CPUs with AVX-512/AMX, where it is ~2x faster than float32) and "
                     "float32 elsewhere (on an AVX2-only CPU bfloat16 is ~85x slower).",
                     choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
+    device: str = _f("auto", "Where the model runs: auto (the first CUDA device when there is one, else the CPU), "
+                     "cpu, cuda or cuda:N. Every stage that runs this model runs there (answering, training in this "
+                     "process, attention, revision, no-answer scores); dtype auto is resolved for it. Not part of "
+                     "any cache key (the same numbers up to float rounding, as with another thread count; the "
+                     "resolved dtype is).", key=False)
+
+    def __post_init__(self) -> None:
+        check_device(self.device, "model.device")
+
+
+def check_device(value: str, where: str) -> None:
+    """The form of a device setting (whether this machine has it is checked when it is resolved, before any work:
+    `laffi.models.resolve_device`)."""
+    kind, colon, index = value.partition(":")
+    if value in ("auto", "cpu", "cuda") or (kind == "cuda" and colon and index.isdigit()):
+        return
+    raise LaffiError(f"{where}: expected auto, cpu, cuda or cuda:N, got {printable(repr(value[:80]))}")
 
 
 @dataclass
@@ -121,6 +138,9 @@ class AnnotateConfig:
     model: str = _f("bundled", "Local model of the LLM annotator (ignored when `endpoint` is set).")
     dtype: str = _f("auto", "Weights dtype of the local LLM annotator (auto: as model.dtype).",
                     choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
+    device: str = _f("auto", "Where the local LLM annotator runs (its scoring, generation and the learned "
+                     "annotator's training): auto (the first CUDA device when there is one), cpu, cuda or cuda:N. "
+                     "Not part of any cache key.", key=False)
     endpoint: str = _f("", "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); '' = local model.")
     api_model: str = _f("", "Model name sent to the endpoint.")
     concurrency: int = _f(4, "Requests in flight at once to the endpoint.", min=1)
@@ -154,6 +174,7 @@ class AnnotateConfig:
 
     def __post_init__(self) -> None:
         # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
+        check_device(self.device, "annotate.device")
         if self.learn_from_examples and self.annotator != "llm":
             raise LaffiError(f"annotate.learn_from_examples: needs annotate.annotator: llm (got '{self.annotator}')")
         if self.verdict == "score" and self.endpoint:
@@ -207,18 +228,19 @@ class TrainConfig:
                                       "the memory for ~1 more forward pass (bench/training_memory.py).")
     checkpoint_every: int = _f(1, "With gradient_checkpointing: recompute every n-th decoder layer only (1: all); the "
                                "others keep their activations: less recompute for more memory (bench/training.py). "
-                               "Not part of any cache key: the same numbers either way.", min=1)
+                               "Not part of any cache key: the same numbers either way.", min=1, key=False)
     checkpoint_keep: str = _f("attention,down", "With gradient_checkpointing: outputs kept rather than recomputed, "
                               "comma-separated: 'attention' (each layer's attention output), 'down' (matmuls whose "
                               "inner dimension exceeds the hidden size: the MLP's down projection, the costliest to "
                               "recompute per byte kept); '' recomputes everything. At seq 512 x 4 on the bundled "
-                              "model ~+15 % speed for ~0.2 GiB (bench/training.py). Not part of any cache key.")
+                              "model ~+15 % speed for ~0.2 GiB (bench/training.py). Not part of any cache key.",
+                              key=False)
     trim_memory: bool = _f(True, "After each optimizer step, return freed heap memory to the OS (glibc malloc_trim; "
                            "no-op elsewhere): peak RSS ~0.25 GiB lower at seq 512 x 4, a few % slower "
-                           "(bench/training.py). Not part of any cache key.")
+                           "(bench/training.py). Not part of any cache key.", key=False)
     report_to: str = _f("", "'tensorboard': also write loss, learning rate and gradient norm per step as TensorBoard "
                         "events (OUT/runs/; needs the tensorboard package). Not part of any cache key.",
-                        choices=("", "tensorboard"))
+                        choices=("", "tensorboard"), key=False)
     save_steps: int = _f(25, "Checkpoint every N steps so an interrupted run resumes.", min=1)
     answers_from: str = _f("", "Answers other than the base model's own, to be judged: 'base-0shot' (the run's model "
                            "answering with 0 shots; base-Kshot: K shots), a predictions file {id: answer} covering "
@@ -230,19 +252,24 @@ class TrainConfig:
     launcher: str = _f("", "How `laffi run` / `laffi experiment` (and `laffi train`) start training: '' trains in this "
                        "process; a command such as 'torchrun --nproc_per_node 2' or 'accelerate launch --config_file "
                        "configs/accelerate/multi_gpu_ddp.yaml' runs `-m laffi train` under it (data-parallel). "
-                       "refine and critique always train in this process. Not part of any cache key.")
+                       "refine and critique always train in this process. Not part of any cache key.", key=False)
+
+
+def key_settings(cfg: Any) -> dict[str, Any]:
+    """A config section's settings for cache keys: every field but those marked `key=False` (where a model runs,
+    how processes are started, what is recomputed or logged: the same numbers up to float rounding)."""
+    settings = asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("key") is False:
+            settings.pop(f.name)
+    return settings
 
 
 def train_cache_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that decide what training produces, for cache keys: how the processes are started does not
-    (a launched run computes the same updates up to float summation order, docs/scaling.md)."""
-    settings = asdict(cfg)
-    settings.pop("launcher")
-    # Which activations are recomputed, whether freed memory goes back to the OS and where metrics are also written:
-    # the same numbers.
-    for key in ("checkpoint_every", "checkpoint_keep", "trim_memory", "report_to"):
-        settings.pop(key)
-    return settings
+    (a launched run computes the same updates up to float summation order, docs/scaling.md); nor do which
+    activations are recomputed, whether freed memory goes back to the OS and where metrics are also written."""
+    return key_settings(cfg)
 
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,

@@ -97,38 +97,73 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def fast_bf16() -> bool:
-    """Whether bf16 matmuls run natively here: a CUDA device that supports bf16, or a CPU on which PyTorch's oneDNN
-    takes bf16 (AVX-512 / AMX). Without that (e.g. an AVX2-only CPU) PyTorch falls back to a reference GEMM: a
-    512x576 by 576x1536 matmul measured 730 ms in bf16 against 8.6 ms in fp32 on an AVX2 AMD EPYC."""
+def resolve_device(name: str, where: str = "model.device") -> str:
+    """A device setting as torch names it: 'auto' -> 'cuda:0' when CUDA is available, else 'cpu'; 'cuda' -> 'cuda:0';
+    'cuda:N' checked against the devices present. Asking for CUDA on a machine without it is a one-line error
+    (before any work), never a silent run on the CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+    if name == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise LaffiError(f"{where}: expected auto, cpu, cuda or cuda:N, got '{name[:80]}'")
+    if not torch.cuda.is_available():
+        raise LaffiError(f"{where}: '{name}' asked for, but this machine has no CUDA device (torch "
+                         f"{torch.__version__}, torch.cuda.is_available() is False)")  # fmt: skip
+    n = int(index or 0)
+    if n >= torch.cuda.device_count():
+        raise LaffiError(f"{where}: '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{n}"
+
+
+def fast_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively on `device` (a resolved device, `resolve_device`): a CUDA device that
+    supports bf16, or a CPU on which PyTorch's oneDNN takes bf16 (AVX-512 / AMX). Without that (e.g. an AVX2-only
+    CPU) PyTorch falls back to a reference GEMM: a 512x576 by 576x1536 matmul measured 730 ms in bf16 against 8.6 ms
+    in fp32 on an AVX2 AMD EPYC. Asked per device: a CUDA machine whose model runs on its CPU gets the CPU's answer."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
         return False
 
 
-def resolve_dtype(name: str) -> str:
-    """'auto' -> 'bfloat16' where bf16 is fast (`fast_bf16`), else 'float32'. An explicit 'bfloat16' where it is
-    not fast is kept, with a warning: it is what was asked for, but it can be two orders of magnitude slower."""
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """'auto' -> 'bfloat16' where bf16 is fast on `device` (`fast_bf16`), else 'float32'. An explicit 'bfloat16'
+    where it is not fast is kept, with a warning: it is what was asked for, but it can be two orders of magnitude
+    slower."""
     if name not in DTYPES:
-        raise LaffiError(f"dtype: expected one of {', '.join(DTYPES)}, got '{name}'")
+        raise LaffiError(f"dtype: expected one of {', '.join(DTYPES)}, got '{name[:80]}'")
     if name == "auto":
-        return "bfloat16" if fast_bf16() else "float32"
-    if name == "bfloat16" and not fast_bf16():
-        warnings.warn("dtype bfloat16: this machine has no native bf16 matmul (PyTorch falls back to a reference "
-                      "GEMM, ~85x slower than float32 on an AVX2 CPU); dtype auto or float32 is much faster here",
+        return "bfloat16" if fast_bf16(device) else "float32"
+    if name == "bfloat16" and not fast_bf16(device):
+        warnings.warn(f"dtype bfloat16: {device} has no native bf16 matmul (PyTorch falls back to a reference GEMM, "
+                      "~85x slower than float32 on an AVX2 CPU); dtype auto or float32 is much faster here",
                       RuntimeWarning, stacklevel=2)  # fmt: skip
     return name
 
 
-def torch_dtype(name: str) -> Any:
+def torch_dtype(name: str, device: str = "cpu") -> Any:
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(name)]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(name, device)]
+
+
+def model_device(model: Any) -> Any:
+    """The device of a model's weights (its first parameter's): where every tensor it is given must be."""
+    return next(model.parameters()).device
+
+
+def place(model: Any, device: str) -> Any:
+    """Move `model` to `device` (a resolved device). The one place laffi moves a model: tests with a faked CUDA
+    record the move here."""
+    return model.to(device)
 
 
 def load_tokenizer(model: str) -> Any:
@@ -144,13 +179,17 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
-def load_model(model: str, dtype: str = "float32", adapter: str | None = None, trainable: bool = False) -> Any:
-    """Load a causal LM (and optionally a PEFT adapter on top of it) in eval mode unless `trainable`."""
+def load_model(model: str, dtype: str = "float32", adapter: str | None = None, trainable: bool = False,
+               device: str = "cpu") -> Any:
+    """Load a causal LM (and optionally a PEFT adapter on top of it) on `device` (`resolve_device`; the dtype is
+    resolved for that device), in eval mode unless `trainable`. The weights are read on the CPU, the adapter merged
+    there, then the model is moved once."""
     from transformers import AutoModelForCausalLM
 
+    device = resolve_device(device)
     path = resolve_model(model)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, device))
     except (OSError, ValueError) as e:
         raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
     if adapter:
@@ -160,7 +199,7 @@ def load_model(model: str, dtype: str = "float32", adapter: str | None = None, t
             lm = lm.merge_and_unload()
     if not trainable:
         lm.eval()
-    return lm
+    return place(lm, device)
 
 
 def load_adapter(lm: Any, adapter: str, trainable: bool = False) -> Any:

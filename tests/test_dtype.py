@@ -12,7 +12,7 @@ from laffi.pipeline.experiment import with_dtypes_resolved
 
 @pytest.mark.parametrize("fast, expected", [(True, "bfloat16"), (False, "float32")])
 def test_auto_is_bfloat16_only_where_it_is_fast(monkeypatch, fast, expected):
-    monkeypatch.setattr(models, "fast_bf16", lambda: fast)
+    monkeypatch.setattr(models, "fast_bf16", lambda device="cpu": fast)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert models.resolve_dtype("auto") == expected
@@ -22,10 +22,10 @@ def test_auto_is_bfloat16_only_where_it_is_fast(monkeypatch, fast, expected):
 
 
 def test_explicit_bfloat16_without_native_bf16_warns(monkeypatch):
-    monkeypatch.setattr(models, "fast_bf16", lambda: False)
+    monkeypatch.setattr(models, "fast_bf16", lambda device="cpu": False)
     with pytest.warns(RuntimeWarning, match="no native bf16 matmul"):
         assert models.resolve_dtype("bfloat16") == "bfloat16"
-    monkeypatch.setattr(models, "fast_bf16", lambda: True)
+    monkeypatch.setattr(models, "fast_bf16", lambda device="cpu": True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert models.resolve_dtype("bfloat16") == "bfloat16"

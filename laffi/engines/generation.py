@@ -16,6 +16,7 @@ from typing import Any
 from laffi import prompts
 from laffi.engines import prefix_cache, steering
 from laffi.metrics import normalize_answer
+from laffi.models import model_device
 from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
 
 Progress = Callable[[int], None]
@@ -83,15 +84,15 @@ def generate(
         if prefix_cache.greedy_ids(model, encoded, *args, steering=steer) is not None:
             return outputs
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    device = model_device(model)
     for idx in iter_chunks(order, settings.batch_size):
         width = max(len(encoded[i]) for i in idx)
-        # Left padding: every row's last prompt token sits at the same position, where decoding starts.
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        # Left padding: every row's last prompt token sits at the same position, where decoding starts. Built as
+        # lists and made tensors once, on the model's device.
+        input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], dtype=torch.long,
+                                 device=device)  # fmt: skip
+        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx],
+                                 dtype=torch.long, device=device)  # fmt: skip
         extra = {}
         if steer is not None:
             from transformers import LogitsProcessorList

@@ -66,7 +66,8 @@ def attention(
     total = scores.shape[-1]
     # Float32, scaled, then masked by adding a -inf bias: the same values as masked_fill, 1.5-4x faster for these
     # shapes (a single mixed-dtype torch.add with the bias was up to 17x slower for a batch of questions).
-    scores = scores.view(b, kv_heads, rep, q, total).float().mul_(scale).add_(_bias(attention_mask, q, total))
+    bias = _bias(attention_mask, q, total, query.device)
+    scores = scores.view(b, kv_heads, rep, q, total).float().mul_(scale).add_(bias)
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b, kv_heads, rep * q, total)
     if shared is None:
         out = torch.matmul(probs, value)
@@ -81,7 +82,7 @@ def attention(
 _cached = threading.local()  # per decoding thread: the last mask seen and its bias
 
 
-def _bias(mask: Any, q: int, k: int) -> Any:
+def _bias(mask: Any, q: int, k: int, device: Any) -> Any:
     """(batch or 1, 1, 1, q, k) float32, 0 where a query attends and -inf elsewhere; no mask means causal (new tokens
     last). transformers passes every layer the same mask: its bias is made once per forward pass."""
     import torch
@@ -89,11 +90,11 @@ def _bias(mask: Any, q: int, k: int) -> Any:
     if mask is not None and getattr(_cached, "mask", None) is mask:
         return _cached.bias
     if mask is None:
-        allowed = torch.ones((q, k), dtype=torch.bool).tril_(k - q)
+        allowed = torch.ones((q, k), dtype=torch.bool, device=device).tril_(k - q)
     else:
         allowed = mask if mask.dtype == torch.bool else mask == 0  # boolean, or additive float
         allowed = allowed[:, :, None] if allowed.dim() == 4 else allowed
-    bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+    bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     _cached.mask, _cached.bias = mask, bias
     return bias
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from laffi.engines import prefix_attention
 from laffi.engines.steering import Steering
+from laffi.models import model_device
 
 # A group's own shared segment must be at least this many tokens to be worth a separate prefill.
 MIN_GROUP_TOKENS = 16
@@ -342,9 +343,10 @@ def _prefill(model: Any, ids: list[int], shared: list[tuple[Any, Any]] | None) -
 
     offset = shared[0][0].shape[2] if shared else 0
     cache = _slab_cache([(None, None)] * model.config.get_text_config().num_hidden_layers, 0, offset)
-    input_ids = torch.tensor([ids])
-    positions = torch.arange(offset, offset + len(ids))[None]
-    attention = torch.ones((1, offset + len(ids)), dtype=torch.long)
+    device = model_device(model)
+    input_ids = torch.tensor([ids], device=device)
+    positions = torch.arange(offset, offset + len(ids), device=device)[None]
+    attention = torch.ones((1, offset + len(ids)), dtype=torch.long, device=device)
     out = model(input_ids=input_ids, cache=cache, attention_mask=attention, position_ids=positions,
                 use_cache=True, logits_to_keep=1, shared_kv=shared)  # fmt: skip
     return [(layer.keys, layer.values) for layer in out.cache.layers]
@@ -439,11 +441,14 @@ class _Rows:
         q = 1 + max(len(g) for g in guesses)
         self._make_room(q, max_new_tokens)
         start = self.cache.get_seq_length()  # the column this step's first token is written to
-        input_ids = torch.full((self.n, q), self.chosen[0], dtype=torch.long)
-        for r, (token, g) in enumerate(zip(self.chosen, guesses, strict=True)):
-            input_ids[r, : 1 + len(g)] = torch.tensor([token, *g])
+        device = self.attention.device
+        # Built as lists and made a tensor once, on the model's device: one copy, not one per row.
+        rows = [[token, *g] + [self.chosen[0]] * (q - 1 - len(g))
+                for token, g in zip(self.chosen, guesses, strict=True)]  # fmt: skip
+        input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+        for r, g in enumerate(guesses):
             self.attention[r, start : start + 1 + len(g)] = 1  # the rest of the row's q columns stay masked
-        positions = self.next_pos[:, None] + torch.arange(q)
+        positions = self.next_pos[:, None] + torch.arange(q, device=device)
         out = model(input_ids=input_ids, cache=self.cache, attention_mask=self.attention, position_ids=positions,
                     use_cache=True, logits_to_keep=q, shared_kv=self.shared)  # fmt: skip
         best = out.logits.argmax(dim=-1).tolist()  # (rows, q): the greedy choice after each input token
@@ -459,7 +464,7 @@ class _Rows:
             self.accepted.append(g[:kept])
             chosen.append(best[r][kept])
             self.attention[r, start + 1 + kept : start + q] = 0  # guesses after the first wrong one are not tokens
-        self.next_pos = self.next_pos + 1 + torch.tensor([len(a) for a in self.accepted])
+        self.next_pos = self.next_pos + 1 + torch.tensor([len(a) for a in self.accepted], device=device)
         self.chosen = chosen
 
     def _make_room(self, q: int, max_new_tokens: int) -> None:
@@ -497,7 +502,7 @@ class _Rows:
         if not rows:
             return None
         if len(rows) < self.n:
-            index = torch.tensor(rows)
+            index = torch.tensor(rows, device=self.attention.device)
             self.cache.batch_select_indices(index)
             self.attention, self.next_pos = self.attention[index], self.next_pos[index]
             self.rows, self.chosen = [self.rows[r] for r in rows], [self.chosen[r] for r in rows]
@@ -515,7 +520,7 @@ class _Rows:
         filled = [self.cache.layers[0].filled, other.cache.layers[0].filled]
         width = max(filled)
         parts = ((slice(0, self.n), self, filled[0]), (slice(self.n, None), other, filled[1]))
-        attention = torch.zeros((self.n + other.n, s + width + room), dtype=torch.long)
+        attention = torch.zeros((self.n + other.n, s + width + room), dtype=torch.long, device=self.attention.device)
         attention[:, :s] = 1
         for rows, part, n in parts:
             attention[rows, s + width - n : s + width] = part.attention[:, s : s + n]
@@ -554,15 +559,18 @@ def _start_rows(
     seg_lens = [g.prefix_len - level0 for _, g in batch]
     suffixes = [encoded[i][g.prefix_len :] for i, g in batch]
     seg_w, suf_w = max(seg_lens), max(len(s) for s in suffixes)
-    attention = torch.zeros((n, level0 + seg_w + suf_w + room), dtype=torch.long)
+    device = shared[0][0].device
+    attention = torch.zeros((n, level0 + seg_w + suf_w + room), dtype=torch.long, device=device)
     attention[:, :level0] = 1
-    input_ids = torch.full((n, suf_w), pad_id, dtype=torch.long)
-    positions = torch.zeros((n, suf_w), dtype=torch.long)
-    for r, ((_, g), s) in enumerate(zip(batch, suffixes, strict=True)):
+    # Left-padded rows built as lists and made tensors once, on the model's device.
+    ids_rows = [[pad_id] * (suf_w - len(s)) + s for s in suffixes]
+    pos_rows = [[0] * (suf_w - len(s)) + list(range(g.prefix_len, g.prefix_len + len(s)))
+                for (_, g), s in zip(batch, suffixes, strict=True)]  # fmt: skip
+    input_ids = torch.tensor(ids_rows, dtype=torch.long, device=device)
+    positions = torch.tensor(pos_rows, dtype=torch.long, device=device)
+    for r, s in enumerate(suffixes):
         attention[r, level0 + seg_w - seg_lens[r] : level0 + seg_w] = 1
         attention[r, level0 + seg_w + suf_w - len(s) : level0 + seg_w + suf_w] = 1
-        input_ids[r, suf_w - len(s) :] = torch.tensor(s)
-        positions[r, suf_w - len(s) :] = torch.arange(g.prefix_len, g.prefix_len + len(s))
     slabs = []
     for layer, (k0, v0) in enumerate(shared):
         shape = (n, k0.shape[1], seg_w + suf_w + room, k0.shape[3])

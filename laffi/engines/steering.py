@@ -46,7 +46,7 @@ def na_probability(logits: Any, chosen: int, abstain: int, allowed: list[int] | 
 
     row = logits.float()
     if allowed is not None:
-        row = row[torch.tensor(allowed)]
+        row = row[torch.tensor(allowed, device=row.device)]
         ids = allowed
         pos = {t: k for k, t in enumerate(allowed)}
         a, own = row[pos[abstain]].item(), pos[chosen]
@@ -161,7 +161,7 @@ class Steering:
             return int(logits.argmax().item())
         import torch
 
-        return allowed[int(logits[torch.tensor(allowed)].argmax().item())]
+        return allowed[int(logits[torch.tensor(allowed, device=logits.device)].argmax().item())]
 
     def first(self, i: int, logits: Any) -> int:
         """The first answer token of prompt i, recording its no-answer score on the way."""
@@ -195,9 +195,10 @@ def logits_processor(steering: Steering, rows: list[int], width: int, stops: lis
                         continue  # finished: generate pads it whatever we do
                     allowed = steering.allowed(i, generated)
                     if allowed is not None:
-                        keep = scores[r, torch.tensor(allowed)]
+                        index = torch.tensor(allowed, device=scores.device)
+                        keep = scores[r, index]
                         scores[r] = float("-inf")
-                        scores[r, torch.tensor(allowed)] = keep
+                        scores[r, index] = keep
             if step == 0 and steering.abstain is not None and steering.na is not None:
                 for r, i in enumerate(rows):
                     token = int(scores[r].argmax().item())

@@ -188,7 +188,7 @@ def load_local(cfg: AnnotateConfig, adapter: str | None) -> tuple[Any, Any]:
     """(tokenizer, model) of the local annotator, with `adapter` merged in if given."""
     from laffi.models import load_model, load_tokenizer
 
-    return load_tokenizer(cfg.model), load_model(cfg.model, dtype=cfg.dtype, adapter=adapter)
+    return load_tokenizer(cfg.model), load_model(cfg.model, dtype=cfg.dtype, adapter=adapter, device=cfg.device)
 
 
 # ---------------------------------------------------------------------------------------------------- scored verdicts

@@ -117,7 +117,7 @@ def generate(ids: list[str], prompt: Callable[[Any, str], str], parse: Callable[
     from laffi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model.name)
-    lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
+    lm = load_model(model.name, dtype=model.dtype, adapter=adapter, device=model.device)
     partial.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(qid, prompt(tokenizer, qid)) for qid in ids]
     with tqdm(total=len(jobs), desc=desc, unit="q", disable=not progress) as bar:

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from laffi import methods
-from laffi.config import AnswerConfig, ExperimentConfig, RunConfig, TrainConfig, train_cache_settings
+from laffi.config import AnswerConfig, ExperimentConfig, RunConfig, TrainConfig, key_settings, train_cache_settings
 from laffi.data import (
     articles,
     load_squad,
@@ -280,12 +280,17 @@ def _quiet(message: str) -> None:
 
 
 def with_dtypes_resolved(cfg: ExperimentConfig) -> ExperimentConfig:
-    """dtype 'auto' replaced by what it is on this machine (`laffi.models.resolve_dtype`) before any stage key is
-    made, so that config.yaml says what ran and a stage made in one dtype is never taken for the other's."""
-    from laffi.models import resolve_dtype
+    """device and dtype 'auto' replaced by what they are on this machine (`laffi.models.resolve_device`, then
+    `resolve_dtype` for that device) before any stage key is made, so that config.yaml says what ran and a stage made
+    in one dtype is never taken for the other's. A device this machine lacks is a one-line error before any work."""
+    from laffi.models import resolve_device, resolve_dtype
 
-    return replace(cfg, model=replace(cfg.model, dtype=resolve_dtype(cfg.model.dtype)),
-                   annotate=replace(cfg.annotate, dtype=resolve_dtype(cfg.annotate.dtype)))  # fmt: skip
+    model_device = resolve_device(cfg.model.device, "model.device")
+    annotate_device = resolve_device(cfg.annotate.device, "annotate.device")
+    return replace(cfg, model=replace(cfg.model, device=model_device,
+                                      dtype=resolve_dtype(cfg.model.dtype, model_device)),
+                   annotate=replace(cfg.annotate, device=annotate_device,
+                                    dtype=resolve_dtype(cfg.annotate.dtype, annotate_device)))  # fmt: skip
 
 
 def with_sizes_resolved(cfg: ExperimentConfig, questions: list) -> ExperimentConfig:
@@ -405,7 +410,7 @@ def answer_stage(cfg: RunConfig, stage_dir: Path, name: str, questions: list, da
     for name, default in (("constrain", "none"), ("na_score", "first_token")):
         if settings[name] == default:  # the defaults: keys stay those of runs made before the settings existed
             settings.pop(name)
-    key = stage_key(data=file_hash(data_file), model=asdict(cfg.model), answer=settings,
+    key = stage_key(data=file_hash(data_file), model=key_settings(cfg.model), answer=settings,
                     adapter=file_hash(adapter) if adapter else None,
                     first=file_hash(first) if first else None)  # fmt: skip
     if cached(output, key):
@@ -511,7 +516,7 @@ def answers_from_stage(cfg: ExperimentConfig, out: Path, spec: str, train_qs: li
 
 def annotation_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """The annotate settings that decide what an annotator writes, for cache keys (filtering happens afterwards)."""
-    settings = asdict(cfg.annotate)
+    settings = key_settings(cfg.annotate)
     settings.pop("filter_contradictions")
     return settings
 
@@ -721,7 +726,8 @@ def train_cell(cfg: ExperimentConfig, out: Path, cell: Cell, train_qs: list, fee
     tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed,
                           "answers_from": critique_source(cfg, out, cell, train_qs, feedback, log, progress)})
     key = stage_key(data=file_hash(data_file), feedback=file_hash(feedback_file) if feedback_file else None,
-                    model=asdict(cfg.model), train=train_cache_settings(tcfg), shots=cfg.answer.shots)  # fmt: skip
+                    model=key_settings(cfg.model), train=train_cache_settings(tcfg),
+                    shots=cfg.answer.shots)  # fmt: skip
     if cached(output, key):
         return output
     partial, timing = output.with_name(output.name + ".partial"), train_timing_path(output)
@@ -789,13 +795,14 @@ def attention_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_fil
         if cell is not None:
             adapters[method] = str(cell_dir(out, cell) / "adapter")
     weights = {name: file_hash(Path(a)) if a else None for name, a in adapters.items()}
-    key = stage_key(data=file_hash(eval_file), model=asdict(cfg.model), questions=cfg.attention_questions,
+    key = stage_key(data=file_hash(eval_file), model=key_settings(cfg.model), questions=cfg.attention_questions,
                     shots=cfg.answer.shots, adapters=weights)  # fmt: skip
     if cached(output, key):
         return output
     begin(output, key)
     attention_report(cfg.model.name, eval_file, adapters, cfg.attention_questions, output.parent,
-                     shots=cfg.answer.shots, seed=cfg.data.split_seed, progress=progress, log=log)  # fmt: skip
+                     shots=cfg.answer.shots, seed=cfg.data.split_seed, progress=progress, log=log,
+                     device=cfg.model.device)  # fmt: skip
     finish(output, key)
     return output
 

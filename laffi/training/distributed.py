@@ -43,6 +43,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
+def target_device() -> str:
+    """The device a launched process trains on (accelerate's choice: its local rank's GPU, else the CPU), for
+    resolving dtype 'auto' before the model is read."""
+    if torch.cuda.is_available():
+        rank = os.environ.get("LOCAL_RANK", "0").strip()
+        return f"cuda:{int(rank) if rank.isdigit() else 0}"
+    return "cpu"
+
+
 class CompletionLoss(torch.nn.Module):
     """The loop's loss as a module's forward, so the engine sees the forward pass: DDP prepares the gradient
     all-reduce there, FSDP gathers the root's parameters (embeddings, LM head) there, DeepSpeed runs its hooks."""
@@ -109,7 +118,7 @@ class DataParallel:
         mine += [(micro_batches[0], 0.0)] * (self.k - len(mine))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for mb, weight in mine:
-            tensors = [t.to(self.device) for t in batch_tensors([rows[i] for i in mb], pad_id)]
+            tensors = batch_tensors([rows[i] for i in mb], pad_id, self.device)
             with self.accelerator.accumulate(self.loss):
                 with autocast:
                     loss_sum = self.loss(*tensors)

@@ -15,22 +15,24 @@ def completion_loss_sum(model: Any, rows: list[dict[str, list[int]]], pad_id: in
     The LM head (a 49k-vocabulary matmul for SmolLM2) runs only on the positions that predict a completion token,
     never on the prompt: that is most of the sequence here, and full logits dominate memory on long passages.
     """
-    return loss_sum_of_batch(model, *batch_tensors(rows, pad_id))
+    from laffi.models import model_device
+
+    return loss_sum_of_batch(model, *batch_tensors(rows, pad_id, model_device(model)))
 
 
-def batch_tensors(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[Any, Any, Any]:
-    """(input ids, attention mask, completion mask) of one right-padded micro-batch."""
+def batch_tensors(rows: list[dict[str, list[int]]], pad_id: int, device: Any = "cpu") -> tuple[Any, Any, Any]:
+    """(input ids, attention mask, completion mask) of one right-padded micro-batch, on `device` (the model's):
+    padded as lists, each made a tensor once."""
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[row, :n] = torch.tensor(r["input_ids"])
-        attention[row, :n] = 1
-        target_mask[row, :n] = torch.tensor(r["completion_mask"], dtype=torch.bool)
+    pad = [width - len(r["input_ids"]) for r in rows]
+    ids = torch.tensor([r["input_ids"] + [pad_id] * p for r, p in zip(rows, pad, strict=True)], dtype=torch.long,
+                       device=device)  # fmt: skip
+    attention = torch.tensor([[1] * len(r["input_ids"]) + [0] * p for r, p in zip(rows, pad, strict=True)],
+                             dtype=torch.long, device=device)  # fmt: skip
+    target_mask = torch.tensor([list(r["completion_mask"]) + [0] * p for r, p in zip(rows, pad, strict=True)],
+                               dtype=torch.bool, device=device)  # fmt: skip
     return ids, attention, target_mask
 
 

@@ -205,28 +205,32 @@ def allowed(packed: Packed, width: int) -> Any:
     return mask
 
 
-def packed_tensors(packed: Sequence[Packed], pad_id: int, dtype: Any) -> tuple[Any, Any, Any, Any, Any]:
+def packed_tensors(packed: Sequence[Packed], pad_id: int, dtype: Any,
+                   device: Any = "cpu") -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
     """(input ids, additive 4-D attention mask in `dtype`, position ids, flat predict indices, targets) of packed rows,
-    right-padded to the longest. The mask is 0 where attention is allowed and dtype's lowest value elsewhere, the form
-    both eager and SDPA attention add to the scores."""
+    right-padded to the longest, on `device` (the model's). The mask is 0 where attention is allowed and dtype's
+    lowest value elsewhere, the form both eager and SDPA attention add to the scores; it is worked out in numpy on
+    the CPU and copied once."""
     import numpy as np
     import torch
 
     width = max(len(p.input_ids) for p in packed)
-    ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(packed), width), dtype=torch.long)
     ok = np.zeros((len(packed), 1, width, width), dtype=bool)
     predict: list[int] = []
     targets: list[int] = []
     for b, p in enumerate(packed):
-        n = len(p.input_ids)
-        ids[b, :n] = torch.tensor(p.input_ids)
-        positions[b, :n] = torch.tensor(p.positions)
         ok[b, 0] = allowed(p, width)
         predict += [b * width + i for i in p.predict]
         targets += p.targets
-    mask = torch.zeros(ok.shape, dtype=dtype).masked_fill_(~torch.from_numpy(ok), torch.finfo(dtype).min)
-    return ids, mask, positions, torch.tensor(predict, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+    pad = [width - len(p.input_ids) for p in packed]
+    ids = torch.tensor([list(p.input_ids) + [pad_id] * n for p, n in zip(packed, pad, strict=True)], dtype=torch.long,
+                       device=device)  # fmt: skip
+    positions = torch.tensor([list(p.positions) + [0] * n for p, n in zip(packed, pad, strict=True)],
+                             dtype=torch.long, device=device)  # fmt: skip
+    blocked = ~torch.from_numpy(ok).to(device)
+    mask = torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(blocked, torch.finfo(dtype).min)
+    return (ids, mask, positions, torch.tensor(predict, dtype=torch.long, device=device),
+            torch.tensor(targets, dtype=torch.long, device=device))
 
 
 def packed_loss(model: Any, packed: Sequence[Packed], pad_id: int, per_token: bool = False) -> Any:
@@ -236,8 +240,8 @@ def packed_loss(model: Any, packed: Sequence[Packed], pad_id: int, per_token: bo
 
     causal_lm = model.get_base_model()
     body = getattr(causal_lm, causal_lm.base_model_prefix)
-    dtype = body.get_input_embeddings().weight.dtype
-    ids, mask, positions, predict, targets = packed_tensors(packed, pad_id, dtype)
+    weight = body.get_input_embeddings().weight
+    ids, mask, positions, predict, targets = packed_tensors(packed, pad_id, weight.dtype, weight.device)
     hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
     h = hidden.reshape(-1, hidden.shape[-1])[predict]
     logits = causal_lm.get_output_embeddings()(h).float()
