@@ -53,6 +53,8 @@ def answer(
     first_answers: Path | None = typer.Option(None, help="With --revise: revise the answers in this generations "
                                               "JSONL (written by an earlier `--generations`) instead of answering "
                                               "again."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the partial answers an interrupted run left "
+                                 "beside OUT and answer afresh (a resume with other settings is refused)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     cfg: Any = None,
 ) -> None:
@@ -80,7 +82,7 @@ def answer(
     settings = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds)) if revise else cfg.answer
     preds = stages.answer(questions, out, cfg.model, settings, str(adapter) if adapter else None,
                           generations_out=generations, progress=progress, first=first_answers,
-                          where=str(data))  # fmt: skip
+                          where=str(data), restart=restart)  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 
@@ -358,6 +360,8 @@ def train(
                                              "file {id: answer}, an adapter directory or base-Kshot (the model with "
                                              "K shots) (= --set train.answers_from=). laffi and laffi+sft take it in "
                                              "`laffi run` / `laffi experiment`, not here: they train on --feedback."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the checkpoint an interrupted run left in "
+                                 "OUT.partial/ and train afresh (a resume with other settings is refused)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
@@ -397,7 +401,8 @@ def train(
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
     _library_bars(progress)
-    info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots, progress)
+    info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots, progress,
+                        restart=restart)  # fmt: skip
     if split is not None:  # written after training: saving the adapter replaces the directory
         from laffi.records import write_json
 

@@ -40,11 +40,13 @@ def answer(
     progress: bool = True,
     first: Path | None = None,
     where: str = "questions",
+    restart: bool = False,
 ) -> dict[str, str]:
     """Answer `questions`, write `{id: answer}` (official prediction format) to `out`. Resumes after a crash.
 
     With `first` (a generations JSONL that an earlier `answer` run with the same model, adapter and settings wrote),
-    the first answers are read from it instead of generated again, so revising costs only the feedback rounds."""
+    the first answers are read from it instead of generated again, so revising costs only the feedback rounds.
+    A resume with other settings is refused (`laffi.resume`); `restart` discards the partial answers instead."""
     from tqdm.auto import tqdm
 
     from laffi.engines.generation import DecodeSettings, answer_prefix, answer_questions, revise_answers
@@ -54,6 +56,7 @@ def answer(
         raise LaffiError("answer.na_score: 'verdict' needs a LaFFi adapter (--adapter)")
     if settings.engine == "vllm":
         return answer_vllm(questions, out, model, settings, adapter, generations_out, first, where)
+    claim_partial_answers(questions, out, model, settings, adapter, first, restart)
     tokenizer = load_tokenizer(model.name)
     lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
     check_prompt_lengths(questions, tokenizer, lm, settings, where)
@@ -116,6 +119,26 @@ def answer(
     for leftover in out.parent.glob(f"{partial.name}*"):
         leftover.unlink()
     return preds
+
+
+def claim_partial_answers(questions: list[Question], out: Path, model: ModelConfig, settings: AnswerConfig,
+                          adapter: str | None, first: Path | None, restart: bool) -> None:  # fmt: skip
+    """Refuse to resume partial answers of `out` made with other settings (or discard them: `restart`)."""
+    from dataclasses import asdict
+
+    from laffi.pipeline.cache import file_hash
+    from laffi.resume import claim, digest
+
+    answer = asdict(settings)
+    if not settings.revise_rounds:  # revision settings don't change plain answers
+        for name in ("revise_rounds", "feedback_max_new_tokens", "revise_threshold"):
+            answer.pop(name)
+    record = {"model": asdict(model), "answer": answer, "questions": digest(questions),
+              "adapter": file_hash(Path(adapter)) if adapter else None,
+              "first_answers": file_hash(first) if first is not None else None}  # fmt: skip
+    partial = partial_path(out)
+    rounds = sorted(out.parent.glob(f"{partial.name}.round*")) if out.parent.is_dir() else []
+    claim(out.with_name(f"{partial.name}.settings.json"), [partial, *rounds], record, "answers", restart)
 
 
 def na_prob_path(out: Path) -> Path:
@@ -319,9 +342,11 @@ def train(
     cfg: TrainConfig,
     shots: int,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train one method's adapter into `out`. A method that makes its own data first (refine, critique: its
-    `prepare`) does so resumably under `out`.partial/ and leaves what it made and a report beside the adapter files."""
+    `prepare`) does so resumably under `out`.partial/ and leaves what it made and a report beside the adapter files.
+    A resume with other settings is refused (`laffi.resume`); `restart` discards `out`.partial/ instead."""
     from laffi import methods
     from laffi.methods.common import save_report
     from laffi.models import load_tokenizer
@@ -334,6 +359,7 @@ def train(
     if launched() and method.prepare is not None:
         # Making data generates and writes files; it is not shared out between processes.
         raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
+    claim_checkpoint(questions, feedback, out, model, cfg, shots, restart)
     if cfg.launcher.strip() and not launched() and method.prepare is None:
         return launch_training(questions, feedback, out, model, cfg, shots, progress)
     tokenizer = load_tokenizer(model.name)
@@ -347,6 +373,24 @@ def train(
         save_report(out, cfg.method, report)
         info[cfg.method] = report["summary"]
     return info
+
+
+def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] | None, out: Path, model: ModelConfig,
+                     cfg: TrainConfig, shots: int, restart: bool) -> None:  # fmt: skip
+    """Refuse to resume `out`.partial/ (checkpoint, data a method made) made with other settings, or discard it
+    (`restart`). Its record, `settings.json`, is written first, so a checkpoint never exists without one."""
+    from dataclasses import asdict
+
+    from laffi.resume import claim, digest
+    from laffi.training.distributed import launched
+
+    work = out.with_name(out.name + ".partial")
+    if restart and launched():
+        raise LaffiError(f"--restart: not under a launcher (several processes would discard {work} at once); "
+                         "use train.launcher, or remove it first")  # fmt: skip
+    record = {"model": asdict(model), "train": train_cache_settings(cfg), "shots": shots,
+              "questions": digest(questions), "feedback": digest(feedback) if feedback is not None else None}
+    claim(work / "settings.json", [work], record, "training checkpoint", restart)
 
 
 def answers_from_unused(method: str, use: str) -> str:

@@ -343,6 +343,8 @@ def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: lis
             "scheduler": scheduler.state_dict(),
             "log": log,
             "torch_rng": torch.get_rng_state(),
+            # Dropout masks on a GPU come from its own generators: a resume restores them too, or it is not exact.
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / "state.pt.tmp"
@@ -365,12 +367,28 @@ def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: An
     path = work / "state.pt"
     if not path.exists():
         return [], 0
-    state = torch.load(path, weights_only=False)
-    set_peft_model_state_dict(model, state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["log"], len(state["log"])
+    try:
+        # On the CPU first (a checkpoint written on another device loads anywhere); loading the state dicts below
+        # copies each tensor to its parameter's device. Plain tensors and containers only: no pickled code runs.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        log = state["log"]
+        set_peft_model_state_dict(model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except Exception as e:  # truncated, not a checkpoint, or one of another model or LoRA shape
+        raise LaffiError(f"{path}: checkpoint cannot be resumed ({_reason(e)}); remove {work} (laffi train: add "
+                         "--restart) to train afresh") from None  # fmt: skip
+    return log, len(log)
+
+
+def _reason(e: Exception) -> str:
+    """The first line of an error, short: what was wrong with a checkpoint."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _summary(cfg: TrainConfig, examples: list[Example], rows: list[dict], log: list[dict],
