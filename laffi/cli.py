@@ -5,6 +5,7 @@ This is the only place that turns a `LaffiError` into one line on stderr and exi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from laffi import methods
 from laffi.cli_options import config_options
 from laffi.config import AnnotateConfig, AnswerConfig
 from laffi.errors import LaffiError
-from laffi.outputs import check_output_dir, check_output_file, show
+from laffi.outputs import check_not_input, check_output_dir, check_output_file, database, show
 from laffi.records import read_feedback, read_predictions
 
 app = typer.Typer(
@@ -36,6 +37,19 @@ DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native, else
 
 def _err(msg: str) -> None:
     typer.echo(f"laffi: error: {msg}", err=True)
+
+
+def _print(text: str) -> None:
+    """Print a command's result on stdout; a stdout that cannot take it (a full disk, /dev/full, a closed pipe) is a
+    one-line error naming it. Standard output then goes to os.devnull, so the exit's flush fails no second time."""
+    try:
+        typer.echo(text)
+    except OSError as e:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise LaffiError(f"stdout: cannot write ({(e.strerror or type(e).__name__).lower()})") from None
 
 
 @app.command()
@@ -72,7 +86,8 @@ def answer(
     from laffi.engines.allocator import keep_freed_memory
     from laffi.pipeline import stages
 
-    inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers)]
+    inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers),
+              ("--model", cfg.model.name)]
     check_output_file(out, "--out", inputs)
     if generations is not None:
         check_output_file(generations, "--generations", [*inputs, ("--out", out)])
@@ -114,7 +129,8 @@ def annotate(
     settings = cfg.annotate
     annotator, learn_from_examples = settings.annotator, settings.learn_from_examples
     check_output_file(out, "--out", [("--data", data), ("--predictions", predictions),
-                                     ("--examples", settings.examples or None)])  # fmt: skip
+                                     ("--examples", settings.examples or None),
+                                     ("--model", settings.model)])  # fmt: skip
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
     records = stages.annotate(questions, preds, out, settings)
@@ -148,6 +164,7 @@ def annotate_export(
     it judged."""
     from laffi.records import write_jsonl
 
+    check_output_file(out, "--out", database("--db", db))
     store = _require_db(db)
     records = store.export(annotator)
     store.close()
@@ -166,6 +183,7 @@ def annotate_import(
 
     All or nothing (every row is checked before any is written) and idempotent: a row replaces the same annotator's
     annotation of the same item and answer, so importing a file twice is the same as once."""
+    check_not_input(db, "--db", [("--file", file)])
     store = _require_db(db)
     n = store.import_file(file, annotator)
     store.close()
@@ -194,9 +212,15 @@ def annotators_add(
 
     check_annotator_name(name)  # before the database is created: a refused name leaves no file behind
     store = Store(db)
-    token = store.add_annotator(name, admin)
-    store.close()
-    typer.echo(token)
+    try:
+        token = store.add_annotator(name, admin)
+        try:
+            _print(token)
+        except LaffiError:
+            store.remove_annotator(name)  # a token no one saw: the annotator is not made
+            raise
+    finally:
+        store.close()
 
 
 @annotators_app.command("list")
@@ -207,7 +231,7 @@ def annotators_list(db: Path = typer.Option(Path("feedback.sqlite"), help="Annot
     store.close()
     for r in rows:
         role, state = "admin" if r["admin"] else "annotator", "active" if r["active"] else "revoked"
-        typer.echo(f"{r['name']}\t{role}\t{state}\t{r['annotated']} annotated, {r['unsure']} unsure, "
+        _print(f"{r['name']}\t{role}\t{state}\t{r['annotated']} annotated, {r['unsure']} unsure, "
                    f"{r['skipped']} skipped, {r['todo']} to do")  # fmt: skip
 
 
@@ -232,7 +256,7 @@ def annotators_reset_token(
     store = _require_db(db)
     token = store.reset_token(name)
     store.close()
-    typer.echo(token)
+    _print(token)
 
 
 @app.command("annotate-server")
@@ -254,6 +278,8 @@ def annotate_server(
     from laffi.data import load_squad, resolve_data_path
     from laffi.server.app import bind, prepare, read_inputs, serve
 
+    check_not_input(db, "--db", [("--data", data), ("--predictions", predictions), ("--drafts", drafts),
+                                 ("--guidelines", guidelines)])  # fmt: skip
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
     ai_drafts, guidelines_text = read_inputs(drafts, guidelines)
@@ -284,14 +310,16 @@ def feedback_report(
     from laffi.feedback.report import filter_contradictions, report_markdown
     from laffi.records import write_json, write_jsonl
 
-    for flag, path in (("--out", out), ("--filtered-out", filtered_out)):
-        if path is not None:
-            check_output_file(path, flag, [("--human", human), ("--ai", ai), ("--failures", failures)])
-    ai_records = read_feedback(ai)
     failures = failures or (failures_path(ai) if failures_path(ai).exists() else None)
+    inputs = [("--human", human), ("--ai", ai), ("--failures", failures)]
+    if out is not None:
+        check_output_file(out, "--out", inputs)
+    if filtered_out is not None:
+        check_output_file(filtered_out, "--filtered-out", [*inputs, ("--out", out)])
+    ai_records = read_feedback(ai)
     n_fail = len(read_failures(failures)) if failures else None
     rep = build(read_feedback(human), ai_records, n_fail, threshold)
-    typer.echo(report_markdown(rep))
+    _print(report_markdown(rep))
     if out:
         write_json(out, rep)
     if filtered_out:
@@ -316,17 +344,26 @@ def annotators_compare(
     from laffi.feedback.report import annotator_summary, compare_markdown
     from laffi.records import read_json, write_json
 
+    given: dict[str, Path] = {}
+    for item in feedback:
+        name, sep, path_text = item.partition("=")
+        if not sep or not name or not path_text:
+            raise LaffiError(f"--feedback: expected NAME=FILE, got '{item}'")
+        if name in given:
+            raise LaffiError(f"--feedback: the name '{name}' is given twice ({name}={given[name]} and {item}); "
+                             "give each annotator its own name")  # fmt: skip
+        given[name] = Path(path_text)
+    if out is not None:
+        check_output_file(out, "--out", [*((f"--feedback {n}=", p) for n, p in given.items()),
+                                         *((f"--feedback {n}= (its failures)", failures_path(p))
+                                           for n, p in given.items()), ("--ids-from", ids_from)])  # fmt: skip
     keep = None
     if ids_from is not None:
         from laffi.data import load_squad, resolve_data_path
 
         keep = {q.id for q in load_squad(resolve_data_path(str(ids_from)))}
     summaries = {}
-    for item in feedback:
-        name, sep, path_text = item.partition("=")
-        if not sep or not name or not path_text:
-            raise LaffiError(f"--feedback: expected NAME=FILE, got '{item}'")
-        path = Path(path_text)
+    for name, path in given.items():
         records = [r for r in read_feedback(path) if keep is None or r.id in keep]
         fails = failures_path(path)
         n_fail = len([f for f in read_failures(fails) if keep is None or f.id in keep]) if fails.exists() else None
@@ -334,7 +371,7 @@ def annotators_compare(
         info = Path(adapter) / INFO if adapter else None
         seconds = read_json(info).get("seconds") if info is not None and info.exists() else None
         summaries[name] = annotator_summary(records, n_fail, threshold, seconds)
-    typer.echo(compare_markdown(summaries))
+    _print(compare_markdown(summaries))
     if out:
         write_json(out, summaries)
 
@@ -379,13 +416,13 @@ def train(
     if not methods.get(run_cfg.train.method).trains:
         raise LaffiError(f"--method: '{run_cfg.train.method}' trains nothing (trained methods: "
                          f"{', '.join(methods.names(trained=True))})")  # fmt: skip
-    check_output_dir(out, "--out")
+    # Saving replaces the whole directory: none of the inputs may be in it.
+    check_output_dir(out, "--out", [("--data", data), ("--feedback", feedback), ("--human-feedback", human_feedback),
+                                    ("--config", config), ("--answers-from", answers_from),
+                                    ("--model", model)])  # fmt: skip
     if out.is_dir() and any(out.iterdir()) and not (out / "adapter_config.json").exists():
-        # Saving replaces the whole directory: never do that to a folder that holds something other than an adapter.
+        # Never replace a folder that holds something other than an adapter.
         raise LaffiError(f"--out {show(out)}: not empty and not an adapter directory; give a new directory")
-    for flag, path in (("--data", data), ("--feedback", feedback), ("--human-feedback", human_feedback)):
-        if path is not None and Path(path).resolve().is_relative_to(Path(out).resolve()):
-            raise LaffiError(f"--out {show(out)}: contains {flag} {show(path)}; saving the adapter would replace it")
     questions = load_squad(resolve_data_path(str(data)))
     records = read_feedback(feedback) if feedback else None
     split = None
@@ -445,7 +482,7 @@ def score(
 
     if not math.isfinite(na_prob_thresh):
         raise LaffiError(f"--na-prob-thresh: must be a finite number, got {na_prob_thresh}")
-    typer.echo(json.dumps(stages.score(data, predictions, na_prob_file, na_prob_thresh), indent=2))
+    _print(json.dumps(stages.score(data, predictions, na_prob_file, na_prob_thresh), indent=2))
 
 
 @app.command()
@@ -460,7 +497,7 @@ def run(
     from laffi.pipeline.experiment import check_method, run_preset
 
     cfg = load_run_config(config, set_, check_method=check_method)
-    check_output_dir(cfg.out_dir, "out_dir")
+    check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(run_preset(cfg), progress)
 
 
@@ -488,8 +525,20 @@ def experiment(
         raise LaffiError("--report-only: not with --shard (it makes nothing to share)")
     extra = [f"workers={workers}"] if workers else []
     cfg = load_run_config(config, [*set_, *extra], ExperimentConfig, check_method)
-    check_output_dir(cfg.out_dir, "out_dir")
+    check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(cfg, progress, _shard(shard) if shard else None, report_only)
+
+
+def _config_inputs(config: Path, cfg: Any) -> list[tuple[str, str | Path | None]]:
+    """The files and folders a run or experiment config reads (those that name a path): none may be in out_dir."""
+    inputs: list[tuple[str, str | Path | None]] = [("the config", config)]
+    for section, key in (("data", "path"), ("data", "eval_path"), ("model", "name"), ("annotate", "examples"),
+                         ("annotate", "model"), ("train", "answers_from"), (None, "human_feedback")):  # fmt: skip
+        holder = getattr(cfg, section, None) if section else cfg
+        value = getattr(holder, key, None)
+        if isinstance(value, str) and value:
+            inputs.append((f"{section}.{key}" if section else key, value))
+    return inputs
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -507,10 +556,10 @@ def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, 
                              report_only=report_only)  # fmt: skip
     out = Path(cfg.out_dir)
     if summary is None:
-        typer.echo(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")
+        _print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")
         return
-    typer.echo((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
-    typer.echo(f"\n{summary['verdict']}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
+    _print((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
+    _print(f"\n{summary['verdict']}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
 
 
 @app.command()
@@ -528,10 +577,12 @@ def attention(
     """Attention entropy, distance and where the answer position looks, per layer and head, for each model."""
     from laffi.attention import attention_report, parse_adapters
 
-    check_output_dir(out, "--out")
-    report = attention_report(model, str(data), parse_adapters(adapters), questions, out, shots=shots, dtype=dtype,
+    chosen = parse_adapters(adapters)
+    check_output_dir(out, "--out", [("--data", data), ("--model", model),
+                                    *((f"--adapters {name}=", path) for name, path in chosen.items())])  # fmt: skip
+    report = attention_report(model, str(data), chosen, questions, out, shots=shots, dtype=dtype,
                               seed=seed, log=lambda m: typer.echo(m, err=True))  # fmt: skip
-    typer.echo(report["markdown"])
+    _print(report["markdown"])
     typer.echo(f"wrote {report['files']['json']}, {report['files']['markdown']} and the plots in {out}", err=True)
 
 

@@ -4,6 +4,10 @@ A command that loads a model and answers for minutes must not discover at the en
 its parent is a file, that the directory is read-only, or that `--out` is the input it is reading. Each check here
 raises `LaffiError` naming the option and the path, and creates nothing: the writable-directory probe makes and removes
 one temporary file in the nearest directory that already exists.
+
+Every command that writes passes all its inputs (files, directories, databases) to these checks: an output file that
+is an input (the same inode: a symlink or a hard link counts) is refused, and so is an output directory that holds an
+input, since a stage may replace anything inside it (`laffi run`'s `out_dir/config.yaml`, a trained adapter folder).
 """
 
 from __future__ import annotations
@@ -43,27 +47,60 @@ def _check_writable_dir(directory: Path, flag: str, target: Path) -> None:
     os.unlink(probe)
 
 
-def check_output_file(path: str | Path, flag: str, inputs: Iterable[tuple[str, str | Path | None]] = ()) -> None:
+Inputs = Iterable[tuple[str, str | Path | None]]
+
+
+def database(flag: str, path: str | Path | None) -> list[tuple[str, str | Path | None]]:
+    """A SQLite database as inputs: the file and the WAL, shared-memory and journal files SQLite keeps beside it."""
+    if path is None:
+        return []
+    return [(flag, path), *((flag, f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal"))]
+
+
+def check_output_file(path: str | Path, flag: str, inputs: Inputs = ()) -> None:
     """`path` can be written as a file: not a directory, no file among its parents, in a writable directory, and not
     the same file as any of `inputs` ((option, path) pairs; writing over an input would destroy it)."""
     path = Path(path)
     if path.is_dir():
         raise LaffiError(f"{flag} {show(path)}: is a directory, expected a file path")
-    for option, source in inputs:
-        if source is not None and _same_file(path, Path(source)):
-            raise LaffiError(f"{flag} {show(path)}: is the same file as {option}; it would overwrite the input")
+    check_not_input(path, flag, inputs)
     _check_location(path, flag)
 
 
-def check_output_dir(path: str | Path, flag: str) -> None:
-    """`path` can be used (or created) as an output directory."""
+def check_not_input(path: str | Path, flag: str, inputs: Inputs) -> None:
+    """Refuse an output file `path` that is the same file as one of `inputs` (resolved path or same inode)."""
+    path = Path(path)
+    for option, source in inputs:
+        if source is not None and str(source) != "" and _same_file(path, Path(source)):
+            raise LaffiError(f"{flag} {show(path)}: is the same file as {option} {show(source)}; it would overwrite "
+                             "the input")  # fmt: skip
+
+
+def check_output_dir(path: str | Path, flag: str, inputs: Inputs = ()) -> None:
+    """`path` can be used (or created) as an output directory, and holds none of `inputs` (nor is one of them)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LaffiError(f"{flag} {show(path)}: exists and is not a directory")
+    for option, source in inputs:
+        if source is not None and str(source) != "" and _inside(Path(source), path):
+            raise LaffiError(f"{flag} {show(path)}: holds the input {option} {show(source)}, which writing there "
+                             "could replace; give an output directory that holds no input")  # fmt: skip
     if path.is_dir():
         _check_writable_dir(path, flag, path)
         return
     _check_location(path, flag)
+
+
+def _inside(source: Path, directory: Path) -> bool:
+    """`source` (an existing file or folder) is `directory` or lies under it (symlinks resolved)."""
+    try:
+        if not (source.exists() and directory.exists()):
+            return False
+        if os.path.samefile(source, directory):
+            return True
+        return source.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def _check_location(path: Path, flag: str) -> None:
@@ -75,7 +112,10 @@ def _check_location(path: Path, flag: str) -> None:
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    """The same path (two outputs not written yet), the same file through a symlink, or the same inode."""
     try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
         return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):
         return False

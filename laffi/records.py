@@ -9,6 +9,7 @@ Every input file goes through `read_input_bytes` (regular files only, size-cappe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -304,11 +305,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise LaffiError(f"{printable(path)}: cannot write a lone surrogate (not valid Unicode)") from None
+    made = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
+        remove_empty_folders(made)
         raise LaffiError(f"{printable(path)}: cannot write ({(e.strerror or str(e)).lower()})") from None
     _WRITING.add(os.path.abspath(tmp))
     try:
@@ -323,11 +326,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(made)  # a full disk leaves no folder this write made
         if isinstance(e, OSError):  # e.g. the output path is a directory, or the disk is full
             raise LaffiError(f"{printable(path)}: cannot write ({(e.strerror or str(e)).lower()})") from None
         raise
     finally:
         _WRITING.discard(os.path.abspath(tmp))
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet, deepest first (what a `mkdir(parents=True)` makes)."""
+    out = []
+    for d in (folder, *folder.parents):
+        if d.exists() or d.is_symlink():
+            break
+        out.append(d)
+    return out
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that a failed write made, as long as they are empty."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 _STARTED = time.time()
@@ -415,11 +438,15 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._made = missing_folders(self.path.parent)
+        self._created = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_torn_tail()
             self._f = open(self.path, "a", encoding="utf-8")
+            self._size = os.fstat(self._f.fileno()).st_size  # what is on disk, whole lines only
         except OSError as e:
+            self._undo()
             raise LaffiError(f"{printable(self.path)}: cannot append ({(e.strerror or str(e)).lower()})") from None
 
     def _truncate_torn_tail(self) -> None:
@@ -451,11 +478,30 @@ class JsonlAppender:
             line.encode("utf-8")
         except UnicodeEncodeError:  # checked before writing: a half-written line would be a torn tail mid-file
             raise LaffiError(f"{printable(self.path)}: cannot write a lone surrogate (not valid Unicode)") from None
-        self._f.write(line)
-        self._f.flush()
+        try:
+            self._f.write(line)
+            self._f.flush()
+        except OSError as e:  # a full disk: the lines written so far stay whole, the torn one goes
+            with contextlib.suppress(OSError, ValueError):
+                self._f.close()
+            self._undo()
+            raise LaffiError(f"{printable(self.path)}: cannot write ({(e.strerror or str(e)).lower()})") from None
+        self._size += len(line.encode("utf-8"))
+
+    def _undo(self) -> None:
+        """After a failed write: cut the file back to its whole lines; a file (and folders) this appender made
+        that holds no line is removed."""
+        size = getattr(self, "_size", 0)
+        with contextlib.suppress(OSError):
+            if self._created and size == 0:
+                self.path.unlink(missing_ok=True)
+                remove_empty_folders(self._made)
+            elif self.path.exists():
+                os.truncate(self.path, size)
 
     def close(self) -> None:
-        self._f.close()
+        with contextlib.suppress(ValueError):  # closed already by a failed write
+            self._f.close()
 
     def __enter__(self) -> JsonlAppender:
         return self

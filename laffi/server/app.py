@@ -6,7 +6,8 @@ their own annotations, and only an admin token may export everyone's.
 Limits (HTTP 413 / 422): a request body over MAX_BODY_BYTES is refused before it is read in full, feedback over
 MAX_FEEDBACK_CHARS characters is refused, `seconds` must be a finite number from 0 to MAX_SECONDS (24 h), and every
 refusal carries a one-line `detail` naming the field. A save that names the answer the annotator saw (`predicted`) is
-refused with 409 when the item's answer has changed since.
+refused with 409 when the item's answer has changed since. A database that cannot be written (a full disk: 507,
+read-only or locked: 503) is a JSON `detail` naming it, never a 500.
 
 Routes (all but `/` need a token): /api/me (who, counts, position), /api/guidelines, /api/items (the annotator's
 items with their status), /api/items/{n} (the n-th item of the annotator's queue; remembers n as their position),
@@ -28,6 +29,7 @@ import errno
 import html
 import re
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laffi.errors import LaffiError
 from laffi.records import to_dict
-from laffi.server.store import MAX_NOTE_CHARS, MAX_SECONDS, AnswerChanged, NotAssigned, Store
+from laffi.server.store import MAX_NOTE_CHARS, MAX_SECONDS, AnswerChanged, NotAssigned, Store, StoreUnavailable
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "resources" / "annotation_guidelines.md"
@@ -192,6 +194,11 @@ def prepare(db_path: Path, questions: list, predictions: dict[str, str], drafts:
     try:
         n = store.add_items(questions, predictions)
         message = f"{n} items in {db_path}"
+        if store.refreshed["changed"]:
+            message += (f"; {store.refreshed['changed']} items have another question, passage or gold answer than "
+                        "before: new items (their earlier annotations are kept as history, not exported)")  # fmt: skip
+        if store.refreshed["dropped"]:
+            message += f"; {store.refreshed['dropped']} items not in these predictions are no longer served"
         counts = store.set_drafts(drafts, f"--drafts {drafts_path}")
         if drafts_path is not None:
             message += (f"; {counts['matching']} AI drafts shown ({counts['other_answer']} for another answer and "
@@ -232,6 +239,15 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
     @app.exception_handler(413)
     async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
         return too_large()
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def database_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # A read that SQLite refused (an I/O error, a lock held by another program): the service is unavailable.
+        return JSONResponse(status_code=503, content={"detail": str(store.unavailable(exc))})
 
     app.add_middleware(BodySizeLimit)
 
@@ -300,6 +316,8 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
             raise HTTPException(status_code=409, detail=str(e)) from None
         except NotAssigned as e:
             raise HTTPException(status_code=403, detail=str(e)) from None
+        except StoreUnavailable:
+            raise
         except LaffiError as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         return {"saved": item_id, "progress": store.progress(who["name"])}

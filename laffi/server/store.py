@@ -8,7 +8,15 @@ item accumulates over visits (for cost accounting), up to MAX_SECONDS.
 
 An annotation is bound to the answer it judged: it stores that answer, and restarting the server with other
 predictions gives the changed items a new answer to annotate, while the earlier annotations keep (and export) the
-answer they were about.
+answer they were about. It is bound to the item's content too (a hash of the question, the passage and the gold
+answers): restarting with a data file in which an id now holds another question or gold answer makes that item new,
+and the earlier annotations stay in the database as history, neither shown nor exported as annotations of the new
+text. Items the latest predictions no longer cover are not served (their annotations still export).
+
+The database belongs to laffi: `PRAGMA application_id` holds APPLICATION_ID. A database of another application (any
+non-empty SQLite file without the marker and without laffi's tables) or a file that is not SQLite is refused before
+anything is written to it. A database that cannot be written (read-only, locked by another program, a full disk) is
+a one-line `StoreUnavailable` naming it; the app answers it with 507 (full) or 503.
 
 Beyond the verdict and feedback, an annotation keeps its `status` (annotated, unsure, or skipped with a reason in
 `note`) and, when the page prefilled it from an AI draft (`--drafts`), whether that draft was accepted unchanged and
@@ -29,6 +37,7 @@ import os
 import random
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -36,9 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Question, read_jsonl
+from laffi.records import FeedbackRecord, Question, printable, read_input_bytes, read_jsonl
 
 TEMPLATE_VERSION = "human-app-v1"
+APPLICATION_ID = 0x4C414646  # "LAFF", in the SQLite header (PRAGMA application_id): this database is laffi's
+SQLITE_HEADER = b"SQLite format 3\x00"
+LAFFI_TABLES = {"items", "annotators", "annotations"}
+KNOWN_TABLES = LAFFI_TABLES | {"drafts", "assignments", "settings", "annotations_v1", "annotations_v3"}
 # Time on one item, per visit and summed over visits. A day is far beyond any real annotation; more means a clock or a
 # client is wrong, and unbounded sums could reach inf, which the JSONL export could not write.
 MAX_SECONDS = 24 * 3600.0
@@ -52,7 +65,8 @@ CREATE TABLE IF NOT EXISTS annotators (
 CREATE TABLE IF NOT EXISTS annotations (
     annotator TEXT NOT NULL REFERENCES annotators(name), item_id TEXT NOT NULL REFERENCES items(id),
     predicted TEXT NOT NULL, verdict TEXT NOT NULL, feedback TEXT NOT NULL, seconds REAL NOT NULL DEFAULT 0,
-    created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (annotator, item_id, predicted));
+    created REAL NOT NULL, updated REAL NOT NULL, content TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (annotator, item_id, predicted, content));
 """
 # Databases written before annotations stored their answer: each annotation takes the item's current answer (the
 # only one the database still knows).
@@ -82,7 +96,26 @@ ADDED_COLUMNS = {
                     ("draft_shown", "INTEGER NOT NULL DEFAULT 0"), ("draft_accepted", "INTEGER NOT NULL DEFAULT 0"),
                     ("draft_distance", "INTEGER")],
     "annotators": [("position", "INTEGER NOT NULL DEFAULT 0")],
+    "items": [("content", "TEXT NOT NULL DEFAULT ''"), ("active", "INTEGER NOT NULL DEFAULT 1")],
 }  # fmt: skip
+# Databases written before annotations were bound to the item's content: the key gains the content, and each
+# annotation takes its item's current content (the only one the database knows).
+ANNOTATION_COLUMNS = ("annotator, item_id, predicted, verdict, feedback, seconds, created, updated, status, note, "
+                      "draft_shown, draft_accepted, draft_distance")
+_FROM_V3 = ", ".join("a." + c.strip() for c in ANNOTATION_COLUMNS.split(","))
+MIGRATE_V4 = f"""
+ALTER TABLE annotations RENAME TO annotations_v3;
+CREATE TABLE annotations (
+    annotator TEXT NOT NULL REFERENCES annotators(name), item_id TEXT NOT NULL REFERENCES items(id),
+    predicted TEXT NOT NULL, verdict TEXT NOT NULL, feedback TEXT NOT NULL, seconds REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL, updated REAL NOT NULL, content TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'annotated', note TEXT NOT NULL DEFAULT '', draft_shown INTEGER NOT NULL DEFAULT 0,
+    draft_accepted INTEGER NOT NULL DEFAULT 0, draft_distance INTEGER,
+    PRIMARY KEY (annotator, item_id, predicted, content));
+INSERT INTO annotations ({ANNOTATION_COLUMNS}, content) SELECT {_FROM_V3}, COALESCE(i.content, '')
+    FROM annotations_v3 a LEFT JOIN items i ON i.id = a.item_id;
+DROP TABLE annotations_v3;
+"""
 STATUSES = ("annotated", "unsure", "skipped")
 MAX_NOTE_CHARS = 500
 
@@ -123,6 +156,43 @@ def _same_text(a: str, b: str) -> bool:
 
 def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def content_hash(question: str, context: str, gold: list[str]) -> str:
+    """What an annotation is about besides the answer: the question, the passage and the gold answers."""
+    return _sha(json.dumps([question, context, list(gold)], ensure_ascii=False))
+
+
+class StoreUnavailable(LaffiError):
+    """The database cannot be written now: read-only, locked by another program, or on a full disk. `status` is the
+    HTTP status the app answers with (507 Insufficient Storage for a full disk, else 503)."""
+
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(message)
+        self.status = status
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse an existing file that is not a SQLite database (or not a regular file) before SQLite opens it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise LaffiError(f"{printable(path)}: cannot open ({(e.strerror or str(e)).lower()})") from None
+    if stat.S_ISDIR(info.st_mode):
+        return  # _check_location says so
+    if not stat.S_ISREG(info.st_mode):
+        raise LaffiError(f"{printable(path)}: not a laffi annotation database (not a regular file)")
+    if info.st_size == 0:
+        return  # an empty file is a new database
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise LaffiError(f"{printable(path)}: cannot open ({(e.strerror or str(e)).lower()})") from None
+    if header != SQLITE_HEADER:
+        raise LaffiError(f"{printable(path)}: not a laffi annotation database (not a SQLite file); give a new path")
 
 
 def check_annotator_name(name: str) -> None:
@@ -167,6 +237,7 @@ class Store:
         created = not self.path.exists()
         if created and not create:
             raise LaffiError(f"{self.path}: annotation database not found")
+        _check_sqlite_file(self.path)
         # Writes take this lock and an explicit transaction: the connection is shared by the server's threads and
         # runs in autocommit mode, so without them a multi-row write would commit row by row.
         self._lock = threading.RLock()
@@ -176,11 +247,7 @@ class Store:
             # One connection shared by the server's worker threads; sqlite3 serialises access to it.
             self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            if not create:
-                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if not {"items", "annotators", "annotations"} <= tables:
-                    self.db.close()
-                    raise LaffiError(f"{self.path}: not a laffi annotation database (no annotation tables)")
+            self._check_owner(create)
             self.db.execute("PRAGMA journal_mode=WAL")
             # In WAL mode NORMAL syncs at checkpoints, not at every commit: a saved annotation survives the server
             # being killed; only a power loss or OS crash can undo the last few commits (never corrupts the file).
@@ -197,6 +264,12 @@ class Store:
                         if statement.strip():
                             self.db.execute(statement)
             self._add_missing()
+            self._bind_content()
+            if self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        except LaffiError:
+            self._forget(created)
+            raise
         except sqlite3.OperationalError as e:  # cannot open, read-only, locked (a subclass of DatabaseError)
             self._forget(created)
             raise LaffiError(f"{self.path}: cannot open ({e})") from None
@@ -206,6 +279,37 @@ class Store:
         except OSError as e:
             self._forget(created)
             raise LaffiError(f"{self.path}: cannot create ({e.strerror or e})") from None
+
+    def _check_owner(self, create: bool) -> None:
+        """Refuse a database of another application: it has neither laffi's marker nor only laffi's tables. A new or
+        empty database is laffi's to make (with `create`); one made before the marker existed has laffi's tables."""
+        app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if not r[0].startswith("sqlite_")}  # fmt: skip
+        if app_id == APPLICATION_ID:
+            return
+        foreign = sorted(tables - KNOWN_TABLES)
+        if app_id != 0 or foreign:
+            what = f"its tables: {', '.join(foreign[:5])}" if foreign else f"application_id {app_id}"
+            raise LaffiError(f"{self.path}: not a laffi annotation database (another application's; {what}); laffi "
+                             "writes only into its own database: give a new path")  # fmt: skip
+        if not LAFFI_TABLES <= tables and (tables or not create):
+            raise LaffiError(f"{self.path}: not a laffi annotation database (no annotation tables)")
+
+    def _bind_content(self) -> None:
+        """Give items and annotations written before content binding their content hash (in one transaction)."""
+        items = self.db.execute("SELECT id, question, context, gold FROM items WHERE content = ''").fetchall()
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(annotations)")}
+        if not items and "content" in columns:
+            return
+        with self._write():
+            self.db.executemany("UPDATE items SET content=? WHERE id=?",
+                                [(content_hash(r["question"], r["context"], json.loads(r["gold"])), r["id"])
+                                 for r in items])  # fmt: skip
+            if "content" not in columns:
+                for statement in MIGRATE_V4.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
 
     def _add_missing(self) -> None:
         """Create the tables and columns that databases written by earlier versions lack (in one transaction)."""
@@ -233,15 +337,25 @@ class Store:
     def _write(self) -> Iterator[None]:
         """One transaction: every statement inside is committed together, or (on any exception) none is."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield
-            except BaseException:
-                if self.db.in_transaction:  # SQLite itself rolls back on some errors (disk full, I/O)
-                    self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:  # SQLite itself rolls back on some errors (disk full, I/O)
+                        with contextlib.suppress(sqlite3.Error):
+                            self.db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:  # read-only, locked, disk full, I/O error: nothing was written
+                raise self.unavailable(e) from None
             self._dirty = True
+
+    def unavailable(self, e: sqlite3.Error) -> StoreUnavailable:
+        """A one-line error naming the database for a write SQLite refused (507 for a full disk, else 503)."""
+        text = str(e)
+        full = "full" in text.lower()
+        return StoreUnavailable(f"{printable(self.path)}: cannot write ({text})", 507 if full else 503)
 
     def checkpoint(self, mode: str = "PASSIVE") -> None:
         """Copy the WAL's committed pages into the database file (TRUNCATE also empties the WAL)."""
@@ -250,9 +364,11 @@ class Store:
             self._dirty = False
 
     def checkpoint_if_written(self) -> None:
-        """Checkpoint when something was written since the last checkpoint (the app calls this every few seconds)."""
+        """Checkpoint when something was written since the last checkpoint (the app calls this every few seconds). A
+        checkpoint that fails (a full disk) is tried again next time: the WAL still holds every commit."""
         if self._dirty:
-            self.checkpoint()
+            with contextlib.suppress(sqlite3.Error):
+                self.checkpoint()
 
     def close(self) -> None:
         """Checkpoint everything into the database file, then close: the .sqlite file alone is then complete."""
@@ -261,34 +377,48 @@ class Store:
         self.db.close()
 
     def add_items(self, questions: list[Question], predictions: dict[str, str]) -> int:
-        """Add (or refresh) one item per question that has a prediction. Annotations already made are kept, each
-        bound to the answer it judged: an item whose prediction changed shows the new answer, unannotated."""
-        start = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        """Make the items the questions that have a prediction; returns how many. Annotations already made are kept,
+        each bound to the answer and the content it judged: an item whose prediction changed shows the new answer,
+        unannotated, and one whose question, passage or gold answers changed is a new item (its earlier annotations
+        stay as history, not exported). Items these predictions do not cover are no longer served.
+        `self.refreshed` then counts the items whose content changed and those no longer served."""
+        start = self.db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM items").fetchone()[0]
+        before = {r[0]: r[1] for r in self.db.execute("SELECT id, content FROM items WHERE active = 1")}
+        old = {r[0]: r[1] for r in self.db.execute("SELECT id, content FROM items")}
         rows = []
         for q in questions:
             if q.id not in predictions:
                 continue
+            content = content_hash(q.question, q.context, q.answers)
             rows.append((q.id, start + len(rows), q.title, q.context, q.question, predictions[q.id],
-                         json.dumps(q.answers), json.dumps(q.answer_starts)))  # fmt: skip
+                         json.dumps(q.answers), json.dumps(q.answer_starts), content))  # fmt: skip
         with self._write():
+            self.db.execute("UPDATE items SET active = 0")
             self.db.executemany(
-                "INSERT INTO items VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET title=excluded.title, "
+                "INSERT INTO items (id, position, title, context, question, predicted, gold, answer_starts, content, "
+                "active) VALUES (?,?,?,?,?,?,?,?,?,1) ON CONFLICT(id) DO UPDATE SET title=excluded.title, "
                 "context=excluded.context, question=excluded.question, predicted=excluded.predicted, "
-                "gold=excluded.gold, answer_starts=excluded.answer_starts", rows)  # fmt: skip
+                "gold=excluded.gold, answer_starts=excluded.answer_starts, content=excluded.content, active=1",
+                rows)  # fmt: skip
+        served = {r[0] for r in rows}
+        self.refreshed = {"changed": sum(1 for r in rows if r[0] in old and old[r[0]] != r[8]),
+                          "dropped": len(set(before) - served)}  # fmt: skip
         return len(rows)
 
     def item_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        """How many items are served (those of the latest predictions)."""
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE active = 1").fetchone()[0]
 
     def item_at(self, index: int, annotator: str | None = None) -> dict[str, Any] | None:
         """The item at `index` of the annotator's queue (every item, in order, unless items are assigned)."""
         join, params = self._scope(annotator)
-        row = self.db.execute(f"SELECT i.* FROM items i {join} ORDER BY i.position LIMIT 1 OFFSET ?",
-                              (*params, index)).fetchone()  # fmt: skip
+        row = self.db.execute(f"SELECT i.* FROM items i {join} WHERE i.active = 1 ORDER BY i.position LIMIT 1 "
+                              "OFFSET ?", (*params, index)).fetchone()  # fmt: skip
         return self._item(row) if row else None
 
     def item(self, item_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
+        """The item served under `item_id` (None when unknown or not in the latest predictions)."""
+        row = self.db.execute("SELECT * FROM items WHERE id=? AND active = 1", (item_id,)).fetchone()
         return self._item(row) if row else None
 
     @staticmethod
@@ -341,7 +471,8 @@ class Store:
         join, params = self._scope(annotator)
         rows = self.db.execute(
             f"SELECT i.id, substr(i.question, 1, 120) AS question, a.status FROM items i {join} LEFT JOIN "
-            "annotations a ON a.item_id = i.id AND a.predicted = i.predicted AND a.annotator = ? ORDER BY i.position",
+            "annotations a ON a.item_id = i.id AND a.predicted = i.predicted AND a.content = i.content AND "
+            "a.annotator = ? WHERE i.active = 1 ORDER BY i.position",
             (*params, annotator)).fetchall()  # fmt: skip
         return [{"index": k, "id": r["id"], "question": r["question"], "status": r["status"] or "todo"}
                 for k, r in enumerate(rows)]  # fmt: skip
@@ -352,7 +483,8 @@ class Store:
         out = {"annotated": 0, "unsure": 0, "skipped": 0, "todo": 0}
         for status, n in self.db.execute(
                 f"SELECT COALESCE(a.status, 'todo'), COUNT(*) FROM items i {join} LEFT JOIN annotations a ON "
-                "a.item_id = i.id AND a.predicted = i.predicted AND a.annotator = ? GROUP BY 1", (*params, annotator)):
+                "a.item_id = i.id AND a.predicted = i.predicted AND a.content = i.content AND a.annotator = ? "
+                "WHERE i.active = 1 GROUP BY 1", (*params, annotator)):
             out[status] = n  # fmt: skip
         return out
 
@@ -403,7 +535,7 @@ class Store:
                 "SELECT name FROM annotators WHERE is_admin = 0 AND token_sha256 IS NOT NULL ORDER BY name")]
             if not names:
                 return 0
-            items = [r[0] for r in self.db.execute("SELECT id FROM items ORDER BY position")]
+            items = [r[0] for r in self.db.execute("SELECT id FROM items WHERE active = 1 ORDER BY position")]
             rng = random.Random(seed)
             rng.shuffle(items)
             rank = {name: i for i, name in enumerate(rng.sample(names, len(names)))}
@@ -427,7 +559,8 @@ class Store:
                 share = -(-len(items) * k // len(names))
                 done = dict(self.db.execute(
                     "SELECT a.item_id, COUNT(*) FROM annotations a JOIN items i ON i.id = a.item_id AND "
-                    "i.predicted = a.predicted WHERE a.status != 'skipped' GROUP BY a.item_id").fetchall())
+                    "i.predicted = a.predicted AND i.content = a.content WHERE a.status != 'skipped' GROUP BY "
+                    "a.item_id").fetchall())
                 order = {item: i for i, item in enumerate(items)}
                 open_items = sorted((it for it in items if done.get(it, 0) < k),
                                     key=lambda it: (done.get(it, 0), order[it]))  # fmt: skip
@@ -462,6 +595,12 @@ class Store:
         except sqlite3.IntegrityError:
             raise LaffiError(f"{self.path}: annotator '{name}' already exists") from None
         return token
+
+    def remove_annotator(self, name: str) -> None:
+        """Undo `add_annotator` (its token could not be shown): the annotator goes, unless they have annotations."""
+        with self._write():
+            self.db.execute("DELETE FROM annotators WHERE name=? AND NOT EXISTS (SELECT 1 FROM annotations WHERE "
+                            "annotator=?)", (name, name))  # fmt: skip
 
     def annotator_names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM annotators ORDER BY name")]
@@ -566,7 +705,8 @@ class Store:
                 raise AnswerChanged(f"item '{item_id[:100]}': its answer is now '{item['predicted'][:100]}', not "
                                     f"'{predicted[:100]}' (the predictions changed; reload the item)")  # fmt: skip
             old = self.db.execute("SELECT draft_shown FROM annotations WHERE annotator=? AND item_id=? AND "
-                                  "predicted=?", (annotator, item_id, item["predicted"])).fetchone()  # fmt: skip
+                                  "predicted=? AND content=?", (annotator, item_id, item["predicted"],
+                                                                item["content"])).fetchone()  # fmt: skip
             shown = bool(draft_shown or (old and old[0]))
             draft = self.draft(item_id) if shown else None
             accepted, distance = False, None
@@ -576,19 +716,20 @@ class Store:
             now = time.time()
             self.db.execute(
                 "INSERT INTO annotations (annotator, item_id, predicted, verdict, feedback, seconds, created, updated, "
-                "status, note, draft_shown, draft_accepted, draft_distance) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(annotator, item_id, predicted) DO UPDATE SET verdict=excluded.verdict, "
+                "status, note, draft_shown, draft_accepted, draft_distance, content) VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(annotator, item_id, predicted, content) DO UPDATE SET "
+                "verdict=excluded.verdict, "
                 "feedback=excluded.feedback, seconds=MIN(seconds + excluded.seconds, ?), updated=excluded.updated, "
                 "status=excluded.status, note=excluded.note, draft_shown=excluded.draft_shown, "
                 "draft_accepted=excluded.draft_accepted, draft_distance=excluded.draft_distance",
                 (annotator, item_id, item["predicted"], verdict, feedback, seconds, now, now, status, note,
-                 int(draft is not None), int(accepted), distance, MAX_SECONDS))  # fmt: skip
+                 int(draft is not None), int(accepted), distance, item["content"], MAX_SECONDS))  # fmt: skip
 
     def annotation(self, annotator: str, item_id: str) -> dict[str, Any] | None:
         """The annotator's annotation of the item's current answer (None if that answer is not annotated yet)."""
         row = self.db.execute("SELECT a.verdict, a.feedback, a.seconds, a.status, a.note FROM annotations a JOIN items "
-                              "i ON i.id = a.item_id AND i.predicted = a.predicted WHERE a.annotator=? AND "
-                              "a.item_id=?", (annotator, item_id)).fetchone()  # fmt: skip
+                              "i ON i.id = a.item_id AND i.predicted = a.predicted AND i.content = a.content WHERE "
+                              "a.annotator=? AND a.item_id=?", (annotator, item_id)).fetchone()  # fmt: skip
         return dict(row) if row else None
 
     def progress(self, annotator: str) -> dict[str, int]:
@@ -599,7 +740,8 @@ class Store:
     def export(self, annotator: str | None = None, include_unsure: bool = False,
                include_skipped: bool = False) -> list[FeedbackRecord]:  # fmt: skip
         """Every annotation (or one annotator's: a name, or human:<name> as the records write it) as feedback
-        records, annotator = human:<name>, in item order, each with the answer it judged. An annotator the
+        records, annotator = human:<name>, in item order, each with the answer it judged. Annotations of an item's
+        earlier content (the data file changed under the same id) are history and left out. An annotator the
         database does not know is an error that lists the known names.
 
         Training data only by default: unsure annotations come with `include_unsure`, skipped ones (verdict and
@@ -610,7 +752,8 @@ class Store:
             self._known(annotator)
         statuses = ["annotated"] + ["unsure"] * include_unsure + ["skipped"] * include_skipped
         sql = ("SELECT a.*, i.title, i.context, i.question, i.gold FROM annotations a JOIN items i ON i.id = a.item_id"
-               f" WHERE a.status IN ({','.join('?' * len(statuses))})" + (" AND a.annotator=?" if annotator else "")
+               f" AND i.content = a.content WHERE a.status IN ({','.join('?' * len(statuses))})"
+               + (" AND a.annotator=?" if annotator else "")
                + " ORDER BY i.position, a.annotator, a.created")  # fmt: skip
         out = []
         for row in self.db.execute(sql, (*statuses, annotator) if annotator else statuses):
@@ -637,7 +780,8 @@ class Store:
 
         verdicts: dict[str, dict[tuple[str, str], str]] = {}
         for name, item, predicted, verdict in self.db.execute(
-                "SELECT annotator, item_id, predicted, verdict FROM annotations WHERE status != 'skipped'"):
+                "SELECT a.annotator, a.item_id, a.predicted, a.verdict FROM annotations a JOIN items i ON i.id = "
+                "a.item_id AND i.content = a.content WHERE a.status != 'skipped'"):
             verdicts.setdefault(name, {})[(item, predicted)] = verdict  # fmt: skip
         pairs = []
         names = sorted(verdicts)
@@ -662,7 +806,8 @@ class Store:
         """Import feedback written elsewhere: FeedbackRecord JSONL, or UTF-8 CSV with columns id, verdict, feedback
         and optionally annotator, seconds and predicted_answer. Items must already be in the database; `annotator`
         overrides the file's. Each annotation is bound to its predicted_answer (the item's current answer when the
-        CSV has no such column).
+        CSV has no such column; a blank cell is refused unless the item's answer is the abstention '') and to the
+        item's content (a JSONL record about another question, passage or gold answers is refused).
 
         All or nothing: every row is checked first, then all are written in one transaction. Idempotent: a row
         replaces the annotation of the same annotator, item and answer (its verdict, feedback and seconds), so
@@ -686,22 +831,29 @@ class Store:
             verdict, feedback = _check_judgement(row.get("verdict"), row.get("feedback"), f"{where}: ")
             seconds = check_seconds(row.get("seconds"), f"{where}: {row['seconds_field']}")
             predicted = row.get("predicted_answer")
+            if row.get("blank_cells") and predicted == "" and item["predicted"] != "":
+                # A spreadsheet's empty cell is not an abstention: binding the verdict to '' would mislabel it.
+                raise LaffiError(f"{where}: predicted_answer is blank but the item's answer is "
+                                 f"'{item['predicted'][:100]}'; write the answer that was judged")  # fmt: skip
             predicted = item["predicted"] if predicted is None else predicted
+            if row.get("content") is not None and row["content"] != item["content"]:
+                raise LaffiError(f"{where}: its question, passage or gold answers differ from the item's in "
+                                 f"{self.path} (the data changed since it was written)")  # fmt: skip
             key = (name, qid, predicted)
             if key in seen:
                 raise LaffiError(f"{where}: same annotator, id and answer as row {seen[key]}")
             seen[key] = no
-            rows.append((name, qid, predicted, verdict, feedback, seconds))
+            rows.append((name, qid, predicted, verdict, feedback, seconds, item["content"]))
         now = time.time()
         with self._write():
-            for name, qid, predicted, verdict, feedback, seconds in rows:
+            for name, qid, predicted, verdict, feedback, seconds, content in rows:
                 self._ensure_annotator(name)
                 self.db.execute(
                     "INSERT INTO annotations (annotator, item_id, predicted, verdict, feedback, seconds, created, "
-                    "updated) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(annotator, item_id, predicted) DO UPDATE SET "
-                    "verdict=excluded.verdict, feedback=excluded.feedback, seconds=excluded.seconds, "
+                    "updated, content) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(annotator, item_id, predicted, content) "
+                    "DO UPDATE SET verdict=excluded.verdict, feedback=excluded.feedback, seconds=excluded.seconds, "
                     "updated=excluded.updated, status='annotated', note=''",
-                    (name, qid, predicted, verdict, feedback, seconds, now, now))
+                    (name, qid, predicted, verdict, feedback, seconds, now, now, content))
         return len(rows)
 
 
@@ -723,14 +875,12 @@ def _check_judgement(verdict: Any, feedback: Any, where: str) -> tuple[str, str]
 
 def _read_import(path: Path) -> list[dict[str, Any]]:
     """The rows of an import file as dicts (id, verdict, feedback, annotator, seconds, predicted_answer when given),
-    each with `seconds_field`, the name of its seconds field for error messages."""
+    each with `seconds_field`, the name of its seconds field for error messages; a CSV's rows with `blank_cells` (an
+    empty cell there is a cell left blank), a JSONL record's with the `content` hash of what it judged."""
     if path.is_dir():
         raise LaffiError(f"{path}: is a directory, expected a CSV or JSONL feedback file")
     if path.suffix.lower() == ".csv":
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise LaffiError(f"{path}: file not found") from None
+        raw = read_input_bytes(path, "CSV")  # a FIFO, a device, a file over the size cap: one line, never a hang
         try:
             text = raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the first column's name
         except UnicodeDecodeError as e:
@@ -743,8 +893,9 @@ def _read_import(path: Path) -> list[dict[str, Any]]:
         missing = {"id", "verdict", "feedback"} - set(reader.fieldnames or [])
         if missing:
             raise LaffiError(f"{path}: missing column '{sorted(missing)[0]}'")
-        return [{**row, "seconds_field": "seconds"} for row in rows]
+        return [{**row, "seconds_field": "seconds", "blank_cells": True} for row in rows]
     records = read_jsonl(path, FeedbackRecord)
     return [{"id": r.id, "verdict": r.verdict, "feedback": r.feedback, "annotator": r.annotator,
-             "seconds": r.meta.get("seconds"), "predicted_answer": r.predicted_answer, "seconds_field": "meta.seconds"}
+             "seconds": r.meta.get("seconds"), "predicted_answer": r.predicted_answer, "seconds_field": "meta.seconds",
+             "content": content_hash(r.question, r.context, r.gold_answers)}
             for r in records]  # fmt: skip

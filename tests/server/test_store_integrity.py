@@ -23,7 +23,7 @@ from integration.server_helper import annotation_server  # tests/ is on sys.path
 from laffi.data import write_squad
 from laffi.errors import LaffiError
 from laffi.server.app import create_app
-from laffi.server.store import MAX_SECONDS, Store
+from laffi.server.store import MAX_SECONDS, Store, StoreUnavailable
 
 
 def laffi(*args: object) -> subprocess.CompletedProcess:
@@ -185,10 +185,10 @@ def test_an_import_that_fails_while_writing_leaves_nothing_written(db, qs, tmp_p
         calls.append(name)
         if len(calls) == 2:
             raise sqlite3.OperationalError("disk I/O error")
-        store.db.execute("INSERT OR IGNORE INTO annotators VALUES (?,NULL,0,0)", (name,))
+        store.db.execute("INSERT OR IGNORE INTO annotators (name, created) VALUES (?,0)", (name,))
 
     monkeypatch.setattr(store, "_ensure_annotator", fail_second)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreUnavailable, match="fb.sqlite: cannot write .disk I/O error"):
         store.import_file(path)
     assert store.export() == [] and "carol" not in store.annotator_names()
 
