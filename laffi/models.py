@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,13 +179,21 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+# Called by `load_model` before it loads anything: each lets go of the accelerator memory it holds in this process
+# (laffi.engines.vllm adds the release of its engine when it builds one).
+BEFORE_LOAD: list[Callable[[], None]] = []
+
+
 def load_model(model: str, dtype: str = "float32", adapter: str | None = None, trainable: bool = False,
                device: str = "cpu") -> Any:
     """Load a causal LM (and optionally a PEFT adapter on top of it) on `device` (`resolve_device`; the dtype is
     resolved for that device), in eval mode unless `trainable`. The weights are read on the CPU, the adapter merged
-    there, then the model is moved once."""
+    there, then the model is moved once. Whatever else holds the accelerator in this process lets go of it first
+    (`BEFORE_LOAD`: a vLLM engine)."""
     from transformers import AutoModelForCausalLM
 
+    for release in BEFORE_LOAD:
+        release()
     device = resolve_device(device)
     path = resolve_model(model)
     try:

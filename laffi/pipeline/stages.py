@@ -153,7 +153,7 @@ def first_token_na_prob_path(out: Path) -> Path:
 
 def write_na_probs(out: Path, gens: list[Generation]) -> None:
     """The first answers' no-answer scores beside `out`; none (and no stale file) when an answer has no score: revised
-    answers (the score is about the first answer), vLLM, or a resumed partial file written before scores existed."""
+    answers (the score is about the first answer), or a resumed partial file written before scores existed."""
     path = na_prob_path(out)
     if gens and all(g.na_prob is not None for g in gens):
         write_json(path, {g.id: g.na_prob for g in gens})
@@ -163,7 +163,8 @@ def write_na_probs(out: Path, gens: list[Generation]) -> None:
 
 def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settings: AnswerConfig, adapter: str | None,
                 generations_out: Path | None, first: Path | None, where: str) -> dict[str, str]:  # fmt: skip
-    """`answer` with `answer.engine: vllm` (laffi/engines/vllm.py): the same prompts, parsing and output files."""
+    """`answer` with `answer.engine: vllm` (laffi/engines/vllm.py): the same prompts, parsing, no-answer scores
+    (first-token, or the adapter's verdict) and output files, on the process's one vLLM engine."""
     from types import SimpleNamespace
 
     from transformers import AutoConfig, GenerationConfig
@@ -175,8 +176,8 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
     engine.require_vllm()
     if settings.revise_rounds or first is not None:
         raise LaffiError("answer.engine: revise rounds run on the 'transformers' engine only")
-    if settings.constrain != "none" or settings.na_score != "first_token":
-        raise LaffiError("answer.constrain and answer.na_score: run on the 'transformers' engine only")
+    if settings.constrain != "none":
+        raise LaffiError("answer.constrain: runs on the 'transformers' engine only")
     tokenizer = load_tokenizer(model.name)
     path = resolve_model(model.name)
     check_prompt_lengths(questions, tokenizer, SimpleNamespace(config=AutoConfig.from_pretrained(path)), settings,
@@ -187,15 +188,24 @@ def answer_vllm(questions: list[Question], out: Path, model: ModelConfig, settin
         generation_config = None
     stops = stop_token_ids(tokenizer, SimpleNamespace(generation_config=generation_config))
     start = time.perf_counter()
-    llm = engine.load(path, model.dtype, adapter)
+    llm = engine.engine(path, model.dtype, adapter)
     gens = engine.answer_questions(llm, tokenizer, questions, settings.shots, settings.max_new_tokens, stops, adapter,
                                    settings.require_in_context, answer_prefix(adapter))  # fmt: skip
     timing = {"questions": len(questions), "answer_seconds": time.perf_counter() - start, "resumed": False,
               "engine": "vllm"}  # fmt: skip
+    first_token_file = first_token_na_prob_path(out)
+    first_token_file.unlink(missing_ok=True)
+    if settings.na_score == "verdict":
+        from dataclasses import replace
+
+        scores = engine.verdict_scores(llm, tokenizer, questions, {g.id: g.answer for g in gens}, adapter)
+        if all(g.na_prob is not None for g in gens):  # the first-token score too, so the two can be compared
+            write_json(first_token_file, {g.id: g.na_prob for g in gens})
+        gens = [replace(g, na_prob=scores[g.id]) for g in gens]
     if generations_out is not None:
         write_jsonl(generations_out, gens)
     write_json(timing_path(out), timing)
-    write_na_probs(out, [])
+    write_na_probs(out, gens)
     preds = {g.id: g.answer for g in gens}
     write_json(out, preds)
     return preds
@@ -422,6 +432,7 @@ def launch_training(
     import yaml
 
     from laffi.data import write_squad
+    from laffi.engines.vllm import release as release_vllm
     from laffi.records import atomic_write_text
     from laffi.training.loop import TRAIN_INFO
 
@@ -441,6 +452,7 @@ def launch_training(
     if feedback is not None:
         write_jsonl(inputs / "feedback.jsonl", feedback)
         cmd += ["--feedback", str(inputs / "feedback.jsonl")]
+    release_vllm()  # the launched processes train on the GPU this process's vLLM engine would hold
     try:
         # stdout of the workers goes to our stderr: a caller's stdout (e.g. results) stays clean.
         code = subprocess.run(cmd, stdout=sys.stderr, check=False).returncode

@@ -1,0 +1,3 @@
+from vllm import LoRARequest
+
+__all__ = ["LoRARequest"]
