@@ -89,8 +89,13 @@ def answer(
     inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers),
               ("--model", cfg.model.name)]
     check_output_file(out, "--out", inputs)
+    beside = [stages.na_prob_path(out), stages.first_token_na_prob_path(out), stages.revisions_path(out),
+              stages.timing_path(out)]  # fmt: skip
+    for path in beside:  # written beside OUT: none may be an input either
+        check_not_input(path, f"--out {show(out)} writes", inputs)
     if generations is not None:
-        check_output_file(generations, "--generations", [*inputs, ("--out", out)])
+        check_output_file(generations, "--generations", [*inputs, ("--out", out),
+                                                         *((f"--out {show(out)} writes", b) for b in beside)])
     keep_freed_memory()  # before any tensor exists: answering ~6 % faster (engines/allocator.py; not for training)
     _library_bars(progress)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
@@ -128,9 +133,12 @@ def annotate(
             raise LaffiError(f"annotate: {name} is required")
     settings = cfg.annotate
     annotator, learn_from_examples = settings.annotator, settings.learn_from_examples
-    check_output_file(out, "--out", [("--data", data), ("--predictions", predictions),
-                                     ("--examples", settings.examples or None),
-                                     ("--model", settings.model)])  # fmt: skip
+    inputs = [("--data", data), ("--predictions", predictions), ("--examples", settings.examples or None),
+              ("--model", settings.model)]
+    check_output_file(out, "--out", inputs)
+    from laffi.feedback.llm import failures_path
+
+    check_not_input(failures_path(out), f"--out {show(out)} writes", inputs)  # the LLM's unparsed replies
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
     records = stages.annotate(questions, preds, out, settings)

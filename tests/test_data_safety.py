@@ -100,6 +100,10 @@ SAME_FILE_CASES = [
       "--guidelines", "{w}/db.sqlite"], "is the same file as --guidelines"),
     (["answer", "--data", "{w}/good.json", "--out", "{w}/model.gguf", "--model", "{w}/model.gguf"],
      "is the same file as --model"),
+    (["answer", "--data", "{w}/out.na_prob.json", "--out", "{w}/out.json"],
+     "writes {w}/out.na_prob.json: is the same file as --data"),
+    (["annotate", "--data", "{w}/good.json", "--predictions", "{w}/preds.json", "--out", "{w}/fb2.jsonl", "--examples",
+      "{w}/fb2.failures.jsonl"], "writes {w}/fb2.failures.jsonl: is the same file as --examples"),
     (["run", "{w}/cfg/run.yaml", "--set", "out_dir={w}/cfg"], "holds the input the config"),
     (["run", "{w}/run.yaml", "--set", "out_dir={w}", "--set", "data.path={w}/good.json"], "holds the input"),
     (["experiment", "{w}/run.yaml", "--set", "out_dir={w}/data-dir/..", "--set", "data.path={w}/good.json"],
@@ -121,8 +125,10 @@ def test_an_output_that_is_an_input_is_refused_and_nothing_changes(work, args, e
     (work / "adapter").mkdir()
     (work / "adapter" / "adapter_config.json").write_text("{}")
     shutil.copy(work / "good.json", work / "adapter" / "good.json")
+    shutil.copy(work / "good.json", work / "out.na_prob.json")
+    shutil.copy(work / "fb.jsonl", work / "fb2.failures.jsonl")
     before = snapshot(work)
-    one_line_error(laffi(*(a.format(w=work) for a in args)), expect)
+    one_line_error(laffi(*(a.format(w=work) for a in args)), expect.format(w=work))
     assert snapshot(work) == before
 
 
