@@ -31,8 +31,9 @@ app = typer.Typer(
 )
 
 MODEL_HELP = "Model: 'bundled' (SmolLM2-135M-Instruct), a Hugging Face id, a local directory or a .gguf file."
-DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native, else float32), float32, bfloat16 or "
-              "float16.")
+DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native on the device, else float32), float32, "
+              "bfloat16 or float16.")
+DEVICE_HELP = "Where the model runs: auto (the first CUDA device when there is one, else the CPU), cpu, cuda or cuda:N."
 
 
 def _err(msg: str) -> None:
@@ -53,7 +54,7 @@ def _print(text: str) -> None:
 
 
 @app.command()
-@config_options({"model": ["name", "dtype"], "answer": [f.name for f in fields(AnswerConfig)]},
+@config_options({"model": ["name", "dtype", "device"], "answer": [f.name for f in fields(AnswerConfig)]},
                 flags={"model.name": "model", "answer.revise_rounds": "rounds"})
 def answer(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),
@@ -76,7 +77,7 @@ def answer(
 
     Each answer's no-answer probability (the abstention phrase's first token against the answer's own, at the first
     answer position) goes to OUT with the suffix .na_prob.json, the official --na-prob-file format (not with
-    --revise or vllm). With --revise, each question's history (first answer, its probability of 'Verdict:
+    --revise). With --revise, each question's history (first answer, its probability of 'Verdict:
     incorrect', predicted feedback, final answer) goes to OUT with the suffix .revisions.jsonl; --revise-threshold T
     revises only the answers whose probability is above T. Settings come from the options, --set and --config (its
     `model:` and `answer:` sections)."""
@@ -84,8 +85,11 @@ def answer(
 
     from laffi.data import load_squad, resolve_data_path
     from laffi.engines.allocator import keep_freed_memory
+    from laffi.models import resolve_device
     from laffi.pipeline import stages
 
+    # Before any work: a device this machine lacks is one line, and nothing is written.
+    cfg = replace(cfg, model=replace(cfg.model, device=resolve_device(cfg.model.device, "--device")))
     inputs = [("--data", data), ("--adapter", adapter), ("--first-answers", first_answers),
               ("--model", cfg.model.name)]
     check_output_file(out, "--out", inputs)
@@ -393,6 +397,7 @@ def train(
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
     model: str = typer.Option("bundled", help=MODEL_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
     config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
@@ -414,13 +419,18 @@ def train(
     With --human-feedback, the split of the hybrid mix is written to OUT/feedback_mix.json."""
     from laffi.config import ModelConfig, load_run_config
     from laffi.data import load_squad, resolve_data_path
+    from laffi.models import resolve_device
     from laffi.pipeline import stages
+    from laffi.training.distributed import launched
 
     extra = [f"train.answers_from={answers_from}"] if answers_from else []
     from laffi.pipeline.experiment import check_method
 
     overrides = [("--method", f"train.method={method}"), *set_, *extra]  # errors name --method
     run_cfg = load_run_config(config, overrides, check_method=check_method)
+    if not launched():  # under a launcher accelerate places the model
+        resolve_device(device, "--device")  # before any work: a device this machine lacks is one line
+    model_cfg = ModelConfig(model, dtype, device)
     if not methods.get(run_cfg.train.method).trains:
         raise LaffiError(f"--method: '{run_cfg.train.method}' trains nothing (trained methods: "
                          f"{', '.join(methods.names(trained=True))})")  # fmt: skip
@@ -446,7 +456,7 @@ def train(
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
     _library_bars(progress)
-    info = stages.train(questions, records, out, ModelConfig(model, dtype), run_cfg.train, shots, progress,
+    info = stages.train(questions, records, out, model_cfg, run_cfg.train, shots, progress,
                         restart=restart)  # fmt: skip
     if split is not None:  # written after training: saving the adapter replaces the directory
         from laffi.records import write_json
@@ -579,17 +589,20 @@ def attention(
     questions: int = typer.Option(30, min=1, help="Questions measured (a seeded sample of the file, same for all)."),
     model: str = typer.Option("bundled", help=MODEL_HELP),
     dtype: str = typer.Option("float32", help=DTYPE_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt (as at answer time)."),
     seed: int = typer.Option(0, help="Seed of the question sample."),
 ) -> None:
     """Attention entropy, distance and where the answer position looks, per layer and head, for each model."""
     from laffi.attention import attention_report, parse_adapters
+    from laffi.models import resolve_device
 
+    device = resolve_device(device, "--device")  # before any work: a device this machine lacks is one line
     chosen = parse_adapters(adapters)
     check_output_dir(out, "--out", [("--data", data), ("--model", model),
                                     *((f"--adapters {name}=", path) for name, path in chosen.items())])  # fmt: skip
     report = attention_report(model, str(data), chosen, questions, out, shots=shots, dtype=dtype,
-                              seed=seed, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                              seed=seed, log=lambda m: typer.echo(m, err=True), device=device)  # fmt: skip
     _print(report["markdown"])
     typer.echo(f"wrote {report['files']['json']}, {report['files']['markdown']} and the plots in {out}", err=True)
 

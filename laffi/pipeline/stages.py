@@ -58,7 +58,7 @@ def answer(
         return answer_vllm(questions, out, model, settings, adapter, generations_out, first, where)
     claim_partial_answers(questions, out, model, settings, adapter, first, restart)
     tokenizer = load_tokenizer(model.name)
-    lm = load_model(model.name, dtype=model.dtype, adapter=adapter)
+    lm = load_model(model.name, dtype=model.dtype, adapter=adapter, device=model.device)
     check_prompt_lengths(questions, tokenizer, lm, settings, where)
     partial = partial_path(out)
     resumed = partial.exists()
@@ -334,7 +334,8 @@ def learn_annotator(records: list[FeedbackRecord], adapter: Path, cfg: AnnotateC
     examples = [Example(kind="annotator", id=i, prompt=p, completion=c)
                 for i, p, c in training_pairs(records, tokenizer)]  # fmt: skip
     start = time.perf_counter()
-    info = run_training(cfg.model, cfg.dtype, examples, tcfg, adapter, progress=progress, tokenizer=tokenizer)
+    info = run_training(cfg.model, cfg.dtype, examples, tcfg, adapter, progress=progress, tokenizer=tokenizer,
+                        device=cfg.device)
     summary = {"learned_from": [r.id for r in records], "annotators": sorted({r.annotator for r in records}),
                "verdicts": {v: sum(r.verdict == v for r in records) for v in ("correct", "incorrect")},
                "seconds": round(time.perf_counter() - start, 2), "steps": info["steps"],
@@ -378,7 +379,7 @@ def train(
         feedback, answers, report = method.prepare(questions, feedback, out, model, cfg, shots, progress)
     examples = methods.build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
     info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer,
-                        answer_prefix=method.answer_prefix)  # fmt: skip
+                        answer_prefix=method.answer_prefix, device=model.device)  # fmt: skip
     if report is not None:
         save_report(out, cfg.method, report)
         info[cfg.method] = report["summary"]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from laffi.errors import LaffiError
+from laffi.records import printable
 
 SHARDED = ("FSDP", "DEEPSPEED")
 STATE_DIR = "accelerate_state"  # inside the run's .partial/ directory, for sharded engines
@@ -39,8 +40,40 @@ STATE_DIR = "accelerate_state"  # inside the run's .partial/ directory, for shar
 def launched() -> bool:
     """True under a multi-process launcher (torchrun, accelerate launch: WORLD_SIZE > 1), and under `accelerate
     launch` with one process (it sets ACCELERATE_MIXED_PRECISION): then the loop runs on accelerate's device (a GPU)
-    with its mixed precision. A plain `laffi train` is neither, and runs the unchanged single-process loop."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+    with its mixed precision. A plain `laffi train` is neither, and runs the unchanged single-process loop.
+    The launcher's variables are checked first (`world_size`)."""
+    return world_size() > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+LAUNCH_HINT = "start laffi under accelerate launch or torchrun, or unset WORLD_SIZE, RANK and LOCAL_RANK"
+
+
+def world_size() -> int:
+    """WORLD_SIZE (1 when unset), after checking what a launcher sets: WORLD_SIZE, RANK and LOCAL_RANK whole numbers,
+    the ranks below WORLD_SIZE, and with WORLD_SIZE > 1 the rendezvous address (MASTER_ADDR, MASTER_PORT) that every
+    launcher sets. Left in the environment without a launcher, or garbage, they are a one-line `LaffiError` rather
+    than a traceback or a wait for processes that never come."""
+    values = {}
+    for name, default in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name)
+        if text is None:
+            values[name] = default
+        elif text.strip().isascii() and text.strip().isdigit() and len(text.strip()) <= 9:
+            values[name] = int(text)
+        else:
+            shown = printable(text if len(text) <= 40 else text[:40] + "...")
+            raise LaffiError(f"{name}='{shown}': not a process count or rank (a whole number); {LAUNCH_HINT}")
+    world = values["WORLD_SIZE"]
+    if world < 1:
+        raise LaffiError(f"WORLD_SIZE={world}: must be at least 1; {LAUNCH_HINT}")
+    for name in ("RANK", "LOCAL_RANK"):
+        if values[name] >= world:
+            raise LaffiError(f"{name}={values[name]}: not below WORLD_SIZE={world}; {LAUNCH_HINT}")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
+    if world > 1 and missing:
+        raise LaffiError(f"WORLD_SIZE={world} but {' and '.join(missing)} unset: no launcher to meet the other "
+                         f"processes; {LAUNCH_HINT}")  # fmt: skip
+    return world
 
 
 def target_device() -> str:
@@ -80,7 +113,7 @@ class DataParallel:
         from accelerate import Accelerator
         from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = world_size()
         self.k = passes_per_step(cfg, world)
         # sync_with_dataloader=False: steps are counted by the loop's passes (no prepared dataloader here).
         plugin = GradientAccumulationPlugin(num_steps=self.k, sync_with_dataloader=False)

@@ -48,8 +48,10 @@ def train(
     progress: bool = True,
     tokenizer: Any = None,
     answer_prefix: str = "",
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """LoRA-train on `examples` and save a PEFT adapter to `out` (atomically), with the loss per step.
+    """LoRA-train on `examples` on `device` and save a PEFT adapter to `out` (atomically), with the loss per step.
+    Under a launcher (`distributed.launched`) the model is read on the CPU and accelerate places it, on its device.
 
     `answer_prefix`: text the method's adapter expects after every QA prompt (recorded in laffi_train.json, read at
     answer time by `laffi.engines.generation.answer_prefix`).
@@ -64,7 +66,8 @@ def train(
     import torch
     from peft import get_peft_model
 
-    from laffi.models import load_model, load_tokenizer, peft_quietly
+    from laffi.models import load_model, load_tokenizer, peft_quietly, resolve_device, resolve_dtype
+    from laffi.training import distributed
 
     if not examples:
         raise LaffiError("train: no training examples")
@@ -72,10 +75,17 @@ def train(
         raise LaffiError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                          f"({cfg.micro_batch_size})")  # fmt: skip
     keep = _keep_names(cfg.checkpoint_keep)
+    launched = distributed.launched()
+    device = "cpu" if launched else resolve_device(device)
+    dtype = resolve_dtype(dtype, distributed.target_device() if launched else device)
+    if dtype == "float16":
+        # fp16 gradients underflow without a loss scaler between backward, clipping and the step; this loop has none.
+        raise LaffiError("train: dtype float16 is not supported for training (no gradient scaler); use bfloat16 "
+                         "(or auto) on GPUs with bf16, else float32")  # fmt: skip
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
     with peft_quietly():
-        model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True), lora_config(cfg))
+        model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True, device=device), lora_config(cfg))
     if cfg.fast_dropout:
         _use_fast_dropout(model)
     if cfg.gradient_checkpointing:
@@ -97,7 +107,7 @@ def train(
     # example that shares nothing in its step is batched as `schedule` batches it (micro_batch_size examples).
     # Launched data-parallel runs keep the group order but train one example per row.
     plans = None
-    if keys is not None and parallel is None:
+    if keys is not None and parallel is None and packs_with_masks(model):
         attention = attention_tokens(model.get_base_model().config)
         plans = [pack_step(rows, keys, [i for mb in step for i in mb], cfg.micro_batch_tokens, attention,
                            cfg.micro_batch_size) for step in schedule]  # fmt: skip
@@ -158,6 +168,25 @@ def train(
         parallel.wait()  # the adapter is complete on disk before any process returns
         parallel.end()
     return info
+
+
+# Attention implementations that take the additive 4-D masks of packed rows (packing.packed_tensors).
+MASKED_ATTENTION = ("eager", "sdpa")
+
+
+def packs_with_masks(model: Any) -> bool:
+    """Whether shared-prefix packing can run on `model`: its packed rows need a 4-D attention mask (a question
+    attends to its passage and to itself, not to the other questions after the same passage), which flash-attention
+    kernels cannot take, and their variable-length path (position ids) only separates whole sequences. Otherwise the
+    loop trains one example per row, with one warning line."""
+    import sys
+
+    implementation = getattr(model.get_base_model().config, "_attn_implementation", None)
+    if implementation in MASKED_ATTENTION or implementation is None:
+        return True
+    print(f"laffi: warning: train.shared_prefix: attention '{implementation}' cannot take packed rows' masks; "
+          "training one example per row", file=sys.stderr, flush=True)  # fmt: skip
+    return False
 
 
 def step_schedule(rows: list[dict[str, list[int]]], cfg: TrainConfig,
