@@ -366,11 +366,17 @@ def _laffi(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ["train", "--method", "sft", "--data", "DATA", "--out", "adapter", "--device", "cuda:0"],
     ["attention", "--data", "DATA", "--out", "att", "--device", "cuda"],
     ["run", "CONFIG", "--set", "model.device=cuda"],
+    ["annotate", "--data", "DATA", "--predictions", "PREDS", "--out", "f.jsonl", "--annotator", "llm", "--device",
+     "cuda"],
 ])  # fmt: skip
 def test_cuda_on_a_machine_without_it_is_one_line_and_writes_nothing(command, tiny_model_dir, small_squad, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"out_dir: {tmp_path / 'run'}\nmodel:\n  name: {tiny_model_dir}\ndata:\n  path: {small_squad}\n")
-    args = [str(small_squad) if a == "DATA" else str(config) if a == "CONFIG" else a for a in command]
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({q["id"]: "" for a in json.loads(small_squad.read_text())["data"]
+                                 for p in a["paragraphs"] for q in p["qas"]}))  # fmt: skip
+    names = {"DATA": str(small_squad), "CONFIG": str(config), "PREDS": str(preds)}
+    args = [names.get(a, a) for a in command]
     before = sorted(p.name for p in tmp_path.iterdir())
     result = _laffi(*args, "--model", str(tiny_model_dir), cwd=tmp_path) if command[0] != "run" else \
         _laffi(*args, cwd=tmp_path)

@@ -186,9 +186,10 @@ def complete_local(jobs: list[tuple[str, list[dict[str, str]]]], cfg: AnnotateCo
 
 def load_local(cfg: AnnotateConfig, adapter: str | None) -> tuple[Any, Any]:
     """(tokenizer, model) of the local annotator, with `adapter` merged in if given."""
-    from laffi.models import load_model, load_tokenizer
+    from laffi.models import load_model, load_tokenizer, resolve_device
 
-    return load_tokenizer(cfg.model), load_model(cfg.model, dtype=cfg.dtype, adapter=adapter, device=cfg.device)
+    device = resolve_device(cfg.device, "annotate.device")
+    return load_tokenizer(cfg.model), load_model(cfg.model, dtype=cfg.dtype, adapter=adapter, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------- scored verdicts
