@@ -136,6 +136,10 @@ def annotate(
         if value is None:
             raise LaffiError(f"annotate: {name} is required")
     settings = cfg.annotate
+    if settings.annotator == "llm" and not settings.endpoint:
+        from laffi.models import resolve_device
+
+        resolve_device(settings.device, "--device")  # before any work: a device this machine lacks is one line
     annotator, learn_from_examples = settings.annotator, settings.learn_from_examples
     inputs = [("--data", data), ("--predictions", predictions), ("--examples", settings.examples or None),
               ("--model", settings.model)]
