@@ -176,7 +176,7 @@ def calibrated(out: Path, cell: Cell, eval_qs: list, calibration: list, preds: d
     """A cell's evaluation answers under the no-answer threshold chosen on the calibration questions (training
     articles, never evaluation ones): the official best_f1_thresh of its calibration answers and their no-answer
     scores; an evaluation question whose score is above it counts as an abstention, as the official script's
-    --na-prob-thresh does. None when the cell has no scores (revised answers, vLLM) or there is no calibration."""
+    --na-prob-thresh does. None when the cell has no scores (revised answers) or there is no calibration."""
     directory = cell_dir(out, cell)
     answers = directory / "calibration_answers.json"
     if not calibration:

@@ -314,3 +314,52 @@ def test_constrained_answers_stay_on_transformers(stub_vllm, tiny_model_dir, que
                                                                                             constrain="span")),
                       progress=False)  # fmt: skip
     assert not stub_vllm.ENGINES
+
+
+def test_laffi_run_on_vllm_releases_before_training_and_calibrates(stub_vllm, tmp_path, tiny_model_dir,
+                                                                   excerpt_questions):  # fmt: skip
+    """`laffi run` with answer.engine vllm: each training stage (in this process) finds the engine released; every
+    answer set gets its no-answer scores, so the report has calibrated rows and AUCs."""
+    from laffi.config import load_run_config
+    from laffi.data import write_squad
+    from laffi.pipeline.experiment import run_preset
+    from laffi.report.experiment import run_and_report
+
+    picked: dict = {}
+    for q in excerpt_questions:  # two answerable and two unanswerable questions from each article
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp_path / "data.json"
+    write_squad(sorted((q for qs in picked.values() for q in qs[:2]), key=excerpt_questions.index), data)
+    cfg = load_run_config(None, [
+        f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi]", "answer.engine=vllm", "answer.max_new_tokens=3", "train.max_steps=1",
+        "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2", "data.train_questions=0",
+        "data.calibration_questions=4",
+    ])  # fmt: skip
+    from laffi import models
+
+    loads = []  # (trainable, an engine live before the load, an engine live after it)
+    original = models.load_model
+
+    def recording(*args, **kwargs):
+        before = engine._ENGINE is not None
+        lm = original(*args, **kwargs)
+        loads.append((kwargs.get("trainable", False), before, engine._ENGINE is not None))
+        return lm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_model", recording)
+        summary = run_and_report(run_preset(cfg), log=lambda m: None, progress=False)
+    run = tmp_path / "run"
+    # sft and laffi each trained in this process, each finding the engine of the answers before it live, and each
+    # model load released it.
+    assert [t for t in loads if t[0]] == [(True, True, False), (True, True, False)]
+    assert not any(after for _, _, after in loads)
+    assert [e.kwargs.get("enable_lora", False) for e in stub_vllm.ENGINES] == [False, True, True]
+    assert stub_vllm.EVENTS.count("shutdown") == len(stub_vllm.ENGINES) - (engine._ENGINE is not None)
+    for cell in ("base", "sft/n4-seed0", "laffi/n4-seed0-human0"):
+        for name in ("eval_answers", "calibration_answers"):
+            assert (run / "cells" / cell / f"{name}.na_prob.json").exists(), (cell, name)
+        assert "na_score_auc" in summary["cells"][cell]
+        assert "calibrated" in summary["cells"][cell]
+    assert "(calibrated)" in (run / "results.md").read_text()
