@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 
 from laffi.data import load_squad
 from laffi.errors import LaffiError
-from laffi.records import JsonlAppender, write_json
+from laffi.feedback import reference
+from laffi.records import JsonlAppender, write_json, write_jsonl
 from laffi.server.app import create_app, prepare
 from laffi.server.store import APPLICATION_ID, Store
 
@@ -66,11 +67,10 @@ def work(tmp_path: Path) -> Path:
     items and an annotator."""
     shutil.copy(CORPUS / "good.json", tmp_path / "good.json")
     shutil.copy(CORPUS / "good_predictions.json", tmp_path / "preds.json")
-    r = laffi("annotate", "--data", tmp_path / "good.json", "--predictions", tmp_path / "preds.json", "--out",
-              tmp_path / "fb.jsonl")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    questions, preds = load_squad(tmp_path / "good.json"), json.loads((tmp_path / "preds.json").read_text())
+    write_jsonl(tmp_path / "fb.jsonl", [reference.annotate(q, preds[q.id]) for q in questions])
     store = Store(tmp_path / "db.sqlite")
-    store.add_items(load_squad(tmp_path / "good.json"), json.loads((tmp_path / "preds.json").read_text()))
+    store.add_items(questions, preds)
     store.add_annotator("alice")
     store.close()
     return tmp_path
