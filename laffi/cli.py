@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ MODEL_HELP = "Model: 'bundled' (SmolLM2-135M-Instruct), a Hugging Face id, a loc
 DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native on the device, else float32), float32, "
               "bfloat16 or float16.")
 DEVICE_HELP = "Where the model runs: auto (the first CUDA device when there is one, else the CPU), cpu, cuda or cuda:N."
+PLAN_HELP = ("Make nothing: print each cell's examples, optimizer steps and token positions (counted with the "
+             "tokenizer) and its estimated peak memory and wall time (docs/scaling.md).")
+PLAN_FOR_HELP = ("With --plan: 'here' (a short probe on this machine) or h100, h200, a100, l4 (from FLOPs and "
+                 "bandwidth).")
+PROBE_HELP = "With --plan here: time two training steps and a few answers (else no time estimate)."
 
 
 def _err(msg: str) -> None:
@@ -512,6 +518,9 @@ def run(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set data.train_questions=300."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    plan: bool = typer.Option(False, "--plan", help=PLAN_HELP),
+    plan_for: str = typer.Option("here", "--plan-for", help=PLAN_FOR_HELP),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help=PROBE_HELP),
 ) -> None:
     """Every stage for each method of `methods` at one training size and seed: cached and resumable; prints the
     results table (the experiment of `laffi experiment` with one cell per method)."""
@@ -519,8 +528,16 @@ def run(
     from laffi.pipeline.experiment import check_method, run_preset
 
     cfg = load_run_config(config, set_, check_method=check_method)
+    if plan:
+        return _plan(run_preset(cfg), plan_for, probe)
     check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(run_preset(cfg), progress)
+
+
+def _plan(cfg: Any, plan_for: str, probe: bool) -> None:
+    from laffi.pipeline.plan import markdown, plan_grid
+
+    typer.echo(markdown(plan_grid(cfg, plan_for, probe, log=lambda m: typer.echo(m, err=True))))
 
 
 @app.command()
@@ -537,6 +554,9 @@ def experiment(
     report_only: bool = typer.Option(False, "--report-only", help="Make nothing: write the report of the cells "
                                      "out_dir already holds for this config and list the ones not made yet (a "
                                      "grid made a size or a machine at a time)."),
+    plan: bool = typer.Option(False, "--plan", help=PLAN_HELP),
+    plan_for: str = typer.Option("here", "--plan-for", help=PLAN_FOR_HELP),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help=PROBE_HELP),
 ) -> None:
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
@@ -547,6 +567,8 @@ def experiment(
         raise LaffiError("--report-only: not with --shard (it makes nothing to share)")
     extra = [f"workers={workers}"] if workers else []
     cfg = load_run_config(config, [*set_, *extra], ExperimentConfig, check_method)
+    if plan:
+        return _plan(cfg, plan_for, probe)
     check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(cfg, progress, _shard(shard) if shard else None, report_only)
 
@@ -659,6 +681,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 _SIGNALLED: list[int] = []  # the signal that interrupted this `main`, if any
+_REPORTED: list[bool] = []  # the interrupt's line is written once, by the main thread or the watchdog
+_REPORT_LOCK = threading.Lock()
+SIGNAL_GRACE_S = 10.0  # how long the watchdog waits for the main thread to unwind before it ends the process
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -670,29 +695,67 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _catch_signals() -> dict[int, Any]:
-    """Route SIGINT and SIGTERM to `_on_signal`; returns the previous handlers (`main` runs in tests' processes too)."""
+def _catch_signals() -> dict[str, Any]:
+    """Route SIGINT and SIGTERM to `_on_signal`, and start the watchdog; returns what `_restore_signals` puts back
+    (`main` runs inside tests' processes too).
+
+    Python runs a signal handler only between bytecodes of the main thread: native code that retries on EINTR (a
+    torch rendezvous waiting 30 minutes for processes that never come) would never see it, and SIGTERM, which would
+    have ended the process, would do nothing. The interpreter also writes each caught signal's number to a wakeup
+    fd; the watchdog thread reads it and, if the main thread has not unwound SIGNAL_GRACE_S later, writes the line
+    and ends the process with the same code (what is left is what SIGKILL would leave: resumable)."""
     _SIGNALLED.clear()
-    previous: dict[int, Any] = {}
+    _REPORTED.clear()
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _on_signal)
+        handlers = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: signals stay as they are
-        pass
-    return previous
+        return {}
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    finished = threading.Event()
+    threading.Thread(target=_watchdog, args=(read_fd, finished), daemon=True, name="laffi-signals").start()
+    return {"handlers": handlers, "wakeup": wakeup, "write_fd": write_fd, "finished": finished}
 
 
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
+def _watchdog(read_fd: int, finished: threading.Event) -> None:
+    signum = None
+    with contextlib.suppress(OSError):
+        while signum is None:
+            data = os.read(read_fd, 64)
+            if not data:  # `_restore_signals` closed the pipe: `main` is over
+                break
+            signum = next((b for b in data if b in (signal.SIGINT, signal.SIGTERM)), None)
+    os.close(read_fd)
+    if signum is None or finished.wait(SIGNAL_GRACE_S):
+        return
+    _report(signum, lambda line: os.write(2, line.encode() + b"\n"))
+    os._exit(128 + signum)
+
+
+def _restore_signals(saved: dict[str, Any]) -> None:
+    if not saved:
+        return
+    saved["finished"].set()
+    for signum, handler in saved["handlers"].items():
         signal.signal(signum, handler)
+    signal.set_wakeup_fd(saved["wakeup"])
+    os.close(saved["write_fd"])
+
+
+def _report(signum: int, write: Any) -> None:
+    with _REPORT_LOCK:
+        if not _REPORTED:
+            _REPORTED.append(True)
+            write(f"laffi: interrupted by {signal.Signals(signum).name}: finished work is kept; re-run the same "
+                  "command to resume")
 
 
 def _interrupted() -> None:
     """One line and exit 130 (SIGINT) or 143 (SIGTERM). Every stage keeps what it finished (answers appended as they
     finish, training checkpoints, cached stages and cells) and resumes from it when the same command runs again."""
     signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT
-    typer.echo(f"laffi: interrupted by {signal.Signals(signum).name}: finished work is kept; re-run the same command "
-               "to resume", err=True)
+    _report(signum, lambda line: typer.echo(line, err=True))
     sys.exit(128 + signum)
 
 

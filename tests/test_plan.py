@@ -1,0 +1,77 @@
+"""`laffi experiment --plan`: the counts are the run's own, the memory plan of a 7B model fits an 80 GB GPU at the
+shipped settings, and planning makes nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from laffi.config import ExperimentConfig, load_run_config
+from laffi.data import write_squad
+from laffi.pipeline.plan import plan_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = ROOT.parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
+
+
+def test_planned_steps_and_tokens_are_those_the_run_trains(tiny_model_dir, excerpt_questions, tmp_path):
+    from laffi.report.experiment import run_and_report
+
+    picked = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp_path / "data.json"
+    write_squad(sorted([q for g in picked.values() for q in g[:3]], key=excerpt_questions.index), data)
+    cfg = load_run_config(None, [
+        f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
+        "methods=[base, sft, laffi]", "seeds=[0]", "train_sizes=[3, 6]", "example_questions=0",
+        "answer.max_new_tokens=2", "answer.workers=1", "train.epochs=1", "train.lora_r=2", "train.batch_size=2",
+        "train.micro_batch_size=2", "data.calibration_questions=0",
+    ], ExperimentConfig)  # fmt: skip
+    plan = plan_grid(cfg, "here", probe=False, log=lambda m: None)
+    assert not (tmp_path / "exp").exists()  # planning makes nothing
+    run_and_report(cfg, log=lambda m: None, progress=False)
+    by_cell = {c.cell: c for c in plan.cells}
+    trained = [c for c in by_cell if c != "base"]
+    assert trained == ["sft/n3-seed0", "sft/n6-seed0", "laffi/n3-seed0-human0", "laffi/n6-seed0-human0"]
+    for cell in trained:
+        info = json.loads((tmp_path / "exp" / "cells" / cell / "adapter" / "laffi_train.json").read_text())
+        planned = by_cell[cell]
+        assert (planned.examples, planned.steps) == (info["examples"], info["steps"])
+        if cell.startswith("sft"):  # exact: no generated data in its examples
+            assert planned.exact and planned.computed_tokens == info["tokens_computed"]
+            assert planned.example_tokens == info["tokens"]  # one epoch: every example once
+        else:  # feedback on answers the run had not made yet: counted with stand-in feedback
+            assert not planned.exact
+    assert by_cell["base"].steps == 0 and by_cell["base"].questions == plan.cells[1].questions
+
+
+@pytest.mark.skipif(not POOL.exists(), reason="needs ../shared/data")
+def test_a_7b_llama_at_the_shipped_settings_fits_an_80gb_gpu():
+    from transformers import LlamaConfig
+
+    from laffi.models import load_tokenizer
+
+    cfg = load_run_config(ROOT / "configs" / "paper.yaml", [f"data.path={POOL}"], ExperimentConfig)
+    tokenizer = load_tokenizer(cfg.model.name)
+    seven_b = LlamaConfig(vocab_size=len(tokenizer), hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)  # fmt: skip
+    plan = plan_grid(cfg, "h100", probe=False, log=lambda m: None, model_config=seven_b)
+    assert 6.5e9 < plan.parameters < 7e9 and plan.lora_parameters == 32 * 16 * (4 * 8192 + 2 * 15104 + 15104)
+    trained = [c for c in plan.cells if c.steps]
+    assert trained and max(c.peak_gib for c in trained) < 80
+    assert min(c.peak_gib for c in trained) > 12.5  # at least the bf16 weights (6.7e9 x 2 bytes)
+    assert all(c.train_seconds > 0 and c.answer_seconds > 0 for c in trained)
+
+
+@pytest.mark.skipif(not POOL.exists(), reason="needs ../shared/data")
+def test_plan_on_the_command_line_prints_the_cells_and_makes_nothing(tmp_path):
+    out = tmp_path / "paper"
+    result = subprocess.run([sys.executable, "-m", "laffi", "experiment", str(ROOT / "configs" / "paper.yaml"),
+                             "--plan", "--no-probe", "--set", f"out_dir={out}", "--set", f"data.path={POOL}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "| sft/n100-seed0 | 100 | 26 |" in result.stdout and "Total: 476 optimizer steps" in result.stdout
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
