@@ -40,6 +40,8 @@ PLAN_HELP = ("Make nothing: print each cell's examples, optimizer steps and toke
 PLAN_FOR_HELP = ("With --plan: 'here' (a short probe on this machine) or h100, h200, a100, l4 (from FLOPs and "
                  "bandwidth).")
 PROBE_HELP = "With --plan here: time two training steps and a few answers (else no time estimate)."
+PLAN_SHAPE_HELP = ("With --plan: plan for a model of this architecture (a transformers config.json, e.g. "
+                   "configs/shapes/llama-2-7b.json; no weights needed) with model.name's tokenizer.")
 
 
 def _err(msg: str) -> None:
@@ -521,6 +523,7 @@ def run(
     plan: bool = typer.Option(False, "--plan", help=PLAN_HELP),
     plan_for: str = typer.Option("here", "--plan-for", help=PLAN_FOR_HELP),
     probe: bool = typer.Option(True, "--probe/--no-probe", help=PROBE_HELP),
+    plan_shape: Path | None = typer.Option(None, "--plan-shape", help=PLAN_SHAPE_HELP),
 ) -> None:
     """Every stage for each method of `methods` at one training size and seed: cached and resumable; prints the
     results table (the experiment of `laffi experiment` with one cell per method)."""
@@ -529,15 +532,16 @@ def run(
 
     cfg = load_run_config(config, set_, check_method=check_method)
     if plan:
-        return _plan(run_preset(cfg), plan_for, probe)
+        return _plan(run_preset(cfg), plan_for, probe, plan_shape)
     check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(run_preset(cfg), progress)
 
 
-def _plan(cfg: Any, plan_for: str, probe: bool) -> None:
-    from laffi.pipeline.plan import markdown, plan_grid
+def _plan(cfg: Any, plan_for: str, probe: bool, shape: Path | None) -> None:
+    from laffi.pipeline.plan import markdown, model_shape, plan_grid
 
-    typer.echo(markdown(plan_grid(cfg, plan_for, probe, log=lambda m: typer.echo(m, err=True))))
+    config = model_shape(shape) if shape is not None else None
+    typer.echo(markdown(plan_grid(cfg, plan_for, probe, log=lambda m: typer.echo(m, err=True), model_config=config)))
 
 
 @app.command()
@@ -557,6 +561,7 @@ def experiment(
     plan: bool = typer.Option(False, "--plan", help=PLAN_HELP),
     plan_for: str = typer.Option("here", "--plan-for", help=PLAN_FOR_HELP),
     probe: bool = typer.Option(True, "--probe/--no-probe", help=PROBE_HELP),
+    plan_shape: Path | None = typer.Option(None, "--plan-shape", help=PLAN_SHAPE_HELP),
 ) -> None:
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
@@ -568,7 +573,7 @@ def experiment(
     extra = [f"workers={workers}"] if workers else []
     cfg = load_run_config(config, [*set_, *extra], ExperimentConfig, check_method)
     if plan:
-        return _plan(cfg, plan_for, probe)
+        return _plan(cfg, plan_for, probe, plan_shape)
     check_output_dir(cfg.out_dir, "out_dir", _config_inputs(config, cfg))
     _experiment(cfg, progress, _shard(shard) if shard else None, report_only)
 

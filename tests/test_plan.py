@@ -75,3 +75,15 @@ def test_plan_on_the_command_line_prints_the_cells_and_makes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| sft/n100-seed0 | 100 | 26 |" in result.stdout and "Total: 476 optimizer steps" in result.stdout
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_plan_shape_is_a_transformers_config(tmp_path):
+    from laffi.errors import LaffiError
+    from laffi.pipeline.plan import model_shape
+
+    config = model_shape(ROOT / "configs" / "shapes" / "llama-2-7b.json")
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 4096, 32)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hidden_size": 8}')
+    with pytest.raises(LaffiError, match="not a transformers config"):
+        model_shape(bad)

@@ -178,6 +178,21 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
     return out
 
 
+def model_shape(path: Path) -> Any:
+    """A transformers config read from a config.json file (a model's architecture, without its weights)."""
+    from transformers import AutoConfig
+
+    from laffi.records import read_json
+
+    data = read_json(Path(path), "model shape")
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise LaffiError(f"--plan-shape {path}: not a transformers config (no 'model_type')")
+    try:
+        return AutoConfig.for_model(**data)
+    except (ValueError, TypeError, KeyError) as e:
+        raise LaffiError(f"--plan-shape {path}: {str(e).splitlines()[0][:200]}") from None
+
+
 def _model_config(path: str) -> Any:
     from transformers import AutoConfig
 
