@@ -138,8 +138,11 @@ class DataParallel:
         self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
         self.model = model
-        if self.kind != "DEEPSPEED":
-            model.to(self.device)  # DeepSpeed's engine places (and casts) the model itself
+        if self.kind not in SHARDED:
+            # DeepSpeed's engine places (and casts) the model itself; FSDP 2's `fully_shard` moves each shard to this
+            # process's device as it shards (accelerate's fsdp2_prepare_model): moving first would put the whole
+            # model on every GPU.
+            model.to(self.device)
         self.loss, self.optimizer = acc.prepare(CompletionLoss(model), optimizer)
 
     def step(self, micro_batches: list[list[int]], rows: list[dict], n_loss: int, pad_id: int, autocast: Any) -> float:
