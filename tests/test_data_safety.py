@@ -387,6 +387,19 @@ class Line:
     answer: str
 
 
+@pytest.mark.parametrize("command", ["answer", "run", "experiment"])
+def test_a_command_on_a_full_disk_is_one_line_and_leaves_nothing(work, full_disk, tiny_model_dir, command):
+    disk, fill = full_disk
+    fill()
+    (work / "run.yaml").write_text("methods: [base]\n")
+    args = {"answer": ["answer", "--data", work / "good.json", "--out", disk / "sub" / "p.json", "--model",
+                       tiny_model_dir, "--dtype", "float32"]}.get(command) or \
+        [command, work / "run.yaml", "--set", f"out_dir={disk / 'run'}", "--set", f"model.name={tiny_model_dir}",
+         "--set", "model.dtype=float32"]  # fmt: skip
+    one_line_error(laffi(*args, "--no-progress", timeout=120), str(disk), "no space left")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"], "a half-made folder or partial file is left"
+
+
 def test_an_append_on_a_full_disk_keeps_whole_lines_only(full_disk):
     disk, fill = full_disk
     path = disk / "part" / "answers.jsonl"

@@ -166,7 +166,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     if report_only:
         return made_cells(cfg, out, log)
     workers = workers if workers > 1 else cfg.workers
-    out.mkdir(parents=True, exist_ok=True)
+    # atomic_write_text makes out_dir, and removes what it made when the write fails (a full disk: no empty out_dir)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     main, ablation = plan(cfg)
     cells = list(dict.fromkeys(main + ablation))
