@@ -112,9 +112,10 @@ def answer(
     _library_bars(progress)
     questions = load_squad(resolve_data_path(str(data)))[:limit]
     settings = replace(cfg.answer, revise_rounds=max(1, cfg.answer.revise_rounds)) if revise else cfg.answer
-    preds = stages.answer(questions, out, cfg.model, settings, str(adapter) if adapter else None,
-                          generations_out=generations, progress=progress, first=first_answers,
-                          where=str(data), restart=restart)  # fmt: skip
+    with _no_unused_resume_records():
+        preds = stages.answer(questions, out, cfg.model, settings, str(adapter) if adapter else None,
+                              generations_out=generations, progress=progress, first=first_answers,
+                              where=str(data), restart=restart)  # fmt: skip
     abstained = sum(1 for a in preds.values() if not a)
     typer.echo(f"wrote {len(preds)} answers to {out} ({abstained} abstentions)", err=True)
 
@@ -468,14 +469,28 @@ def train(
         if unknown:
             raise LaffiError(f"{feedback}: '{unknown[0]}': question id not in {data} ({len(unknown)} in all)")
     _library_bars(progress)
-    info = stages.train(questions, records, out, model_cfg, run_cfg.train, shots, progress,
-                        restart=restart)  # fmt: skip
+    with _no_unused_resume_records():
+        info = stages.train(questions, records, out, model_cfg, run_cfg.train, shots, progress,
+                            restart=restart)  # fmt: skip
     if split is not None:  # written after training: saving the adapter replaces the directory
         from laffi.records import write_json
 
         write_json(out / "feedback_mix.json", split)
     typer.echo(f"saved adapter to {out}: {info['examples']} examples, {info['steps']} steps, "
                f"final loss {info['final_loss']:.4f}", err=True)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _no_unused_resume_records() -> Any:
+    """A command that fails before its first answer or checkpoint leaves no settings record behind
+    (`laffi.resume.drop_unused`); partial work and its record stay for the resume."""
+    from laffi import resume
+
+    try:
+        yield
+    except BaseException:
+        resume.drop_unused()
+        raise
 
 
 def _library_bars(progress: bool) -> None:

@@ -30,11 +30,16 @@ def digest(records: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def claim(record: Path, partial: list[Path], settings: dict[str, Any], what: str, restart: bool = False) -> bool:
+_claimed: list[tuple[Path, list[Path]]] = []  # records this process wrote, for `drop_unused`
+
+
+def claim(record: Path, partial: list[Path], settings: dict[str, Any], what: str, restart: bool = False,
+          write: bool = True) -> bool:  # fmt: skip
     """Make the partial work in `partial` (files or directories) this run's: returns whether there is some to resume.
 
     With `restart`, the partial work and its record are removed first. Partial work whose record is missing,
-    unreadable or holds other settings is refused (LaffiError, one line). The record is (re)written for this run."""
+    unreadable or holds other settings is refused (LaffiError, one line). The record is (re)written for this run
+    (unless not `write`: another process, started for this run, writes it)."""
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # the form it takes on disk
     if restart:
         for path in [*partial, record]:
@@ -59,8 +64,22 @@ def claim(record: Path, partial: list[Path], settings: dict[str, Any], what: str
         if differ:
             raise LaffiError(f"{where}: partial {what} made with other settings ({differ}); re-run with those "
                              f"settings to resume it, or {RESTART}")  # fmt: skip
-    write_json(record, {"settings": settings})
+    if write:
+        write_json(record, {"settings": settings})
+        _claimed.append((record, partial))
     return bool(present)
+
+
+def drop_unused() -> None:
+    """Remove the records of claims that no partial work followed (a run that failed before its first answer or
+    checkpoint): a failed command leaves nothing behind."""
+    while _claimed:
+        record, partial = _claimed.pop()
+        if not any(p.exists() and not (p.is_dir() and _only(p, record)) for p in partial):
+            record.unlink(missing_ok=True)
+            for p in partial:
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
 
 
 def _only(directory: Path, record: Path) -> bool:

@@ -208,3 +208,12 @@ def test_every_torch_load_names_where_tensors_go():
     assert calls
     for name, call in calls:
         assert "map_location=" in call and "weights_only=True" in call, (name, call)
+
+
+def test_a_command_that_fails_before_any_work_leaves_no_settings_record(train_args, tmp_path):
+    """The record is written when a run starts; a run refused before its first checkpoint removes it again."""
+    r = run([*train_args, "--set", "train.batch_size=3", "--set", "train.micro_batch_size=2", "--out",
+             tmp_path / "adapter"])  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "multiple of micro_batch_size" in one_line(r)
+    assert not (tmp_path / "adapter.partial").exists() and not (tmp_path / "adapter").exists()

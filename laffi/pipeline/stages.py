@@ -370,8 +370,9 @@ def train(
     if launched() and method.prepare is not None:
         # Making data generates and writes files; it is not shared out between processes.
         raise LaffiError(f"train.method: '{cfg.method}' runs on one process only (not under accelerate launch)")
-    claim_checkpoint(questions, feedback, out, model, cfg, shots, restart)
-    if cfg.launcher.strip() and not launched() and method.prepare is None:
+    launching = cfg.launcher.strip() and not launched() and method.prepare is None
+    claim_checkpoint(questions, feedback, out, model, cfg, shots, restart, write=not launching)  # the child writes
+    if launching:
         return launch_training(questions, feedback, out, model, cfg, shots, progress)
     tokenizer = load_tokenizer(model.name)
     answers, report = None, None
@@ -387,7 +388,7 @@ def train(
 
 
 def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] | None, out: Path, model: ModelConfig,
-                     cfg: TrainConfig, shots: int, restart: bool) -> None:  # fmt: skip
+                     cfg: TrainConfig, shots: int, restart: bool, write: bool = True) -> None:  # fmt: skip
     """Refuse to resume `out`.partial/ (checkpoint, data a method made) made with other settings, or discard it
     (`restart`). Its record, `settings.json`, is written first, so a checkpoint never exists without one."""
     from dataclasses import asdict
@@ -401,7 +402,7 @@ def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] |
                          "use train.launcher, or remove it first")  # fmt: skip
     record = {"model": asdict(model), "train": train_cache_settings(cfg), "shots": shots,
               "questions": digest(questions), "feedback": digest(feedback) if feedback is not None else None}
-    claim(work / "settings.json", [work], record, "training checkpoint", restart)
+    claim(work / "settings.json", [work], record, "training checkpoint", restart, write)
 
 
 def answers_from_unused(method: str, use: str) -> str:
