@@ -148,6 +148,31 @@ def test_a_cache_that_cannot_be_written_is_one_line(kind, tmp_path, small_squad)
     assert not (tmp_path / "p.json").exists()
 
 
+def test_a_full_disk_during_conversion_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """The disk fills while the conversion is written: one error naming the cache, no half folder left."""
+    import errno
+
+    import transformers
+
+    from laffi import models
+
+    class Model:
+        config = type("Config", (), {})()
+
+        def save_pretrained(self, path):
+            (Path(path) / "model.safetensors").write_bytes(b"x" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setenv("LAFFI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Model())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    with pytest.raises(LaffiError) as e:
+        models.converted_gguf_dir(models.bundled_gguf_path())
+    assert str(e.value).startswith(f"{tmp_path / 'cache' / 'models'}: cannot write the converted model cache")
+    assert "no space left on device" in str(e.value)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_cache_is_one_line(tmp_path, small_squad):
     cache = tmp_path / "cache"

@@ -217,3 +217,33 @@ def test_a_command_that_fails_before_any_work_leaves_no_settings_record(train_ar
     assert r.returncode == 2, r.stderr
     assert "multiple of micro_batch_size" in one_line(r)
     assert not (tmp_path / "adapter.partial").exists() and not (tmp_path / "adapter").exists()
+
+
+def test_a_damaged_sharded_checkpoint_is_named(tmp_path):
+    """Under FSDP / DeepSpeed the checkpoint is accelerate's folder plus log.json: either one damaged is one error
+    naming the checkpoint."""
+    from laffi.errors import LaffiError
+    from laffi.training.loop import _resume
+
+    class Sharded:
+        sharded = True
+
+        def __init__(self, fail: bool):
+            self.fail = fail
+
+        def register(self, scheduler):
+            pass
+
+        def load_state(self, work):
+            if self.fail:
+                raise RuntimeError("Error(s) in loading state_dict: size mismatch\nmore")
+            return True
+
+    work = tmp_path / "adapter.partial"
+    work.mkdir()
+    (work / "log.json").write_text('{"log": [{"step": 1')
+    for fail, words in ((False, "JSONDecodeError"), (True, "size mismatch")):
+        with pytest.raises(LaffiError) as e:
+            _resume(work, None, None, None, Sharded(fail))
+        assert str(e.value).startswith(f"{work}: checkpoint cannot be resumed") and words in str(e.value)
+        assert "\n" not in str(e.value)

@@ -389,9 +389,17 @@ def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: An
 
     if parallel is not None and parallel.sharded:
         parallel.register(scheduler)
-        if not (work / "log.json").exists() or not parallel.load_state(work):
+        if not (work / "log.json").exists():
             return [], 0
-        log = json.loads((work / "log.json").read_text())["log"]
+        try:
+            if not parallel.load_state(work):
+                return [], 0
+            log = json.loads((work / "log.json").read_text())["log"]
+            if not isinstance(log, list):
+                raise ValueError("log.json holds no list of steps")
+        except Exception as e:  # a sharded checkpoint cut short, or one of other shapes
+            raise LaffiError(f"{work}: checkpoint cannot be resumed ({_reason(e)}); remove it (laffi train: add "
+                             "--restart) to train afresh") from None  # fmt: skip
         return log, len(log)
     path = work / "state.pt"
     if not path.exists():
