@@ -34,12 +34,14 @@ _claimed: list[tuple[Path, list[Path]]] = []  # records this process wrote, for 
 
 
 def claim(record: Path, partial: list[Path], settings: dict[str, Any], what: str, restart: bool = False,
-          write: bool = True) -> bool:  # fmt: skip
+          write: bool = True, vouched: bool = False) -> bool:  # fmt: skip
     """Make the partial work in `partial` (files or directories) this run's: returns whether there is some to resume.
 
     With `restart`, the partial work and its record are removed first. Partial work whose record is missing,
     unreadable or holds other settings is refused (LaffiError, one line). The record is (re)written for this run
-    (unless not `write`: another process, started for this run, writes it)."""
+    (unless not `write`: another process, started for this run, writes it). `vouched`: the stage cache's marker
+    beside the output vouches for the partial work (`laffi run` / `experiment`: `cache.begin` cleared the partial
+    state of any other key), which is then resumed without comparing records."""
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # the form it takes on disk
     if restart:
         for path in [*partial, record]:
@@ -48,7 +50,7 @@ def claim(record: Path, partial: list[Path], settings: dict[str, Any], what: str
             else:
                 path.unlink(missing_ok=True)
     present = [p for p in partial if p.exists() and not (p.is_dir() and _only(p, record))]
-    if present:
+    if present and not vouched:
         where = printable(present[0])
         try:
             saved = json.loads(record.read_text(encoding="utf-8"))

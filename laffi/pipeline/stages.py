@@ -126,7 +126,7 @@ def claim_partial_answers(questions: list[Question], out: Path, model: ModelConf
     """Refuse to resume partial answers of `out` made with other settings (or discard them: `restart`)."""
     from dataclasses import asdict
 
-    from laffi.pipeline.cache import file_hash
+    from laffi.pipeline.cache import file_hash, marker
     from laffi.resume import claim, digest
 
     answer = asdict(settings)
@@ -138,7 +138,8 @@ def claim_partial_answers(questions: list[Question], out: Path, model: ModelConf
               "first_answers": file_hash(first) if first is not None else None}  # fmt: skip
     partial = partial_path(out)
     rounds = sorted(out.parent.glob(f"{partial.name}.round*")) if out.parent.is_dir() else []
-    claim(out.with_name(f"{partial.name}.settings.json"), [partial, *rounds], record, "answers", restart)
+    claim(out.with_name(f"{partial.name}.settings.json"), [partial, *rounds], record, "answers", restart,
+          vouched=marker(out).exists())  # fmt: skip
 
 
 def na_prob_path(out: Path) -> Path:
@@ -393,6 +394,7 @@ def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] |
     (`restart`). Its record, `settings.json`, is written first, so a checkpoint never exists without one."""
     from dataclasses import asdict
 
+    from laffi.pipeline.cache import marker
     from laffi.resume import claim, digest
     from laffi.training.distributed import launched
 
@@ -402,7 +404,7 @@ def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] |
                          "use train.launcher, or remove it first")  # fmt: skip
     record = {"model": asdict(model), "train": train_cache_settings(cfg), "shots": shots,
               "questions": digest(questions), "feedback": digest(feedback) if feedback is not None else None}
-    claim(work / "settings.json", [work], record, "training checkpoint", restart, write)
+    claim(work / "settings.json", [work], record, "training checkpoint", restart, write, vouched=marker(out).exists())
 
 
 def answers_from_unused(method: str, use: str) -> str:
