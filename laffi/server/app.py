@@ -37,10 +37,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from laffi.errors import LaffiError
-from laffi.records import to_dict
+from laffi.records import has_lone_surrogate, to_dict
 from laffi.server.store import MAX_NOTE_CHARS, MAX_SECONDS, AnswerChanged, NotAssigned, Store, StoreUnavailable
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -60,6 +61,15 @@ class Annotation(BaseModel):
     status: str = Field(default="annotated", max_length=20)  # annotated, unsure or skipped
     note: str = Field(default="", max_length=MAX_NOTE_CHARS)  # why an item was skipped
     draft_shown: bool = False  # the page prefilled the form from the item's AI draft
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def utf8_text(cls, value: Any) -> Any:
+        """JSON's "\\ud800" escapes a lone surrogate, which no UTF-8 text holds: refused (422) before it reaches a
+        comparison, the database or an error message (encoding it would fail there: a 500)."""
+        if isinstance(value, str) and has_lone_surrogate(value):
+            raise PydanticCustomError("lone_surrogate", "contains a lone surrogate (not UTF-8 text)")
+        return value
 
 
 def one_line(exc: RequestValidationError) -> str:
