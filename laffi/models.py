@@ -258,6 +258,21 @@ def load_model(model: str, dtype: str = "float32", adapter: str | None = None, t
     return place(lm, device)
 
 
+def empty_model(model: str, dtype: str = "float32") -> Any:
+    """The model's architecture with its parameters on `meta` (no weights read, no memory) and its buffers computed
+    on the CPU (e.g. rotary frequencies): for the processes of an FSDP run that get their shards from rank 0."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise LaffiError(f"model '{model}': cannot read its config ({_first_line(e)})") from None
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+
+
 def load_adapter(lm: Any, adapter: str, trainable: bool = False) -> Any:
     """`lm` with the PEFT adapter in `adapter` on it. A broken adapter (its config not JSON or of wrong types, its
     weights missing, truncated or of another base model) is one LaffiError naming the file and what is wrong."""

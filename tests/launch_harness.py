@@ -8,6 +8,8 @@ after it has set up the process group, with the plugin read from that same envir
 
 EXIT_AFTER_CHECKPOINT=1: every process exits (status 3) right after the run's first checkpoint: a crash, for the
 resume tests.
+
+RECORD_LOADS=DIR: each process that reads model weights touches DIR/rank<RANK> (FSDP's rank-0 loading test).
 """
 
 import os
@@ -38,7 +40,24 @@ def _exit_after_checkpoint() -> None:
     training._checkpoint = checkpoint_then_exit
 
 
+def _record_loads(folder: str) -> None:
+    """Each process that reads model weights (`from_pretrained`) leaves a file named after its rank in `folder`."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    read = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recorded(cls, *args, **kwargs):
+        Path(folder, f"rank{os.environ.get('RANK', '0')}").touch()
+        return read(cls, *args, **kwargs)
+
+    AutoModelForCausalLM.from_pretrained = classmethod(recorded)
+
+
 if __name__ == "__main__":
+    if os.environ.get("RECORD_LOADS"):
+        _record_loads(os.environ["RECORD_LOADS"])
     if os.environ.get("FSDP_ON_CPU") == "1":
         Accelerator.__init__ = _init_as_fsdp
     if os.environ.get("EXIT_AFTER_CHECKPOINT") == "1":

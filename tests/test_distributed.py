@@ -143,8 +143,12 @@ def test_fsdp_on_two_cpu_processes_matches_one(tmp_path, small_squad, tiny_model
 
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     _run([sys.executable, *_train_cmd(small_squad, tiny_model_dir, single)])
-    on_fsdp(sharded, {})
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    on_fsdp(sharded, {"RECORD_LOADS": str(loads)})
     _matches_single(single, sharded, "FSDP")
+    # fsdp.yaml's fsdp_cpu_ram_efficient_loading: rank 0 alone read the weights; rank 1 got its shards from it.
+    assert sorted(p.name for p in loads.iterdir()) == ["rank0"]
     _resumes(on_fsdp, sharded, tmp_path / "resumed")
 
 
@@ -178,6 +182,8 @@ def test_single_process_is_not_launched(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not launched()
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # a launcher sets the rendezvous too (else: one-line error)
+    monkeypatch.setenv("MASTER_PORT", "29500")
     assert launched()
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch, one process (single_gpu.yaml)

@@ -76,6 +76,19 @@ def world_size() -> int:
     return world
 
 
+def rank0_loading() -> bool:
+    """FSDP with `fsdp_cpu_ram_efficient_loading` (configs/accelerate/fsdp.yaml): rank 0 alone reads the weights;
+    the other processes build the model with its parameters on `meta` (`laffi.models.empty_model`), and accelerate
+    sends rank 0's state (weights and LoRA initialisation) to every process's shards after sharding."""
+    flag = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("1", "true")
+    return flag and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and launched()
+
+
+def rank() -> int:
+    value = os.environ.get("RANK", "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def target_device() -> str:
     """The device a launched process trains on (accelerate's choice: its local rank's GPU, else the CPU), for
     resolving dtype 'auto' before the model is read."""

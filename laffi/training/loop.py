@@ -66,7 +66,7 @@ def train(
     import torch
     from peft import get_peft_model
 
-    from laffi.models import load_model, load_tokenizer, peft_quietly, resolve_device, resolve_dtype
+    from laffi.models import empty_model, load_model, load_tokenizer, peft_quietly, resolve_device, resolve_dtype
     from laffi.training import distributed
 
     if not examples:
@@ -84,8 +84,17 @@ def train(
                          "(or auto) on GPUs with bf16, else float32")  # fmt: skip
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
+    if distributed.rank0_loading() and distributed.rank() != 0:
+        base = empty_model(model_name, dtype)  # its shards come from rank 0 (FSDP's CPU-RAM-efficient loading)
+    else:
+        base = load_model(model_name, dtype=dtype, trainable=True, device=device)
     with peft_quietly():
-        model = get_peft_model(load_model(model_name, dtype=dtype, trainable=True, device=device), lora_config(cfg))
+        model = get_peft_model(base, lora_config(cfg))
+    for module in model.modules():
+        if any(p.requires_grad and p.is_meta for p in module.parameters(recurse=False)):
+            # LoRA weights of an empty model (rank-0 loading) get real storage, whose values rank 0 sends: accelerate
+            # maps the optimizer to the sharded parameters by storage address, which meta tensors lack.
+            module.to_empty(device="cpu", recurse=False)
     if cfg.fast_dropout:
         _use_fast_dropout(model)
     if cfg.gradient_checkpointing:
