@@ -133,9 +133,10 @@ def claim_partial_answers(questions: list[Question], out: Path, model: ModelConf
     if not settings.revise_rounds:  # revision settings don't change plain answers
         for name in ("revise_rounds", "feedback_max_new_tokens", "revise_threshold"):
             answer.pop(name)
+    # A path that is not there is named by the load that follows: here it is only its name.
     record = {"model": asdict(model), "answer": answer, "questions": digest(questions),
-              "adapter": file_hash(Path(adapter)) if adapter else None,
-              "first_answers": file_hash(first) if first is not None else None}  # fmt: skip
+              "adapter": (file_hash(Path(adapter)) if Path(adapter).is_dir() else adapter) if adapter else None,
+              "first_answers": (file_hash(first) if first.is_file() else str(first)) if first is not None else None}
     partial = partial_path(out)
     rounds = sorted(out.parent.glob(f"{partial.name}.round*")) if out.parent.is_dir() else []
     claim(out.with_name(f"{partial.name}.settings.json"), [partial, *rounds], record, "answers", restart,
