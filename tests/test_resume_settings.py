@@ -169,6 +169,7 @@ def test_checkpoint_saves_and_restores_cuda_random_state(tmp_path, tiny_model_di
     fake_states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in fake_states])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(list(states)))
     model, opt, sched = setup()
@@ -180,6 +181,10 @@ def test_checkpoint_saves_and_restores_cuda_random_state(tmp_path, tiny_model_di
     assert start == 1 and log == [{"step": 1, "loss": 1.0}]
     assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], fake_states, strict=True))
     assert torch.equal(torch.get_rng_state(), cpu_state)
+    # A machine with fewer devices than the one that saved restores the states of those it has.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _resume(tmp_path / "w", model, opt, sched)
+    assert len(restored) == 2 and len(restored[1]) == 1 and torch.equal(restored[1][0], fake_states[0])
 
     # Without CUDA the checkpoint holds no CUDA state, and a resume sets none.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

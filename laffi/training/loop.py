@@ -423,7 +423,8 @@ def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: An
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            # One state per device; a machine with fewer devices than the one that saved restores those it has.
+            torch.cuda.set_rng_state_all(state["cuda_rng"][: torch.cuda.device_count()])
     except Exception as e:  # truncated, not a checkpoint, or one of another model or LoRA shape
         raise LaffiError(f"{path}: checkpoint cannot be resumed ({_reason(e)}); remove {work} (laffi train: add "
                          "--restart) to train afresh") from None  # fmt: skip
