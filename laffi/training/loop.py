@@ -24,6 +24,7 @@ from laffi.records import write_json
 from laffi.training.examples import Example, tokenize_example
 from laffi.training.loss import completion_loss_sum
 from laffi.training.packing import attention_tokens, group_keys, group_order, pack, pack_step, packed_loss, packed_width
+from laffi.training.targets import check_target_modules
 
 TRAIN_LOG = "train_log.jsonl"
 TRAIN_INFO = "laffi_train.json"
@@ -88,6 +89,7 @@ def train(
         base = empty_model(model_name, dtype)  # its shards come from rank 0 (FSDP's CPU-RAM-efficient loading)
     else:
         base = load_model(model_name, dtype=dtype, trainable=True, device=device)
+    check_target_modules(base, cfg.target_modules)  # one line naming the setting, not PEFT's traceback
     with peft_quietly():
         model = get_peft_model(base, lora_config(cfg))
     for module in model.modules():
