@@ -513,6 +513,52 @@ def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[
 
 
 @app.command()
+@config_options({"model": ["name", "dtype", "device"],
+                 "answer": ["max_new_tokens", "batch_size", "workers", "draft_tokens"]},
+                flags={"model.name": "model"})  # fmt: skip
+def headroom(
+    data: Path = typer.Option(..., help="SQuAD 2.0 JSON file with the gold answers ('bundled' for the excerpt)."),
+    predictions: Path = typer.Option(..., help="The first answers {question_id: answer}: the ones the feedback "
+                                     "judges (its .na_prob.json beside it, if any, scores the 'first' condition)."),
+    feedback: Path = typer.Option(..., help="Feedback records (JSONL) on those answers, from any annotator."),
+    out: Path = typer.Option(..., help="H.json to write; each condition's predictions go beside it "
+                             "(H.<condition>.json, with .na_prob.json)."),
+    adapter: Path | None = typer.Option(None, help="PEFT adapter directory to apply."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+    cfg: Any = None,
+) -> None:
+    """How much better the model answers with the feedback in its prompt: the refinement prompt with the first answer
+    and no feedback, the verdict alone, the feedback minus its right-answer sentence, and the whole feedback, each
+    scored as the official script scores, with paired bootstrap tests (laffi/feedback/headroom.py). Questions
+    without a feedback record are listed and skipped. Resumable; settings from the options, --set and --config."""
+    from dataclasses import replace
+
+    from laffi.data import load_squad, resolve_data_path
+    from laffi.feedback.headroom import CONDITIONS, condition_path, markdown
+    from laffi.models import resolve_device
+    from laffi.pipeline import stages
+
+    cfg = replace(cfg, model=replace(cfg.model, device=resolve_device(cfg.model.device, "--device")))
+    inputs = [("--data", data), ("--predictions", predictions), ("--feedback", feedback), ("--adapter", adapter),
+              ("--model", cfg.model.name)]  # fmt: skip
+    if predictions.with_suffix(".na_prob.json").exists():
+        inputs.append(("--predictions' no-answer scores", predictions.with_suffix(".na_prob.json")))
+    check_output_file(out, "--out", inputs)
+    for condition in CONDITIONS:
+        path = condition_path(out, condition)
+        check_output_file(path, "--out", inputs)
+        check_output_file(path.with_suffix(".na_prob.json"), "--out", inputs)
+    data_file = resolve_data_path(str(data))
+    questions = load_squad(data_file)
+    result = stages.headroom(questions, predictions, feedback, out, cfg.model, cfg.answer,
+                             str(adapter) if adapter else None, progress, data_file)  # fmt: skip
+    typer.echo(markdown(result))
+    if result["skipped"]:
+        typer.echo(f"skipped {len(result['skipped'])} questions without a feedback record (listed in {out})", err=True)
+    typer.echo(f"wrote {out} and {', '.join(condition_path(out, c).name for c in CONDITIONS)}", err=True)
+
+
+@app.command()
 def score(
     data: Path = typer.Argument(..., help="SQuAD 2.0 JSON file."),
     predictions: Path = typer.Argument(..., help="Predictions file {question_id: answer}."),

@@ -214,6 +214,14 @@ def _in_context(answer: str, context: str) -> bool:
     return bool(norm) and f" {norm} " in f" {normalize_answer(context)} "
 
 
+def without_right_answer(text: str) -> str:
+    """Feedback text minus the sentence that states the right answer (what `parse_feedback` reads), e.g. for the
+    headroom probe's `no_answer_sentence` condition. Other sentences stay, quotes of the passage included."""
+    out = _RIGHT_ANSWER.sub("", text)
+    out = re.sub(r"(^|\s)\.(?=\s|$)", r"\1", out)  # the removed sentence's own full stop
+    return " ".join(out.split())
+
+
 def parse_feedback(text: str) -> tuple[str | None, str | None]:
     """(verdict, right answer) stated in feedback text; None where absent. The right answer "" means abstain."""
     verdict = _VERDICT.search(text)

@@ -481,3 +481,40 @@ def score(data: Path, predictions: Path, na_prob_file: Path | None = None,
     na_probs = read_json(na_prob_file, "no-answer probabilities") if na_prob_file is not None else None
     return squad_v2_scores(questions, preds, source=str(predictions), na_probs=na_probs, na_prob_thresh=na_prob_thresh,
                            na_source=str(na_prob_file))  # fmt: skip
+
+
+def headroom(questions: list[Question], preds_file: Path, feedback_file: Path, out: Path, model: ModelConfig,
+             settings: AnswerConfig, adapter: str | None = None, progress: bool = True,
+             data_file: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The feedback-headroom probe (laffi/feedback/headroom.py) of `model` (+ `adapter`) on the first answers in
+    `preds_file` and the feedback on them in `feedback_file`; writes `out` (H.json) and each condition's files."""
+    from tqdm.auto import tqdm
+
+    from laffi.config import key_settings
+    from laffi.engines.generation import DecodeSettings
+    from laffi.feedback import headroom as probe
+    from laffi.models import load_model, load_tokenizer
+    from laffi.pipeline.cache import file_hash
+
+    preds = read_predictions(preds_file, questions)
+    records = read_feedback(feedback_file)
+    na_file = preds_file.with_suffix(".na_prob.json")
+    first_na = read_json(na_file, "no-answer probabilities") if na_file.exists() else None
+    decode = DecodeSettings(settings.max_new_tokens, settings.batch_size, workers=settings.workers,
+                            draft_tokens=settings.draft_tokens)  # fmt: skip
+    identity = {"model": key_settings(model), "adapter": file_hash(Path(adapter)) if adapter else None,
+                "decode": {"max_new_tokens": decode.max_new_tokens, "draft_tokens": decode.draft_tokens},
+                "data": file_hash(data_file) if data_file else None, "predictions": file_hash(preds_file),
+                "feedback": file_hash(feedback_file), "prompt": prompts_version()}  # fmt: skip
+    tokenizer = load_tokenizer(model.name)
+    with tqdm(desc=f"headroom {out.name}", unit="q", disable=not progress) as bar:
+        return probe.probe(lambda: load_model(model.name, dtype=model.dtype, adapter=adapter, device=model.device),
+                           tokenizer, questions, preds, records, out, decode, first_na, identity, bar.update,
+                           where=str(feedback_file))  # fmt: skip
+
+
+def prompts_version() -> str:
+    from laffi import prompts
+    from laffi.feedback.headroom import NO_FEEDBACK
+
+    return f"{prompts.REFINE_TEMPLATE_VERSION}; no feedback: {NO_FEEDBACK}"

@@ -1,0 +1,145 @@
+"""The feedback-headroom probe (laffi/feedback/headroom.py) on the tiny random model: each condition's prompt is
+pinned, H.json's dicts are the official script's on the files written, a question without a record is listed and
+skipped, a resumed probe equals an uninterrupted one, and feedback on other answers is refused."""
+
+import json
+
+import pytest
+
+from laffi import prompts
+from laffi.config import AnswerConfig, ModelConfig
+from laffi.errors import LaffiError
+from laffi.feedback import headroom
+from laffi.feedback.reference import annotate as reference
+from laffi.pipeline import stages
+from laffi.records import write_json, write_jsonl
+
+RECORD = headroom._EXAMPLE
+
+
+def test_each_condition_shows_its_feedback():
+    assert {c: headroom.condition_feedback(c, RECORD) for c in headroom.GENERATED} == {
+        "no_feedback": "(none)",
+        "verdict_only": "Verdict: incorrect.",
+        "no_answer_sentence": 'Verdict: incorrect. "1931" is wrong. The passage says: "The bridge was opened in 1932."',
+        "feedback": RECORD.feedback,
+    }
+
+
+def test_the_prompt_is_the_refinement_prompt_with_the_first_answer(excerpt_questions):
+    q = excerpt_questions[0]
+    user = headroom.condition_prompt("verdict_only", q, RECORD, None)
+    assert user == prompts.render(prompts.refine_messages(q, "1931", "Verdict: incorrect."))
+    assert "Your answer: 1931\n\nFeedback: Verdict: incorrect." in user
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('Verdict: incorrect. Wrong. The right answer is "y". Then more.', "Verdict: incorrect. Wrong. Then more."),
+    ("Verdict: correct. Abstaining is right. The right answer is unanswerable.",
+     "Verdict: correct. Abstaining is right."),
+    ('The right answer is ""self" peptides".', ""),
+    ("Verdict: incorrect. No answer stated.", "Verdict: incorrect. No answer stated."),
+])  # fmt: skip
+def test_without_right_answer(text, expected):
+    assert prompts.without_right_answer(text) == expected
+    assert prompts.parse_feedback(prompts.without_right_answer(text))[1] is None
+
+
+def _inputs(tmp_path, excerpt_questions, small_squad):
+    from laffi.data import load_squad
+
+    questions = load_squad(small_squad)
+    preds = {q.id: ("" if i % 3 else q.context.split()[0]) for i, q in enumerate(questions)}
+    records = [reference(q, preds[q.id]) for q in questions[:-2]]  # the last two get no record
+    write_json(tmp_path / "preds.json", preds)
+    write_jsonl(tmp_path / "fb.jsonl", records)
+    return questions, records
+
+
+def _run(tmp_path, questions, tiny_model_dir, small_squad, out):
+    return stages.headroom(questions, tmp_path / "preds.json", tmp_path / "fb.jsonl", out,
+                           ModelConfig(str(tiny_model_dir), "float32", "cpu"),
+                           AnswerConfig(max_new_tokens=4, batch_size=2, workers=1), progress=False,
+                           data_file=small_squad)  # fmt: skip
+
+
+def test_probe_writes_official_scores_skips_questions_without_a_record_and_resumes(
+        tmp_path, excerpt_questions, small_squad, tiny_model_dir, monkeypatch):  # fmt: skip
+    questions, records = _inputs(tmp_path, excerpt_questions, small_squad)
+    out = tmp_path / "H.json"
+    result = _run(tmp_path, questions, tiny_model_dir, small_squad, out)
+    assert result["questions"] == len(records) and result["skipped"] == [q.id for q in questions[-2:]]
+    for c in headroom.CONDITIONS:
+        path = headroom.condition_path(out, c)
+        na = path.with_suffix(".na_prob.json")
+        probed = {q.id for q in questions[:-2]}
+        assert set(json.loads(path.read_text())) == probed
+        official = stages.score(_subset(tmp_path, small_squad, probed), path, na if na.exists() else None)
+        assert result["conditions"][c]["scores"] == official
+    assert result["conditions"]["first"]["scores"]["f1"] == stages.score(
+        _subset(tmp_path, small_squad, {q.id for q in questions[:-2]}), tmp_path / "preds.json")["f1"]
+    h = result["headroom"]
+    f1 = {c: result["conditions"][c]["scores"]["f1"] for c in headroom.CONDITIONS}
+    assert h["f1"] == pytest.approx(f1["feedback"] - f1["no_feedback"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+
+    # Interrupted in the middle of the 'feedback' condition, then run again: the same files and H.json.
+    again = tmp_path / "again" / "H.json"
+    again.parent.mkdir()
+    from laffi.engines import generation
+
+    real = generation.generate
+
+    def stop_after_one_batch(model, tokenizer, texts, settings, on_batch=None, **kw):
+        def once(indices, outputs):
+            on_batch(indices, outputs)
+            if texts and "The right answer is" in texts[0]:
+                raise KeyboardInterrupt
+
+        return real(model, tokenizer, texts, settings, on_batch=once, **kw)
+
+    monkeypatch.setattr(generation, "generate", stop_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, questions, tiny_model_dir, small_squad, again)
+    partial = again.with_name(".H.feedback.json.partial.jsonl")
+    assert partial.exists() and 0 < len(partial.read_text().splitlines()) < len(records)
+    monkeypatch.setattr(generation, "generate", real)
+    resumed = _run(tmp_path, questions, tiny_model_dir, small_squad, again)
+    assert resumed == result and not partial.exists()
+    for c in headroom.CONDITIONS:
+        assert headroom.condition_path(again, c).read_text() == headroom.condition_path(out, c).read_text()
+
+
+def _subset(tmp_path, small_squad, ids):
+    from laffi.data import load_squad, write_squad
+
+    path = tmp_path / f"subset-{len(ids)}.json"
+    write_squad([q for q in load_squad(small_squad) if q.id in ids], path)
+    return path
+
+
+def test_feedback_on_other_answers_is_refused(tmp_path, excerpt_questions, small_squad, tiny_model_dir):
+    questions, records = _inputs(tmp_path, excerpt_questions, small_squad)
+    records[0].predicted_answer = "something else"
+    write_jsonl(tmp_path / "fb.jsonl", records)
+    with pytest.raises(LaffiError, match="judges the answer 'something else'.*feedback on other answers"):
+        _run(tmp_path, questions, tiny_model_dir, small_squad, tmp_path / "H.json")
+    assert not (tmp_path / "H.json").exists()
+
+
+def test_the_command_prints_the_table_and_refuses_bad_input_in_one_line(tmp_path, excerpt_questions, small_squad,
+                                                                       tiny_model_dir):  # fmt: skip
+    import subprocess
+    import sys
+
+    _inputs(tmp_path, excerpt_questions, small_squad)
+    args = [sys.executable, "-m", "laffi", "headroom", "--data", str(small_squad), "--predictions", "preds.json",
+            "--feedback", "fb.jsonl", "--model", str(tiny_model_dir), "--max-new-tokens", "3", "--no-progress"]
+    done = subprocess.run([*args, "--out", "H.json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| feedback |" in done.stdout and "Headroom (feedback - no_feedback)" in done.stdout
+    assert "skipped 2 questions without a feedback record" in done.stderr
+    before = (tmp_path / "preds.json").read_bytes()
+    bad = subprocess.run([*args, "--out", "preds.json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "preds.json").read_bytes() == before
