@@ -51,6 +51,10 @@ def sequences(tokenizer) -> dict[str, str]:
         out[name] = show(example, tokenizer)
     out["refine-prompt"] = prompts.render(prompts.refine_messages(q, "911", x["own_wrong"].feedback), tokenizer)
     out["coh-answer-prompt"] = prompts.render(prompts.qa_messages(q, 0), tokenizer) + prompts.coh_answer_prefix()
+    from laffi.feedback import headroom
+
+    for condition in headroom.GENERATED:
+        out[f"headroom-{condition}"] = headroom.condition_prompt(condition, q, x["own_wrong"], tokenizer)
     return out
 
 
