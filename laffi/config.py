@@ -344,6 +344,10 @@ class ExperimentConfig(RunConfig):
     ablation_size: int = _f(0, "Training size of the ablation (0: the largest of train_sizes).", min=0)
     example_questions: int = _f(6, "Evaluation questions shown in the report with each method's answer and the "
                                 "feedback the LaFFi model predicts for its own answer.", min=0)
+    headroom: bool = _f(False, "The feedback-headroom probe (`laffi headroom`, laffi/feedback/headroom.py) on the "
+                        "base model's training answers for every feedback source the run makes (the `annotate` "
+                        "annotator's, the human or simulated-human share): how much better the model answers with "
+                        "each source's feedback in its prompt; a table in the report beside each source's kappa.")
     attention_questions: int = _f(0, "Evaluation questions on which `laffi attention` measures base and the sft / "
                                   "laffi / laffi+sft adapters (largest size, first seed) for the report; 0: skip. "
                                   "About 2-3 s per question and model on 2 CPU cores (eager attention).", min=0)

@@ -192,6 +192,8 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
         examples_stage(cfg, out, main, eval_qs, eval_file, log, progress)
     if cfg.attention_questions:
         attention_stage(cfg, out, main, eval_file, log, progress)
+    if cfg.headroom:
+        headroom_stage(cfg, out, feedback, train_qs, train_file, log, progress)
     return Finished(cfg, out, main, ablation, train_qs, eval_qs, calibration)
 
 
@@ -805,6 +807,30 @@ def attention_stage(cfg: ExperimentConfig, out: Path, main: list[Cell], eval_fil
                      device=cfg.model.device)  # fmt: skip
     finish(output, key)
     return output
+
+
+HEADROOM_SOURCES = ("ai", "human")  # `feedback_sources` keys, on the base model's own training answers
+
+
+def headroom_stage(cfg: ExperimentConfig, out: Path, feedback: dict[str, Path], train_qs: list, train_file: Path,
+                   log: Log, progress: bool) -> list[Path]:  # fmt: skip
+    """headroom/<source>/H.json: the feedback-headroom probe of the base model on its training answers with each
+    feedback source the run made (laffi/feedback/headroom.py), cached under its own key."""
+    made = []
+    for source in HEADROOM_SOURCES:
+        if source not in feedback:
+            continue
+        output = out / "headroom" / source / "H.json"
+        key = stage_key(answers=file_hash(feedback["answers"]), feedback=file_hash(feedback[source]),
+                        model=key_settings(cfg.model), answer=asdict(cfg.answer), probe=stages.prompts_version())
+        if not cached(output, key):
+            begin(output, key)
+            log(f"headroom: the base model with {source} feedback on its {len(train_qs)} training answers")
+            stages.headroom(train_qs, feedback["answers"], feedback[source], output, cfg.model, cfg.answer,
+                            None, progress, train_file)  # fmt: skip
+            finish(output, key)
+        made.append(output)
+    return made
 
 
 def reference_cell(cells: list[Cell], method: str) -> Cell | None:

@@ -22,7 +22,7 @@ from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
 from laffi.pipeline import stages
 from laffi.pipeline.cache import Log
 from laffi.pipeline.experiment import Cell, Finished, cell_dir, reference_cell, run_experiment, train_timing_path
-from laffi.records import atomic_write_text, read_json, read_predictions, write_json
+from laffi.records import atomic_write_text, read_feedback, read_json, read_predictions, write_json
 from laffi.report.tables import comparisons_table
 from laffi.stats import bootstrap_ci, paired_bootstrap, roc_auc
 
@@ -85,6 +85,7 @@ def write_report(done: Finished) -> dict[str, Any]:
     summary["plots"] = write_plots(out, summary, cells)
     summary["examples"] = examples(out, main, eval_qs)
     summary["attention"] = attention_summary(out)
+    summary["headroom"] = headroom_summary(out)
     markdown = render_markdown(cfg, summary)
     write_json(out / "results.json", summary)
     atomic_write_text(out / "results.md", markdown)
@@ -377,6 +378,38 @@ def attention_summary(out: Path) -> dict[str, Any] | None:
             "pngs": sorted(p.name for p in path.parent.glob("*.png"))}  # fmt: skip
 
 
+def headroom_summary(out: Path) -> dict[str, Any] | None:
+    """The feedback-headroom probe of each feedback source (headroom/<source>/H.json, `headroom: true`), with the
+    source's verdicts against the gold answers (agreement, Cohen's kappa) from its feedback file."""
+    from laffi.feedback.report import annotator_summary
+
+    found = {}
+    for source in ("ai", "human"):
+        path = out / "headroom" / source / "H.json"
+        if not path.exists():
+            continue
+        h = read_json(path)
+        quality = annotator_summary(read_feedback(out / "feedback" / f"{source}.jsonl"))
+        found[source] = {"annotators": quality["annotators"], "cohen_kappa": quality["cohen_kappa"],
+                         "agreement": quality["agreement"], "questions": h["questions"],
+                         "f1": {c: v["scores"]["f1"] for c, v in h["conditions"].items()},
+                         "headroom": h["headroom"]}  # fmt: skip
+    return found or None
+
+
+def headroom_table(h: dict[str, Any]) -> str:
+    rows = ["| source | annotators | kappa | questions | first | no_feedback | verdict_only | no_answer_sentence | "
+            "feedback | headroom (feedback - no_feedback) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for source, s in h.items():
+        f1, d = s["f1"], s["headroom"]
+        rows.append(f"| {source} | {', '.join(s['annotators'])} | {s['cohen_kappa']:.3f} | {s['questions']} | "
+                    + " | ".join(f"{f1[c]:.1f}" for c in ("first", "no_feedback", "verdict_only",
+                                                            "no_answer_sentence", "feedback"))
+                    + f" | {d['f1']:+.1f} (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, "
+                      f"p = {d['p_value']:.3f}) |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def revision_of(out: Path, cell: Cell, eval_qs: list) -> dict[str, Any]:
     return revision_summary(eval_qs, cell_dir(out, cell) / "eval_answers.json")
 
@@ -492,6 +525,11 @@ def render_markdown(cfg: ExperimentConfig, s: dict[str, Any]) -> str:
                   "score of the same answers. Each score's ROC AUC for telling unanswerable evaluation questions "
                   "from answerable ones, and the F1 of the answers under the threshold it gets on the calibration "
                   "questions.", "", compared]  # fmt: skip
+    if s.get("headroom"):
+        lines += ["", "## Feedback headroom", "", "The base model answering its training questions again with the "
+                  "refinement prompt and its first answer, without feedback and with each source's feedback "
+                  "(laffi/feedback/headroom.py; F1 on those questions, official scoring; kappa: the source's "
+                  "verdicts against the gold answers'):", "", headroom_table(s["headroom"])]  # fmt: skip
     lines += ["", "## Cells", "", cells_table(s["cells"])]
     if s["examples"]:
         lines += ["", "## Examples", "", examples_markdown(s["examples"])]

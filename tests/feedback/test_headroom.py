@@ -143,3 +143,41 @@ def test_the_command_prints_the_table_and_refuses_bad_input_in_one_line(tmp_path
     bad = subprocess.run([*args, "--out", "preds.json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert (tmp_path / "preds.json").read_bytes() == before
+
+
+def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_model_dir, excerpt_questions):
+    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.data import write_squad
+    from laffi.pipeline.cache import marker
+    from laffi.report.experiment import run_and_report
+
+    picked = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp_path / "data.json"
+    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    base = [f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}", "methods=[base, laffi]",
+            "seeds=[0]", "train_sizes=[4]", "human_fraction=0.5", "example_questions=0", "answer.max_new_tokens=3",
+            "answer.workers=1", "train.max_steps=1", "train.lora_r=2", "train.batch_size=2",
+            "train.micro_batch_size=2", "data.calibration_questions=0"]  # fmt: skip
+    off = load_run_config(None, [*base, f"out_dir={tmp_path / 'off'}"], ExperimentConfig)
+    on = load_run_config(None, [*base, f"out_dir={tmp_path / 'on'}", "headroom=true"], ExperimentConfig)
+    run_and_report(off, log=lambda m: None, progress=False)
+    logs = []
+    summary = run_and_report(on, log=logs.append, progress=False)
+    out = tmp_path / "on"
+    for source in ("ai", "human"):
+        h = json.loads((out / "headroom" / source / "H.json").read_text())
+        assert h["questions"] == 4 and h["skipped"] == []
+        assert summary["headroom"][source]["f1"] == {c: v["scores"]["f1"] for c, v in h["conditions"].items()}
+    assert summary["headroom"]["human"]["annotators"] == ["simulated-human:paraphrase-v1"]
+    assert "## Feedback headroom" in (out / "results.md").read_text()
+    assert "## Feedback headroom" not in (tmp_path / "off" / "results.md").read_text()
+    # The probe is a stage of its own: no other stage's key changes when it is on.
+    for stage in ("base/train_answers.json", "cells/base/eval_answers.json", "cells/laffi/n4-seed0-human50/adapter"):
+        assert json.loads(marker(out / stage).read_text())["key"] == \
+            json.loads(marker(tmp_path / "off" / stage).read_text())["key"]
+    # Cached: a second run makes nothing.
+    logs.clear()
+    run_and_report(on, log=logs.append, progress=False)
+    assert not [m for m in logs if m.startswith("headroom:")]
