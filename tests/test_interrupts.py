@@ -159,3 +159,68 @@ def test_sigterm_ends_a_process_stuck_in_native_code(small_squad, tiny_model_dir
     reader.join(10)
     assert [x for x in lines if x.startswith("laffi:")] == [
         "laffi: interrupted by SIGTERM: finished work is kept; re-run the same command to resume"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_experiment_interrupted_then_resumed(signum, tmp_path, tiny_model_dir, excerpt_questions):
+    """The grid logs its stages on stderr: the interrupt is the one `laffi:` line, and the last."""
+    from laffi.data import write_squad
+
+    picked: dict = {}
+    for q in excerpt_questions:
+        picked.setdefault((q.title, q.is_impossible), []).append(q)
+    data = tmp_path / "data.json"
+    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"""
+methods: [base, sft, laffi]
+seeds: [0, 1]
+train_sizes: [4]
+example_questions: 0
+model: {{name: "{tiny_model_dir}", dtype: float32}}
+data: {{path: "{data}"}}
+answer: {{max_new_tokens: 8, batch_size: 1}}
+train: {{max_steps: 6, save_steps: 2, lora_r: 2, batch_size: 2, micro_batch_size: 1}}
+""")
+    clean, stopped = tmp_path / "clean", tmp_path / "stopped"
+    assert run(["experiment", config, "--set", f"out_dir={clean}", "--no-progress"]).returncode == 0
+    code, lines = interrupted(["experiment", config, "--set", f"out_dir={stopped}", "--no-progress"], signum,
+                              lambda: any(stopped.rglob("adapter_model.safetensors")))  # fmt: skip
+    assert code == 128 + signum and not any("Traceback" in x for x in lines), lines
+    assert [x for x in lines if x.startswith("laffi:")] == [lines[-1]]
+    assert_one_interrupt_line(code, lines[-1:], signum)
+    assert not (stopped / "results.json").exists()
+    r = run(["experiment", config, "--set", f"out_dir={stopped}", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    a = json.loads((clean / "results.json").read_text())
+    b = json.loads((stopped / "results.json").read_text())
+    for cells in (a["cells"], b["cells"]):  # wall times differ between runs
+        for cell in cells.values():
+            cell.pop("seconds")
+    assert a["cells"] == b["cells"] and a["groups"] == b["groups"] and a["verdict"] == b["verdict"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_llm_annotate_interrupted_then_resumed(signum, twelve, tiny_model_dir, tmp_path):
+    """The LLM annotator keeps each reply in its cache as it comes: a re-run asks only for the others."""
+    from laffi.data import load_squad
+
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({q.id: "" for q in load_squad(twelve)}))
+    common = ["annotate", "--annotator", "llm", "--model", tiny_model_dir, "--dtype", "float32", "--data", twelve,
+              "--predictions", preds, "--set", "annotate.max_new_tokens=48", "--set", "annotate.shots=0"]  # fmt: skip
+    assert run([*common, "--out", tmp_path / "clean.jsonl"]).returncode == 0
+    out = tmp_path / "stopped.jsonl"
+    cache = tmp_path / ".stopped.jsonl.llm-cache.jsonl"
+    code, lines = interrupted([*common, "--out", out], signum, lambda: line_count(cache) >= 1)
+    assert code == 128 + signum and not any("Traceback" in x for x in lines), lines
+    assert [x for x in lines if x.startswith("laffi:")] == [lines[-1]]  # after the progress bar: one line
+    assert_one_interrupt_line(code, lines[-1:], signum)
+    assert not out.exists() and line_count(cache) >= 1
+    r = run([*common, "--out", out])
+    assert r.returncode == 0, r.stderr
+
+    def records(path: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "meta"} for x in path.read_text().splitlines()]
+
+    assert records(out) == records(tmp_path / "clean.jsonl")
