@@ -247,7 +247,12 @@ def load_model(model: str, dtype: str = "float32", adapter: str | None = None, t
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, device))
     except (OSError, ValueError) as e:
-        raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
+        if not _reconverted(model, path, e):
+            raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
+        try:  # a conversion in the cache that passed the checks but does not load: made again once
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, device))
+        except (OSError, ValueError) as e:
+            raise LaffiError(f"model '{model}': cannot load it ({_first_line(e)})") from None
     if adapter:
         lm = load_adapter(lm, adapter, trainable=trainable)
         if not trainable:
