@@ -56,3 +56,20 @@ def small_squad(tmp_path: Path, excerpt_questions) -> Path:
     path = tmp_path / "small.json"
     write_squad(picked, path)
     return path
+
+
+@pytest.fixture()
+def grid_data(tmp_path: Path, excerpt_questions):
+    """`grid_data(per_group=2)`: an official-format file with `per_group` answerable and as many unanswerable
+    questions from each article of the excerpt, in the excerpt's order (a small grid's data: one article is held out,
+    and every split has both kinds)."""
+
+    def make(per_group: int = 2) -> Path:
+        picked: dict = {}
+        for q in excerpt_questions:
+            picked.setdefault((q.title, q.is_impossible), []).append(q)
+        path = tmp_path / f"grid-data-{per_group}.json"
+        write_squad(sorted([q for g in picked.values() for q in g[:per_group]], key=excerpt_questions.index), path)
+        return path
+
+    return make

@@ -132,14 +132,8 @@ def test_annotate_is_all_or_nothing(twelve, tmp_path):
     assert (tmp_path / "k0.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
 
 
-def test_experiment_survives_sigkill(tmp_path, tiny_model_dir, excerpt_questions):
-    from laffi.data import write_squad
-
-    picked = {}
-    for q in excerpt_questions:
-        picked.setdefault((q.title, q.is_impossible), []).append(q)
-    data = tmp_path / "data.json"
-    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+def test_experiment_survives_sigkill(tmp_path, tiny_model_dir, grid_data):
+    data = grid_data(2)
     config = tmp_path / "exp.yaml"
     config.write_text(f"""
 methods: [base, sft, laffi]

@@ -231,16 +231,11 @@ def test_attention_moves_each_model_to_the_device(fake_cuda, tiny_model_dir, sma
     assert fake_cuda == ["cuda:0"]
 
 
-def test_a_grid_cell_runs_every_stage_on_the_device(fake_cuda, tiny_model_dir, excerpt_questions, tmp_path):
+def test_a_grid_cell_runs_every_stage_on_the_device(fake_cuda, tiny_model_dir, grid_data, tmp_path):
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.data import write_squad
     from laffi.report.experiment import run_and_report
 
-    picked = {}
-    for q in excerpt_questions:
-        picked.setdefault((q.title, q.is_impossible), []).append(q)
-    data = tmp_path / "data.json"
-    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    data = grid_data(2)
     cfg = load_run_config(None, [
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", f"data.path={data}", "methods=[base, sft]",
         "seeds=[0]", "train_sizes=[2]", "example_questions=0", "answer.max_new_tokens=3", "answer.workers=1",

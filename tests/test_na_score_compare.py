@@ -73,18 +73,13 @@ def test_report_compares_the_two_scores(excerpt_questions, tmp_path):
     assert report.na_scores_compared(tmp_path, cell, eval_qs, calibration, preds) is None
 
 
-def test_experiment_with_verdict_scores_compares_them(tiny_model_dir, excerpt_questions, tmp_path):
+def test_experiment_with_verdict_scores_compares_them(tiny_model_dir, grid_data, tmp_path):
     # configs/curve.yaml sets answer.na_score: verdict. The base model's answers (its cell and the training answers
     # the feedback is written on) keep the first-token score; the laffi cell gets both, and the report compares them.
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.data import write_squad
     from laffi.report.experiment import run_and_report
 
-    picked = {}
-    for q in excerpt_questions:
-        picked.setdefault((q.title, q.is_impossible), []).append(q)
-    data = tmp_path / "data.json"
-    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    data = grid_data(2)
     cfg = load_run_config(None, [
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, laffi]", "seeds=[0]", "train_sizes=[2]", "example_questions=0", "attention_questions=0",

@@ -9,21 +9,16 @@ from pathlib import Path
 import pytest
 
 from laffi.config import ExperimentConfig, load_run_config
-from laffi.data import write_squad
 from laffi.pipeline.plan import plan_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
 
 
-def test_planned_steps_and_tokens_are_those_the_run_trains(tiny_model_dir, excerpt_questions, tmp_path):
+def test_planned_steps_and_tokens_are_those_the_run_trains(tiny_model_dir, grid_data, tmp_path):
     from laffi.report.experiment import run_and_report
 
-    picked = {}
-    for q in excerpt_questions:
-        picked.setdefault((q.title, q.is_impossible), []).append(q)
-    data = tmp_path / "data.json"
-    write_squad(sorted([q for g in picked.values() for q in g[:3]], key=excerpt_questions.index), data)
+    data = grid_data(3)
     cfg = load_run_config(None, [
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}",
         "methods=[base, sft, laffi]", "seeds=[0]", "train_sizes=[3, 6]", "example_questions=0",

@@ -145,17 +145,12 @@ def test_the_command_prints_the_table_and_refuses_bad_input_in_one_line(tmp_path
     assert (tmp_path / "preds.json").read_bytes() == before
 
 
-def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_model_dir, excerpt_questions):
+def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_model_dir, grid_data):
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.data import write_squad
     from laffi.pipeline.cache import marker
     from laffi.report.experiment import run_and_report
 
-    picked = {}
-    for q in excerpt_questions:
-        picked.setdefault((q.title, q.is_impossible), []).append(q)
-    data = tmp_path / "data.json"
-    write_squad(sorted([q for g in picked.values() for q in g[:2]], key=excerpt_questions.index), data)
+    data = grid_data(2)
     base = [f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}", "methods=[base, laffi]",
             "seeds=[0]", "train_sizes=[4]", "human_fraction=0.5", "example_questions=0", "answer.max_new_tokens=3",
             "answer.workers=1", "train.max_steps=1", "train.lora_r=2", "train.batch_size=2",
