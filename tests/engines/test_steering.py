@@ -123,21 +123,40 @@ def test_missing_transformers_internal_falls_back_with_one_warning(tiny, excerpt
     assert len(err) == 1 and err[0].startswith("laffi: warning: ") and "sdpa_mask" in err[0]
 
 
-def test_answer_writes_na_probs_beside_the_predictions_and_resumes(small_squad, tiny_model_dir, tmp_path):
+def test_answer_writes_na_probs_beside_the_predictions_and_resumes(small_squad, tiny_model_dir, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
     from laffi.cli import main
+    from laffi.engines import generation
     from laffi.pipeline.stages import partial_path
-    from laffi.records import Generation, JsonlAppender
+    from laffi.records import Generation, read_jsonl, write_jsonl
 
     preds = tmp_path / "preds.json"
     args = ["answer", "--data", str(small_squad), "--out", str(preds), "--model", str(tiny_model_dir), "--dtype",
-            "float32", "--limit", "4", "--max-new-tokens", "3", "--batch-size", "2", "--no-progress"]  # fmt: skip
+            "float32", "--limit", "4", "--max-new-tokens", "3", "--batch-size", "2", "--workers", "1",
+            "--no-progress"]  # fmt: skip
     main(args)
     na = json.loads((tmp_path / "preds.na_prob.json").read_text())
     assert list(na) == list(json.loads(preds.read_text())) and all(0 < p < 1 for p in na.values())
-    # A resumed run keeps the score stored with each finished answer.
-    first = next(iter(na))
-    with JsonlAppender(partial_path(preds)) as app:
-        app.append(Generation(id=first, raw="kept", answer="kept", na_prob=0.25))
+    # A resumed run keeps the score stored with each finished answer: a run stopped after its first batch, whose
+    # first stored answer is then marked, resumes with it.
+    preds.unlink()
+    real = generation.generate
+
+    def stop_after_one_batch(model, tokenizer, texts, settings, on_batch=None, **kw):
+        def once(indices, outputs):
+            on_batch(indices, outputs)
+            raise KeyboardInterrupt
+
+        return real(model, tokenizer, texts, settings, on_batch=once, **kw)
+
+    monkeypatch.setattr(generation, "generate", stop_after_one_batch)
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 130
+    monkeypatch.setattr(generation, "generate", real)
+    kept = read_jsonl(partial_path(preds), Generation)
+    first = kept[0].id
+    write_jsonl(partial_path(preds), [Generation(id=first, raw="kept", answer="kept", na_prob=0.25), *kept[1:]])
     main(args)
     resumed = json.loads((tmp_path / "preds.na_prob.json").read_text())
     assert resumed[first] == 0.25 and {k: v for k, v in resumed.items() if k != first} == {
