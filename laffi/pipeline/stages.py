@@ -399,10 +399,14 @@ def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] |
     from laffi.resume import claim, digest
     from laffi.training.distributed import launched
 
+    from laffi.training.distributed import rank
+
     work = out.with_name(out.name + ".partial")
     if restart and launched():
         raise LaffiError(f"--restart: not under a launcher (several processes would discard {work} at once); "
                          "use train.launcher, or remove it first")  # fmt: skip
+    if launched() and rank() != 0:
+        return  # one process checks and writes the record: the others would race it (a record half-written)
     record = {"model": asdict(model), "train": train_cache_settings(cfg), "shots": shots,
               "questions": digest(questions), "feedback": digest(feedback) if feedback is not None else None}
     claim(work / "settings.json", [work], record, "training checkpoint", restart, write, vouched=marker(out).exists())
