@@ -397,9 +397,7 @@ def claim_checkpoint(questions: list[Question], feedback: list[FeedbackRecord] |
 
     from laffi.pipeline.cache import marker
     from laffi.resume import claim, digest
-    from laffi.training.distributed import launched
-
-    from laffi.training.distributed import rank
+    from laffi.training.distributed import launched, rank
 
     work = out.with_name(out.name + ".partial")
     if restart and launched():
