@@ -157,7 +157,8 @@ _SAFE_URL = re.compile(r"^(https?:|mailto:|#|/(?!/)|[\w.-]+(?:/|$))", re.IGNOREC
 def render_guidelines(text: str) -> str:
     """Guidelines (markdown) as HTML that cannot run anything: every `<`, `>` and `&` of the text is escaped before
     markdown sees it (raw HTML stays literal text), and a link or image whose address is not http(s), mailto, a
-    fragment or a relative path (`javascript:`, `data:`) loses its address."""
+    fragment or a relative path (`javascript:`, `data:`) loses its address. A link to anything but a fragment of the
+    guidelines opens in a new tab (rel=noopener): following it never unloads the page and its unsaved work."""
     import markdown
 
     out = markdown.markdown(html.escape(text, quote=False), extensions=["sane_lists"])
@@ -166,7 +167,8 @@ def render_guidelines(text: str) -> str:
         url = html.unescape(m.group(2))
         return m.group(0) if _SAFE_URL.match(url.strip()) else f'{m.group(1)}="#"'
 
-    return re.sub(r'\b(href|src)="([^"]*)"', check, out)
+    out = re.sub(r'\b(href|src)="([^"]*)"', check, out)
+    return re.sub(r'<a href="(?!#)', '<a target="_blank" rel="noopener noreferrer" href="', out)
 
 
 def read_guidelines(path: Path | None) -> str:
