@@ -75,3 +75,32 @@ def test_a_guideline_link_opens_a_new_tab_and_keeps_the_typed_feedback(page_at):
     opened.value.close()
     expect(page.locator("#feedback")).to_have_value("Half a thought")
     assert page.url.endswith("/")
+
+
+def test_a_changed_verdict_or_unsure_box_of_a_saved_item_asks_before_leaving(page_at):
+    page, _ = page_at()
+    seen = dialogs(page)
+    page.keyboard.press("c")
+    page.fill("#feedback", "It is the gold answer.")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#item-index")).to_have_text("2")
+    page.keyboard.press("p")
+    expect(page.locator("#saved-mark")).to_have_text("saved")
+    page.keyboard.press("i")  # the verdict changes, the feedback does not
+    expect(page.locator("#btn-incorrect")).to_have_class("on")
+    page.keyboard.press("n")
+    wait_for_dialogs(page, seen, 1)
+    assert seen == ["confirm"]
+    expect(page.locator("#item-index")).to_have_text("1")  # dismissed: stays
+    expect(page.locator("#btn-incorrect")).to_have_class("on")
+    page.keyboard.press("c")  # back to what was saved: leaves without a question
+    page.keyboard.press("n")
+    expect(page.locator("#item-index")).to_have_text("2")
+    page.keyboard.press("p")
+    expect(page.locator("#saved-mark")).to_have_text("saved")
+    page.check("#unsure")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("n")
+    wait_for_dialogs(page, seen, 2)
+    assert seen == ["confirm", "confirm"]
+    expect(page.locator("#item-index")).to_have_text("1")
