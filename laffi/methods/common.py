@@ -37,6 +37,11 @@ class Method:
     revise: bool = False  # answer, then revise with the adapter's own predicted feedback (`answer.revise_rounds`)
     answer_prefix: str = ""  # text that ends every QA prompt for this method's adapter (coh's positive marker)
     predicts_feedback: bool = False  # its adapter writes feedback on an answer (answer.na_score: verdict can use it)
+    # answers_from 'judge' without `train.answers_from`: the answers of this method's adapter of the same size and
+    # seed (critique judges sft's), made first in `laffi run` / `laffi experiment`.
+    judges: str = ""
+    # The report's row for the data `prepare` made (laffi_train.json[name]): (data, detail) markdown cell texts.
+    made_data: Callable[[dict[str, Any]], tuple[str, str]] | None = None
     order: int = 100  # position in listings
 
     @property

@@ -82,6 +82,11 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
     return feedback_examples("critique", require_feedback("critique", feedback), tokenizer)
 
 
+def made_data(d: dict[str, Any]) -> tuple[str, str]:
+    """The report's row: whose answers critique was trained to judge, and how many the feedback calls correct."""
+    return f"{d['answered']} answers of {d['answers_from']}", f"{d['judged_correct']} judged correct by {d['annotator']}"
+
+
 METHOD = Method("critique", "the laffi objective on feedback about another model's answers (train.answers_from)",
-                answers_from="judge",
-                build=build, prepare=prepare, predicts_feedback=True, order=60)
+                answers_from="judge", judges="sft", build=build, prepare=prepare, predicts_feedback=True,
+                made_data=made_data, order=60)

@@ -120,5 +120,11 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
     return qa_examples("refine", questions, answers, tokenizer, shots)
 
 
+def made_data(d: dict[str, Any]) -> tuple[str, str]:
+    """The report's row: revised answers kept for training, and why the rest were dropped."""
+    why = "; ".join(f"{n} {reason}" for reason, n in d["reasons"].items())
+    return f"revised {d['revised']}, kept {d['kept']}, dropped {d['dropped']}", why
+
+
 METHOD = Method("refine", "QA prompt -> the model's own revisions that the feedback accepts", build=build,
-                reads_feedback=True, prepare=prepare, order=50)
+                reads_feedback=True, prepare=prepare, made_data=made_data, order=50)
