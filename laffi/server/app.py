@@ -6,7 +6,9 @@ their own annotations, and only an admin token may export everyone's.
 Limits (HTTP 413 / 422): a request body over MAX_BODY_BYTES is refused before it is read in full, feedback over
 MAX_FEEDBACK_CHARS characters is refused, `seconds` must be a finite number from 0 to MAX_SECONDS (24 h), and every
 refusal carries a one-line `detail` naming the field. A save that names the answer the annotator saw (`predicted`) is
-refused with 409 when the item's answer has changed since. A database that cannot be written (a full disk: 507,
+refused with 409 when the item's answer has changed since, and so is a save that names the `version` of the
+annotation the page loaded (null: none) when the annotation has been saved since (the same annotator in another
+tab). A database that cannot be written (a full disk: 507,
 read-only or locked: 503) is a JSON `detail` naming it, never a 500.
 
 Routes (all but `/` need a token): /api/me (who, counts, position), /api/guidelines, /api/items (the annotator's
@@ -42,7 +44,15 @@ from pydantic_core import PydanticCustomError
 
 from laffi.errors import LaffiError
 from laffi.records import has_lone_surrogate, to_dict
-from laffi.server.store import MAX_NOTE_CHARS, MAX_SECONDS, AnswerChanged, NotAssigned, Store, StoreUnavailable
+from laffi.server.store import (
+    MAX_NOTE_CHARS,
+    MAX_SECONDS,
+    AnswerChanged,
+    NotAssigned,
+    StaleVersion,
+    Store,
+    StoreUnavailable,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "resources" / "annotation_guidelines.md"
@@ -61,6 +71,7 @@ class Annotation(BaseModel):
     status: str = Field(default="annotated", max_length=20)  # annotated, unsure or skipped
     note: str = Field(default="", max_length=MAX_NOTE_CHARS)  # why an item was skipped
     draft_shown: bool = False  # the page prefilled the form from the item's AI draft
+    version: float | None = None  # the annotation's version the page loaded (null: none); checked only when sent
 
     @field_validator("*", mode="before")
     @classmethod
@@ -323,8 +334,9 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
             raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
         try:
             store.save(who["name"], item_id, body.verdict, body.feedback, body.seconds, body.predicted,
-                       status=body.status, note=body.note, draft_shown=body.draft_shown)  # fmt: skip
-        except AnswerChanged as e:
+                       status=body.status, note=body.note, draft_shown=body.draft_shown,
+                       **({"version": body.version} if "version" in body.model_fields_set else {}))  # fmt: skip
+        except (AnswerChanged, StaleVersion) as e:
             raise HTTPException(status_code=409, detail=str(e)) from None
         except NotAssigned as e:
             raise HTTPException(status_code=403, detail=str(e)) from None

@@ -117,6 +117,7 @@ INSERT INTO annotations ({ANNOTATION_COLUMNS}, content) SELECT {_FROM_V3}, COALE
 DROP TABLE annotations_v3;
 """
 STATUSES = ("annotated", "unsure", "skipped")
+ANY_VERSION = object()  # `Store.save` without a version: the save replaces whatever is stored
 MAX_NOTE_CHARS = 500
 
 
@@ -675,14 +676,18 @@ class Store:
 
     def save(self, annotator: str, item_id: str, verdict: str, feedback: str, seconds: float,
              predicted: str | None = None, status: str = "annotated", note: str = "",
-             draft_shown: bool = False) -> None:  # fmt: skip
+             draft_shown: bool = False, version: float | None | object = ANY_VERSION) -> None:  # fmt: skip
         """Create or edit one annotation of the item's current answer; `seconds` (time on the item this visit) adds
         to the time already spent. With `predicted` (the answer the annotator saw), a different current answer is
         refused: the judgement would otherwise be bound to an answer the annotator never saw.
 
         `status` is annotated, unsure (a verdict and feedback the annotator is not sure of) or skipped (no verdict;
         `note` says why). `draft_shown`: the page prefilled the form from the item's AI draft; the annotation then
-        keeps whether the draft was accepted unchanged and the edit distance from its feedback to the final one."""
+        keeps whether the draft was accepted unchanged and the edit distance from its feedback to the final one.
+
+        `version` is the annotation's `version` as the page loaded it (None: it loaded no annotation). When the
+        annotation has been saved since (another tab or window of the same annotator), the save is refused with
+        `StaleVersion` rather than overwriting that work."""
         if status not in STATUSES:
             raise LaffiError(f"status must be one of {', '.join(STATUSES)}, got '{str(status)[:40]}'")
         note = (note or "").strip()
@@ -704,9 +709,12 @@ class Store:
             if predicted is not None and predicted != item["predicted"]:
                 raise AnswerChanged(f"item '{item_id[:100]}': its answer is now '{item['predicted'][:100]}', not "
                                     f"'{predicted[:100]}' (the predictions changed; reload the item)")  # fmt: skip
-            old = self.db.execute("SELECT draft_shown FROM annotations WHERE annotator=? AND item_id=? AND "
+            old = self.db.execute("SELECT draft_shown, updated FROM annotations WHERE annotator=? AND item_id=? AND "
                                   "predicted=? AND content=?", (annotator, item_id, item["predicted"],
                                                                 item["content"])).fetchone()  # fmt: skip
+            if version is not ANY_VERSION and (old[1] if old else None) != version:
+                raise StaleVersion(f"item '{item_id[:100]}': not saved, because another tab or window saved it after "
+                                   "this page loaded it; open the item again to see that version")  # fmt: skip
             shown = bool(draft_shown or (old and old[0]))
             draft = self.draft(item_id) if shown else None
             accepted, distance = False, None
@@ -726,8 +734,10 @@ class Store:
                  int(draft is not None), int(accepted), distance, item["content"], MAX_SECONDS))  # fmt: skip
 
     def annotation(self, annotator: str, item_id: str) -> dict[str, Any] | None:
-        """The annotator's annotation of the item's current answer (None if that answer is not annotated yet)."""
-        row = self.db.execute("SELECT a.verdict, a.feedback, a.seconds, a.status, a.note FROM annotations a JOIN items "
+        """The annotator's annotation of the item's current answer (None if that answer is not annotated yet);
+        `version` (the time it was last saved) is what `save(version=...)` checks."""
+        row = self.db.execute("SELECT a.verdict, a.feedback, a.seconds, a.status, a.note, a.updated AS version FROM "
+                              "annotations a JOIN items "
                               "i ON i.id = a.item_id AND i.predicted = a.predicted AND i.content = a.content WHERE "
                               "a.annotator=? AND a.item_id=?", (annotator, item_id)).fetchone()  # fmt: skip
         return dict(row) if row else None
@@ -859,6 +869,10 @@ class Store:
 
 class AnswerChanged(LaffiError):
     """An annotation was sent for an answer that is no longer the item's answer."""
+
+
+class StaleVersion(LaffiError):
+    """A save based on a version of the annotation that has been replaced since (another tab saved it)."""
 
 
 class NotAssigned(LaffiError):

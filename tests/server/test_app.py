@@ -45,3 +45,24 @@ def test_api(tmp_path, excerpt_questions):
     assert [(d["id"], d["annotator"], d["verdict"]) for d in map(json.loads, lines)] == [(qs[1].id, "human:ann",
                                                                                           "correct")]  # fmt: skip
     assert "<title>laffi annotation</title>" in client.get("/").text
+
+
+def test_a_save_based_on_a_stale_version_is_refused_with_409(tmp_path, excerpt_questions):
+    db = tmp_path / "fb.sqlite"
+    store = Store(db)
+    qs = excerpt_questions[:2]
+    store.add_items(qs, {q.id: "Rollo" for q in qs})
+    h = {"Authorization": f"Bearer {store.add_annotator('ann')}"}
+    client = TestClient(create_app(db))
+    url = f"/api/annotations/{qs[0].id}"
+    body = {"verdict": "correct", "feedback": "first tab", "version": None}  # both tabs loaded it unannotated
+    assert client.put(url, headers=h, json=body).status_code == 200
+    stale = client.put(url, headers=h, json={**body, "feedback": "second tab"})
+    assert stale.status_code == 409 and "another tab or window saved it" in stale.json()["detail"]
+    assert "\n" not in stale.json()["detail"]
+    version = client.get("/api/items/0", headers=h).json()["annotation"]["version"]
+    assert client.put(url, headers=h, json={**body, "feedback": "edit", "version": version}).status_code == 200
+    assert client.put(url, headers=h, json={**body, "feedback": "stale", "version": version}).status_code == 409
+    assert client.get("/api/items/0", headers=h).json()["annotation"]["feedback"] == "edit"
+    # A client that sends no version replaces what is stored (the API's earlier contract).
+    assert client.put(url, headers=h, json={"verdict": "correct", "feedback": "any"}).status_code == 200
