@@ -35,8 +35,9 @@ def test_annotations_are_per_annotator_and_time_adds_up(store, excerpt_questions
     store.save("ann", q0.id, "correct", "fine", 10.0)
     store.save("ann", q0.id, "incorrect", " edited ", 5.5)  # an edit: the text changes, the time adds up
     store.save("bob", q1.id, "incorrect", "no", 3.0)
-    assert store.annotation("ann", q0.id) == {"verdict": "incorrect", "feedback": "edited", "seconds": 15.5,
-                                              "status": "annotated", "note": ""}
+    got = store.annotation("ann", q0.id)
+    assert got.pop("version") > 0
+    assert got == {"verdict": "incorrect", "feedback": "edited", "seconds": 15.5, "status": "annotated", "note": ""}
     assert store.annotation("bob", q0.id) is None and store.progress("ann") == {"done": 1, "total": 4}
     ann = store.export("ann")
     assert [(r.id, r.annotator, r.verdict, r.feedback, r.meta["seconds"]) for r in ann] == [
