@@ -5,11 +5,11 @@ their own annotations, and only an admin token may export everyone's.
 
 Limits (HTTP 413 / 422): a request body over MAX_BODY_BYTES is refused before it is read in full, feedback over
 MAX_FEEDBACK_CHARS characters is refused, `seconds` must be a finite number from 0 to MAX_SECONDS (24 h), and every
-refusal carries a one-line `detail` naming the field. A save that names the answer the annotator saw (`predicted`) is
-refused with 409 when the item's answer has changed since, and so is a save that names the `version` of the
-annotation the page loaded (null: none) when the annotation has been saved since (the same annotator in another
-tab). A database that cannot be written (a full disk: 507,
-read-only or locked: 503) is a JSON `detail` naming it, never a 500.
+refusal carries a one-line `detail` naming the field. Every /api/ answer carries `Cache-Control: no-store`. A save
+that names the answer the annotator saw (`predicted`) is refused with 409 when the item's answer has changed since,
+and so is a save that names the `version` of the annotation the page loaded (null: none) when the annotation has been
+saved since (the same annotator in another tab). A database that cannot be written (a full disk: 507, read-only or
+locked: 503) is a JSON `detail` naming it, never a 500.
 
 Routes (all but `/` need a token): /api/me (who, counts, position), /api/guidelines, /api/items (the annotator's
 items with their status), /api/items/{n} (the n-th item of the annotator's queue; remembers n as their position),
@@ -123,6 +123,26 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class NoStore:
+    """`Cache-Control: no-store` on every /api/ answer, errors included: the browser never answers the page's
+    requests from its cache (after Back or Forward it would resume at the item of an old `/api/me`)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+
+        async def no_store(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self.app(scope, receive, no_store)
 
 
 def highlight(context: str, gold: list[str], starts: list[int], predicted: str) -> list[dict[str, str]]:
@@ -273,6 +293,7 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
         return JSONResponse(status_code=503, content={"detail": str(store.unavailable(exc))})
 
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(NoStore)  # outermost: it marks the 413 answers of BodySizeLimit too
 
     # The API's handlers are `async`: each is a few sub-millisecond SQLite statements (WAL, synchronous=NORMAL), so
     # they run on the event loop; as threadpool functions they took ~1.6x the server CPU under load (reliability.md).

@@ -66,3 +66,18 @@ def test_a_save_based_on_a_stale_version_is_refused_with_409(tmp_path, excerpt_q
     assert client.get("/api/items/0", headers=h).json()["annotation"]["feedback"] == "edit"
     # A client that sends no version replaces what is stored (the API's earlier contract).
     assert client.put(url, headers=h, json={"verdict": "correct", "feedback": "any"}).status_code == 200
+
+
+def test_every_api_answer_says_no_store(tmp_path, excerpt_questions):
+    db = tmp_path / "fb.sqlite"
+    store = Store(db)
+    qs = excerpt_questions[:2]
+    store.add_items(qs, {q.id: "" for q in qs})
+    h = {"Authorization": f"Bearer {store.add_annotator('ann')}"}
+    client = TestClient(create_app(db))
+    answers = [client.get("/api/me", headers=h), client.get("/api/me"), client.get("/api/items/9", headers=h),
+               client.get("/api/items/0", headers=h), client.get("/api/export", headers=h),
+               client.put(f"/api/annotations/{qs[0].id}", headers=h, json={"verdict": "x"}),
+               client.put(f"/api/annotations/{qs[0].id}", headers=h, content=b"x" * 100_000)]  # fmt: skip
+    assert [r.status_code for r in answers] == [200, 401, 404, 200, 403, 422, 413]
+    assert all(r.headers["cache-control"] == "no-store" for r in answers)

@@ -69,7 +69,7 @@ def test_a_guideline_link_opens_a_new_tab_and_keeps_the_typed_feedback(page_at):
     expect(link).to_have_attribute("target", "_blank")
     expect(link).to_have_attribute("rel", "noopener noreferrer")
     expect(page.locator("#guidelines a", has_text="section below")).not_to_have_attribute("target", "_blank")
-    page.context.route("https://example.org/**", lambda route: route.fulfill(body="elsewhere", content_type="text/plain"))
+    page.context.route("https://example.org/**", lambda route: route.fulfill(body="elsewhere"))
     with page.context.expect_page() as opened:
         link.click()
     opened.value.close()
