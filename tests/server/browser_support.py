@@ -55,8 +55,11 @@ QUESTIONS = [
     _q("q3", "William crossed the Channel in 1066.", "Who crossed the Channel?", "William"),
     _q("q4", "The Normans built castles in stone.", "Who painted the castles?", None),
     _q("q5", "Harold died at Hastings.", "Where did Harold die?", "Hastings"),
+    _q("q6", " ".join(f"Sentence {k}: the Norman dukes ruled from Rouen for many years." for k in range(40)),
+       "Where did the dukes rule from?", "Rouen"),
 ]
-PREDICTIONS = {"q0": "Cnut", "q1": "the river", "q2": "William", "q3": "Harold", "q4": "", "q5": "Hastings"}
+PREDICTIONS = {"q0": "Cnut", "q1": "the river", "q2": "William", "q3": "Harold", "q4": "", "q5": "Hastings",
+               "q6": "Paris"}  # fmt: skip
 
 
 def _draft(qid: str, verdict: str, feedback: str) -> FeedbackRecord:
@@ -66,7 +69,8 @@ def _draft(qid: str, verdict: str, feedback: str) -> FeedbackRecord:
                           template_version="test", title=q.title)  # fmt: skip
 
 
-DRAFTS = [_draft("q1", "incorrect", RAW_DRAFT), _draft("q2", "incorrect", CLOSED_DRAFT)]
+DRAFTS = [_draft("q1", "incorrect", RAW_DRAFT), _draft("q2", "incorrect", CLOSED_DRAFT),
+          _draft("q6", "incorrect", "Paris is not in the passage; the dukes ruled from Rouen.")]
 
 
 def prepare(db: Path) -> None:
