@@ -230,3 +230,17 @@ def parse_feedback(text: str) -> tuple[str | None, str | None]:
     if right:
         answer = "" if right.group(3) else (right.group(1) if right.group(1) is not None else right.group(2)).strip()
     return (verdict.group(1).lower() if verdict else None), answer
+
+
+def right_answer_sentence(answer: str) -> str:
+    """The sentence stating the right answer, in the form `parse_feedback` reads back: `The right answer is "X".`, or
+    `The right answer is unanswerable.` for "" (abstain). Every annotator that states a right answer composes it here
+    (the annotation app's right-answer field writes the same form). An answer that would not read back whole (a
+    double quote inside that ends the quote early) has its double quotes written as single quotes, as the app does:
+    the same answer after SQuAD normalisation."""
+    if not answer.strip():
+        return f"The right answer is {ABSTAIN_PHRASE}."
+    sentence = f'The right answer is "{answer}".'
+    if parse_feedback(sentence)[1] == answer.strip():
+        return sentence
+    return 'The right answer is "{}".'.format(" ".join(answer.replace('"', "'").split()))

@@ -10,8 +10,9 @@ not their judgement (docs/results.md). Here every human record becomes one train
 
 so the adapter writes replies in exactly the form `llm.parse_reply` reads. The other questions are then annotated with
 the adapter (greedy, batched, through the same cached and resumable path as the few-shot annotator; unparsable replies
-go to OUT.failures.jsonl, never guessed). Records are labelled `llm-learned:<model>` and say in `meta` how many
-records the annotator learned from and which.
+go to OUT.failures.jsonl, never guessed; a record whose verdict is incorrect states the right answer, appended from the
+gold answers where the reply states none: `llm.with_right_answer`). Records are labelled `llm-learned:<model>` and say
+in `meta` how many records the annotator learned from and which; `TEMPLATE_VERSION` versions them.
 
 Layering: laffi.feedback sits beside laffi.training and does not import it. This module makes the (prompt, completion)
 texts and annotates with a finished adapter; `laffi.pipeline.stages.learn_annotator` runs the training loop on them.
@@ -29,7 +30,7 @@ from laffi.config import AnnotateConfig
 from laffi.feedback import llm
 from laffi.records import FeedbackRecord, Question
 
-TEMPLATE_VERSION = "llm-learned-v1"
+TEMPLATE_VERSION = "llm-learned-v2"
 # Written beside the adapter by the training step: which records it learned from and what it cost.
 INFO = "annotator.json"
 

@@ -16,7 +16,16 @@ are kept per record. A reply that cannot be parsed is never guessed: it goes to 
 text (a request that failed, with the HTTP status and body). Endpoint failures are not cached, so a re-run asks again
 for exactly the failures; a local model's unparsable greedy reply is cached, as asking again gives the same text.
 
-The prompt lives here rather than in `laffi.prompts` because only this annotator uses it; it has its own version.
+A record whose verdict is incorrect always states the right answer, as the annotation app's right-answer field
+makes people do: unless the model's feedback already states one (`prompts.parse_feedback`), the sentence composed from
+the first gold answer (`prompts.right_answer_sentence`; the annotator sees the gold answers) is appended. A stated
+answer that is not a gold one is kept as written, for the contradiction filter (`report.contradiction`). Each record
+says which in `meta["right_answer"]`: `appended`, `agrees` (stated, a gold answer after SQuAD normalisation, or an
+abstention on an unanswerable question), `contradicts` (stated, neither) or `none` (a correct verdict stating none).
+The raw reply is kept in `meta["raw"]` and in the prompt cache, so the cache holds model output only.
+
+The prompt lives here rather than in `laffi.prompts` because only this annotator uses it; `TEMPLATE_VERSION` versions
+the prompt and how replies become records (the learned annotator has its own).
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from typing import Any
 from laffi import prompts
 from laffi.config import AnnotateConfig
 from laffi.errors import LaffiError
+from laffi.feedback.report import stated_answer_agrees
 from laffi.records import FeedbackRecord, JsonlAppender, Question, read_json, read_jsonl, write_json, write_jsonl
 
-TEMPLATE_VERSION = "llm-annotator-v1"
+TEMPLATE_VERSION = "llm-annotator-v2"
 
 SYSTEM = (
     "You are an annotator. You see a passage, a question, the gold answers and a model's proposed answer. Judge "
@@ -142,6 +152,41 @@ def parse_reply(raw: str) -> tuple[str, str] | str:
     if not feedback:
         return "empty feedback"
     return verdict, feedback
+
+
+# Where a feedback text begins a right-answer statement: a text that begins one it never finishes is cut there.
+_STATEMENT = re.compile(r"the right answer is", re.I)
+_TRAILING = " \t\r\n:;,-"
+
+
+def with_right_answer(verdict: str, feedback: str, gold: list[str]) -> tuple[str, str]:
+    """(feedback, what it states): the feedback of an incorrect verdict that states no right answer gets the sentence
+    composed from the first gold answer appended (`prompts.right_answer_sentence`; unanswerable: the abstention
+    sentence); any other feedback is returned as is. What: `appended`, `agrees` (it states a gold answer after SQuAD
+    normalisation, or abstains on an unanswerable question), `contradicts` (it states another answer: left for the
+    contradiction filter) or `none` (a correct verdict that states no answer).
+
+    The appended sentence is what `prompts.parse_feedback` reads from the result: where the text begins a
+    right-answer statement that does not parse (no closing quote, an answer not in quotes), the text is cut before it,
+    since such a statement would run into the appended one."""
+    stated = prompts.parse_feedback(feedback)[1]
+    if stated is not None:
+        return feedback, "agrees" if stated_answer_agrees(stated, gold) else "contradicts"
+    if verdict != "incorrect":
+        return feedback, "none"
+    sentence = prompts.right_answer_sentence(gold[0] if gold else "")
+    answer = prompts.parse_feedback(sentence)[1]
+    text = _joined(feedback, sentence)
+    if prompts.parse_feedback(text)[1] != answer and (begun := _STATEMENT.search(feedback)):
+        text = _joined(feedback[: begun.start()], sentence)
+    return text, "appended"
+
+
+def _joined(text: str, sentence: str) -> str:
+    text = text.rstrip(_TRAILING)
+    if not text:
+        return sentence
+    return f"{text} {sentence}" if text.endswith((".", "!", "?", '."', ".'", '!"', '?"')) else f"{text}. {sentence}"
 
 
 def prompt_key(backend: str, model: str, max_new_tokens: int, msgs: list[dict[str, str]]) -> str:
@@ -317,6 +362,19 @@ def annotator_id(cfg: AnnotateConfig) -> str:
     return f"llm:{cfg.api_model}" if cfg.endpoint else f"llm:{cfg.model}"
 
 
+def output_version(cfg: AnnotateConfig) -> str | None:
+    """The version of the records the configured LLM annotator writes (few-shot or learned), None for any other
+    annotator: for cache keys of its output, so records written by another version are made again (their replies
+    come from the prompt cache: only how replies become records is redone)."""
+    if cfg.annotator != "llm":
+        return None
+    if cfg.learn_from_examples:
+        from laffi.feedback.learned import TEMPLATE_VERSION as LEARNED
+
+        return LEARNED
+    return TEMPLATE_VERSION
+
+
 def annotate_llm(questions: list[Question], predictions: dict[str, str], examples: list[FeedbackRecord], out: Path,
                  cfg: AnnotateConfig, progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
     """Feedback on every question that has a prediction. Writes `out` (parsed records) and `OUT.failures.jsonl`;
@@ -424,10 +482,12 @@ def _write_outputs(items: list[tuple[Question, str]], keyed: list[tuple[str, Any
                                     prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, meta=cost))
             continue
         verdict, text = parsed
+        feedback, stated = with_right_answer(verdict, text, list(q.answers))
         records.append(FeedbackRecord(
             id=q.id, question=q.question, context=q.context, predicted_answer=pred, gold_answers=list(q.answers),
-            verdict=verdict, feedback=text, annotator=who, template_version=template_version, title=q.title,
-            is_impossible=not q.answers, meta={**cost, "raw": c.raw, **meta, **item_meta.get(key, {})},
+            verdict=verdict, feedback=feedback, annotator=who, template_version=template_version, title=q.title,
+            is_impossible=not q.answers,
+            meta={**cost, "raw": c.raw, "right_answer": stated, **meta, **item_meta.get(key, {})},
         ))  # fmt: skip
     write_jsonl(failures_path(out), failures)
     write_jsonl(out, records)

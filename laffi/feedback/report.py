@@ -5,6 +5,9 @@
 - Contradictions: AI feedback that contradicts the gold answers: it calls an answer correct that scores below the
   threshold against the gold answers (or the reverse), or the right answer it states is not one of the gold answers
   (or it states one for an unanswerable question). Flagged per id; `filter_contradictions` drops them.
+- Right answers: the share of each side's records whose feedback states a right answer `prompts.parse_feedback` reads,
+  of all records and of those with an incorrect verdict, and the share stating
+  one that is not a gold answer after SQuAD normalisation (`stated_answer_agrees`).
 - Cost: human minutes per item (from the annotation app's timing) against AI tokens and seconds per item.
 - Provenance: the annotator labels of each side; a side made by the simulated human is said to be simulated.
 """
@@ -62,6 +65,32 @@ def contradiction(r: FeedbackRecord, threshold: float = 0.8) -> str | None:
     return None
 
 
+def stated_answer_agrees(stated: str, gold: list[str]) -> bool:
+    """Whether a right answer stated in feedback ("" = abstain) agrees with the gold answers: equal to one of them after
+    SQuAD normalisation, or an abstention on a question without gold answers (unanswerable)."""
+    if not gold:
+        return not stated.strip()
+    return bool(stated.strip()) and any(normalize_answer(stated) == normalize_answer(g) for g in gold)
+
+
+def answer_shares(records: list[FeedbackRecord]) -> dict[str, Any]:
+    """How often feedback states a right answer that `prompts.parse_feedback` reads: `states_answer` (share of all
+    records), `states_answer_incorrect` (share of the `incorrect_verdicts` records whose verdict is incorrect) and
+    `states_non_gold_answer` (share of all records stating an answer that `stated_answer_agrees` rejects). NaN
+    where there is nothing to divide by."""
+    stated = [prompts.parse_feedback(r.feedback)[1] for r in records]
+    incorrect = [a for r, a in zip(records, stated, strict=True) if r.verdict == "incorrect"]
+    n = len(records)
+    return {
+        "states_answer": sum(a is not None for a in stated) / n if n else float("nan"),
+        "incorrect_verdicts": len(incorrect),
+        "states_answer_incorrect": sum(a is not None for a in incorrect) / len(incorrect) if incorrect
+        else float("nan"),
+        "states_non_gold_answer": sum(a is not None and not stated_answer_agrees(a, r.gold_answers)
+                                      for r, a in zip(records, stated, strict=True)) / n if n else float("nan"),
+    }  # fmt: skip
+
+
 def filter_contradictions(records: list[FeedbackRecord], threshold: float = 0.8) -> list[FeedbackRecord]:
     return [r for r in records if contradiction(r, threshold) is None]
 
@@ -94,6 +123,7 @@ def feedback_report(human: list[FeedbackRecord], ai: list[FeedbackRecord], failu
         "confusion": dict(Counter(f"human {x} / ai {y}" for x, y in zip(hv, av, strict=True))),
         "ai_contradicts_gold": len(flags),
         "ai_contradictions": flags,
+        "right_answers": {"human": answer_shares(human), "ai": answer_shares(ai)},
         "cost": {
             "human_minutes_per_item": sum(human_seconds) / 60 / len(human_seconds) if human_seconds else None,
             "human_items_timed": len(human_seconds),
@@ -124,6 +154,10 @@ def report_markdown(rep: dict[str, Any]) -> str:
         f"- verdict agreement: {_num(rep['agreement'])}; Cohen's kappa: {_num(rep['cohen_kappa'])}",
         f"- confusion: {', '.join(f'{k}: {v}' for k, v in sorted(rep['confusion'].items())) or 'n/a'}",
         f"- AI feedback contradicting the gold answers: {rep['ai_contradicts_gold']} of {rep['ai_items']}",
+        *(f"- {side} feedback stating a parseable right answer: {_num(a['states_answer'])} of all records, "
+          f"{_num(a['states_answer_incorrect'])} of the {a['incorrect_verdicts']} with an incorrect verdict; "
+          f"stating one that is not a gold answer: {_num(a['states_non_gold_answer'])}"
+          for side, a in (("human", rep["right_answers"]["human"]), ("AI", rep["right_answers"]["ai"]))),
         f"- cost: human {_num(cost['human_minutes_per_item'], '.2f')} minutes per item "
         f"({cost['human_items_timed']} timed); AI {_num(cost['ai_tokens_per_item'], '.0f')} tokens and "
         f"{_num(cost['ai_seconds_per_item'], '.2f')} s per item ({cost['ai_tokens_total']} tokens in all)",
@@ -142,7 +176,8 @@ def annotator_summary(records: list[FeedbackRecord], failures: int | None = None
     """One annotator's feedback against the gold answers (`laffi annotators-compare`): verdict agreement and Cohen's
     kappa with the reference annotator's verdict (`gold_verdict`, the reference annotator's rule), agreement within
     each reference class (the share of the reference's correct / incorrect items it calls the same), feedback that
-    contradicts the gold answers, feedback whose stated right answer parses (`prompts.parse_feedback`), and cost."""
+    contradicts the gold answers, feedback whose stated right answer parses (`prompts.parse_feedback`; of all records
+    and of those with an incorrect verdict: `answer_shares`), and cost."""
     ref = [gold_verdict(r, threshold) for r in records]
     got = [r.verdict for r in records]
     per_class = {}
@@ -163,8 +198,10 @@ def annotator_summary(records: list[FeedbackRecord], failures: int | None = None
         "per_class": per_class,
         "called_correct": sum(g == "correct" for g in got),
         "contradicts_gold": sum(contradiction(r, threshold) is not None for r in records) / n if n else float("nan"),
-        "states_answer": sum(prompts.parse_feedback(r.feedback)[1] is not None for r in records) / n if n
-        else float("nan"),
+        **answer_shares(records),
+        # An LLM annotator's records: the share whose right-answer sentence was appended from the gold answers.
+        "answer_appended": sum(r.meta.get("right_answer") == "appended" for r in records) / n
+        if n and any("right_answer" in r.meta for r in records) else None,
         "tokens_per_item": sum(tokens) / n if n else None,
         "seconds_per_item": sum(seconds) / len(seconds) if seconds else None,
         "training_seconds": training_seconds,
@@ -177,8 +214,9 @@ def annotator_summary(records: list[FeedbackRecord], failures: int | None = None
 def compare_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     """The comparison table, one row per annotator."""
     lines = ["| annotator | items (unparsed) | agreement with reference | Cohen's κ | agreement on reference-correct / "
-             "-incorrect | P(incorrect) AUC | contradicts gold | states a parseable right answer | tokens / item | "
-             "s / item | training s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "-incorrect | P(incorrect) AUC | contradicts gold | states a parseable right answer: all / incorrect "
+             "verdicts | tokens / item | s / item | training s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in summaries.items():
         pc = s["per_class"]
         lines.append(
@@ -186,7 +224,8 @@ def compare_markdown(summaries: dict[str, dict[str, Any]]) -> str:
             f"{_num(s['cohen_kappa'])} | {_num(pc['correct']['agreement'])} (of {pc['correct']['items']}) / "
             f"{_num(pc['incorrect']['agreement'])} (of {pc['incorrect']['items']}) | "
             f"{_num(s.get('incorrect_prob_auc'))} | {_num(s['contradicts_gold'])} | "
-            f"{_num(s['states_answer'])} | {_num(s['tokens_per_item'], '.0f')} | "
+            f"{_num(s['states_answer'])} / {_num(s.get('states_answer_incorrect'))} "
+            f"(of {s.get('incorrect_verdicts', 'n/a')}) | {_num(s['tokens_per_item'], '.0f')} | "
             f"{_num(s['seconds_per_item'], '.2f')} | {_num(s['training_seconds'], '.0f')} |")  # fmt: skip
     labels = {name: ", ".join(s["annotators"]) for name, s in summaries.items()}
     lines += ["", "Annotators: " + "; ".join(f"{k} = {v}" for k, v in labels.items()) + ". Reference verdict: the "

@@ -8,6 +8,7 @@ import pytest
 from laffi.config import AnnotateConfig, load_run_config
 from laffi.errors import LaffiError
 from laffi.feedback import learned, llm
+from laffi.feedback.report import annotator_summary, answer_shares
 from laffi.feedback.simulated import simulated_human_feedback
 from laffi.pipeline import stages
 from laffi.records import read_feedback, read_jsonl, write_jsonl
@@ -78,9 +79,16 @@ def test_learns_from_k_records_and_annotates_the_rest(excerpt_questions, tiny_mo
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert seen == [prompts.render(learned.messages(q, ""), tokenizer) for q in qs[4:]]
     assert [r.id for r in records] == [q.id for q in qs[4:]] and llm.read_failures(llm.failures_path(out2)) == []
-    assert all((r.verdict, r.feedback) == ("incorrect", "Wrong.") and r.annotator == f"llm-learned:{tiny_model_dir}"
+    assert all(r.verdict == "incorrect" and r.annotator == f"llm-learned:{tiny_model_dir}"
                and r.template_version == learned.TEMPLATE_VERSION and r.meta["learned_from"] == 4
                for r in records)  # fmt: skip
+    # Each incorrect verdict ends with the right answer composed from the gold answers, which parses back to gold.
+    assert all(r.feedback == f"Wrong. {prompts.right_answer_sentence(r.gold_answers[0])}"
+               and prompts.parse_feedback(r.feedback)[1] == r.gold_answers[0]
+               and r.meta["right_answer"] == "appended" for r in records)  # fmt: skip
+    shares = answer_shares(records)
+    assert shares["states_answer_incorrect"] == 1.0 and shares["incorrect_verdicts"] == len(records)
+    assert annotator_summary(records)["answer_appended"] == 1.0
     assert read_feedback(out2) == records
     # Cached: a second run trains nothing (same adapter) and asks nothing (every prompt is in the cache).
     stamp = (stages.annotator_adapter_path(out2) / "adapter_model.safetensors").stat().st_mtime_ns

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from laffi import prompts
 from laffi.config import AnnotateConfig
 from laffi.feedback import llm
 from laffi.pipeline import stages
@@ -80,8 +81,12 @@ def test_local_backend_keeps_unparsed_replies_as_failures_and_resumes(excerpt_qu
     llm.cache_path(out).write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(llm, "complete_local", lambda *a, **k: pytest.fail("the cache should have answered"))
     records = stages.annotate(qs, preds, out, _cfg(tmp_path, tiny_model_dir))
-    assert [(r.id, r.verdict, r.feedback) for r in records] == [(qs[0].id, "incorrect", "The passage answers it.")]
+    # An incorrect verdict stating no right answer gets the one composed from the gold answers (the raw reply is kept).
+    right = prompts.right_answer_sentence(qs[0].answers[0] if qs[0].answers else "")
+    assert [(r.id, r.verdict, r.feedback) for r in records] == [(qs[0].id, "incorrect",
+                                                                 f"The passage answers it. {right}")]  # fmt: skip
     assert records[0].meta["cached"] and records[0].meta["raw"] == first["raw"] and records[0].meta["shots"] == 2
+    assert records[0].meta["right_answer"] == "appended" and records[0].template_version == llm.TEMPLATE_VERSION
     assert len(llm.read_failures(llm.failures_path(out))) == 2
 
 
