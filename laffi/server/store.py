@@ -151,6 +151,40 @@ def levenshtein(a: str, b: str) -> int:
     return score
 
 
+def closing_sentence(answer: str) -> str:
+    """The sentence the page ends every feedback with (what `prompts.parse_feedback` reads): '' is unanswerable; a
+    double quote inside the answer would end the quotation early, so it becomes a single quote."""
+    if not answer.strip():
+        return "The right answer is unanswerable."
+    return 'The right answer is "' + answer.strip().replace('"', "'") + '".'
+
+
+def draft_as_shown(feedback: str, verdict: str, predicted: str, gold: list[str]) -> str:
+    """An AI draft's feedback as the page shows it and saves it when accepted unchanged: its text, then the closing
+    sentence with the right answer. A draft that states the right answer (`The right answer is "X".`) keeps that
+    answer, in one closing sentence at the end; one that does not gets the answer the page prefills for its verdict
+    (correct: the model's answer, or unanswerable for an abstention; incorrect: the first gold answer, or
+    unanswerable when there is none). Real LLM drafts seldom end with the sentence: without this, an accepted draft
+    would never equal the text saved."""
+    from laffi import prompts
+
+    stated = prompts.parse_feedback(feedback)[1]
+    if stated is not None:
+        text, answer = prompts.without_right_answer(feedback), stated
+    else:
+        text = feedback.strip()
+        abstained = not predicted.strip()
+        if verdict == "correct":
+            answer = "" if abstained else predicted
+        elif gold:
+            answer = gold[0]
+        elif not abstained:
+            answer = ""
+        else:
+            return text  # "incorrect" for an abstention on an unanswerable question: no right answer to add
+    return (text + " " + closing_sentence(answer)).strip()
+
+
 def _same_text(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
 
@@ -667,10 +701,16 @@ class Store:
         return out
 
     def draft(self, item_id: str) -> dict[str, Any] | None:
-        """The AI draft of the item's current answer (verdict, feedback, annotator), or None."""
-        row = self.db.execute("SELECT d.verdict, d.feedback, d.annotator FROM drafts d JOIN items i ON i.id = "
-                              "d.item_id AND i.predicted = d.predicted WHERE d.item_id=?", (item_id,)).fetchone()
-        return dict(row) if row else None
+        """The AI draft of the item's current answer (verdict, feedback, annotator), or None. Its feedback is the
+        draft as the page shows it and would save it unchanged (`draft_as_shown`): an annotation accepted unchanged
+        has exactly this text, and the edit distance is measured from it."""
+        row = self.db.execute("SELECT d.verdict, d.feedback, d.annotator, i.predicted, i.gold FROM drafts d JOIN items "
+                              "i ON i.id = d.item_id AND i.predicted = d.predicted WHERE d.item_id=?",
+                              (item_id,)).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        feedback = draft_as_shown(row["feedback"], row["verdict"], row["predicted"], json.loads(row["gold"]))
+        return {"verdict": row["verdict"], "feedback": feedback, "annotator": row["annotator"]}
 
     # ------------------------------------------------------------------------------------------ annotations
 

@@ -180,3 +180,28 @@ def test_bad_annotate_server_input_is_one_line_and_creates_nothing(tmp_path, sma
     assert r.returncode == 2 and r.stderr.startswith("laffi: error: ") and r.stderr.count("\n") == 1, r.stderr
     assert expect.format(tmp=tmp_path) in r.stderr
     assert not db.exists()
+
+
+def test_a_draft_without_the_closing_sentence_accepted_unchanged_is_recorded_as_accepted(tmp_path, excerpt_questions):
+    store = Store(tmp_path / "fb.sqlite")
+    q_gold = next(q for q in excerpt_questions if q.answers)
+    qs = [q_gold, *[q for q in excerpt_questions if not q.answers][:2]]
+    store.add_items(qs, {qs[0].id: "Rollo", qs[1].id: "Rollo", qs[2].id: ""})
+
+    def record(q, verdict, feedback, predicted):
+        return FeedbackRecord(id=q.id, question="", context="", predicted_answer=predicted, gold_answers=[],
+                              verdict=verdict, feedback=feedback, annotator="llm:m", template_version="t")  # fmt: skip
+
+    # As `laffi annotate --annotator llm` writes them: prose only, or a stated answer followed by more prose.
+    store.set_drafts([record(qs[0], "incorrect", "Wrong person: the passage names someone else.", "Rollo"),
+                      record(qs[1], "incorrect", 'The right answer is "nobody". The passage is silent.', "Rollo"),
+                      record(qs[2], "correct", "Right to abstain.", "")], "d.jsonl")  # fmt: skip
+    shown = [store.draft(q.id)["feedback"] for q in qs]
+    assert shown == [f'Wrong person: the passage names someone else. The right answer is "{qs[0].answers[0]}".',
+                     'The passage is silent. The right answer is "nobody".',
+                     "Right to abstain. The right answer is unanswerable."]  # fmt: skip
+    store.add_annotator("ann")
+    for q, text in zip(qs, shown, strict=True):  # the page saves the draft as shown, unchanged
+        store.save("ann", q.id, store.draft(q.id)["verdict"], text, 1.0, draft_shown=True)
+    assert [r.meta["draft"] for r in store.export()] == [{"shown": True, "accepted": True, "edit_distance": 0}] * 3
+    assert [r.feedback.count("The right answer is") for r in store.export()] == [1, 1, 1]
