@@ -11,10 +11,10 @@ and so is a save that names the `version` of the annotation the page loaded (nul
 saved since (the same annotator in another tab). A database that cannot be written (a full disk: 507, read-only or
 locked: 503) is a JSON `detail` naming it, never a 500.
 
-Routes (all but `/` need a token): /api/me (who, counts, position), /api/guidelines, /api/items (the annotator's
-items with their status), /api/items/{n} (the n-th item of the annotator's queue; remembers n as their position),
-/api/next?after=n (the next item still to do), PUT /api/annotations/{id}; admin only: /api/export and
-/api/admin/summary (progress per annotator, agreement).
+Routes (all but `/` and `/favicon.ico` need a token): /api/me (who, counts, position, resume), /api/guidelines,
+/api/items (the annotator's items with their status), /api/items/{n} (the n-th item of the annotator's queue;
+remembers n as their position), /api/next?after=n (the next item still to do), PUT /api/annotations/{id}; admin only:
+/api/export and /api/admin/summary (progress per annotator, agreement).
 
 The app serves no /docs, /redoc or /openapi.json: they would describe the API to anyone without a token, and the
 page is the only client it needs.
@@ -38,7 +38,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -59,6 +59,8 @@ DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "resources" / "annota
 MAX_BODY_BYTES = 64 * 1024  # an annotation is a verdict, a few sentences and a number: far below this
 MAX_FEEDBACK_CHARS = 5000
 CHECKPOINT_EVERY_S = 2.0
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           b'fill="#1f5fbf"/><path d="M4 8.5l2.5 2.5L12 5" stroke="#fff" stroke-width="2" fill="none"/></svg>')
 
 
 class Annotation(BaseModel):
@@ -192,7 +194,7 @@ def render_guidelines(text: str) -> str:
     guidelines opens in a new tab (rel=noopener): following it never unloads the page and its unsaved work."""
     import markdown
 
-    out = markdown.markdown(html.escape(text, quote=False), extensions=["sane_lists"])
+    out = markdown.markdown(html.escape(text, quote=False), extensions=["sane_lists", "tables"])
 
     def check(m: re.Match) -> str:
         url = html.unescape(m.group(2))
@@ -315,10 +317,18 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/api/me")
     async def me(who: dict = Depends(annotator)) -> dict[str, Any]:
-        return {**who, **store.progress(who["name"]), "counts": store.counts(who["name"]),
-                "position": store.position(who["name"])}  # fmt: skip
+        # resume: where the page opens after a login or reload: the item the annotator was on while it is still to
+        # do, else the next one to do after it (wrapping round), else that item.
+        position = store.position(who["name"])
+        resume = store.next_todo(who["name"], position - 1)
+        return {**who, **store.progress(who["name"]), "counts": store.counts(who["name"]), "position": position,
+                "resume": position if resume is None else resume}  # fmt: skip
 
     @app.get("/api/guidelines")
     async def guidelines_page(who: dict = Depends(annotator)) -> dict[str, str]:
@@ -344,7 +354,8 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
             "index": index, "id": it["id"], "title": it["title"], "question": it["question"],
             "predicted": it["predicted"], "gold": unique(it["gold"]),
             "segments": highlight(it["context"], it["gold"], it["answer_starts"], it["predicted"]),
-            "annotation": annotation, "draft": None if annotation else store.draft(it["id"]),
+            "annotation": annotation,  # a skipped item still offers its draft
+            "draft": None if annotation and annotation["status"] != "skipped" else store.draft(it["id"]),
             "progress": store.progress(who["name"]),
         }  # fmt: skip
 

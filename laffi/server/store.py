@@ -185,6 +185,11 @@ def draft_as_shown(feedback: str, verdict: str, predicted: str, gold: list[str])
     return (text + " " + closing_sentence(answer)).strip()
 
 
+def _answer(predicted: str) -> str:
+    """A model's answer for a message, quoted; '' is named: '' (an abstention: no answer)."""
+    return f"'{predicted[:100]}'" if predicted.strip() else f"'{predicted}' (an abstention: no answer)"
+
+
 def _same_text(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
 
@@ -747,8 +752,8 @@ class Store:
             if not self.may_annotate(annotator, item_id):
                 raise NotAssigned(f"item '{item_id[:100]}' is not assigned to {annotator}")
             if predicted is not None and predicted != item["predicted"]:
-                raise AnswerChanged(f"item '{item_id[:100]}': its answer is now '{item['predicted'][:100]}', not "
-                                    f"'{predicted[:100]}' (the predictions changed; reload the item)")  # fmt: skip
+                raise AnswerChanged(f"item '{item_id[:100]}': its answer is now {_answer(item['predicted'])}, not "
+                                    f"{_answer(predicted)} (the predictions changed; reload the item)")  # fmt: skip
             old = self.db.execute("SELECT draft_shown, updated FROM annotations WHERE annotator=? AND item_id=? AND "
                                   "predicted=? AND content=?", (annotator, item_id, item["predicted"],
                                                                 item["content"])).fetchone()  # fmt: skip

@@ -81,3 +81,40 @@ def test_every_api_answer_says_no_store(tmp_path, excerpt_questions):
                client.put(f"/api/annotations/{qs[0].id}", headers=h, content=b"x" * 100_000)]  # fmt: skip
     assert [r.status_code for r in answers] == [200, 401, 404, 200, 403, 422, 413]
     assert all(r.headers["cache-control"] == "no-store" for r in answers)
+
+
+def test_favicon_and_the_conflict_message_for_an_abstention(tmp_path, excerpt_questions):
+    db = tmp_path / "fb.sqlite"
+    store = Store(db)
+    qs = excerpt_questions[:1]
+    store.add_items(qs, {qs[0].id: ""})
+    h = {"Authorization": f"Bearer {store.add_annotator('ann')}"}
+    client = TestClient(create_app(db))
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    r = client.put(f"/api/annotations/{qs[0].id}", headers=h, json={"verdict": "correct", "feedback": "ok",
+                                                                    "predicted": "Rollo"})  # fmt: skip
+    assert r.status_code == 409
+    assert "its answer is now '' (an abstention: no answer), not 'Rollo'" in r.json()["detail"]
+
+
+def test_me_resumes_at_the_next_item_to_do(tmp_path, excerpt_questions):
+    db = tmp_path / "fb.sqlite"
+    store = Store(db)
+    qs = excerpt_questions[:3]
+    store.add_items(qs, {q.id: "" for q in qs})
+    h = {"Authorization": f"Bearer {store.add_annotator('ann')}"}
+    client = TestClient(create_app(db))
+    assert client.get("/api/me", headers=h).json()["resume"] == 0
+    client.put(f"/api/annotations/{qs[0].id}", headers=h, json={"verdict": "correct", "feedback": "ok"})
+    client.get("/api/items/0", headers=h)  # looking at the saved item again
+    me = client.get("/api/me", headers=h).json()
+    assert (me["position"], me["resume"]) == (0, 1)
+
+
+def test_guideline_links_open_in_a_new_tab_and_tables_render():
+    from laffi.server.app import render_guidelines
+
+    out = render_guidelines("[paper](https://x.org) [below](#keys)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert '<a target="_blank" rel="noopener noreferrer" href="https://x.org">' in out
+    assert '<a href="#keys">' in out and "<table>" in out and "<td>2</td>" in out
