@@ -439,7 +439,7 @@ def train(
     from laffi.training.distributed import launched
 
     extra = [f"train.answers_from={answers_from}"] if answers_from else []
-    from laffi.pipeline.experiment import check_method
+    from laffi.grid import check_method
 
     overrides = [("--method", f"train.method={method}"), *set_, *extra]  # errors name --method
     run_cfg = load_run_config(config, overrides, check_method=check_method)
@@ -591,7 +591,7 @@ def run(
     """Every stage for each method of `methods` at one training size and seed: cached and resumable; prints the
     results table (the experiment of `laffi experiment` with one cell per method)."""
     from laffi.config import load_run_config
-    from laffi.pipeline.experiment import check_method, run_preset
+    from laffi.grid import check_method, run_preset
 
     cfg = load_run_config(config, set_, check_method=check_method)
     if plan:
@@ -629,7 +629,7 @@ def experiment(
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.pipeline.experiment import check_method
+    from laffi.grid import check_method
 
     if report_only and shard:
         raise LaffiError("--report-only: not with --shard (it makes nothing to share)")
@@ -661,7 +661,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, report_only: bool = False) -> None:
-    from laffi.report.experiment import run_and_report
+    from laffi.experiment import run_and_report
 
     _library_bars(progress)
     summary = run_and_report(cfg, log=lambda m: typer.echo(m, err=True), progress=progress, shard=shard,
@@ -671,7 +671,7 @@ def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, 
         _print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")
         return
     _print((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
-    _print(f"\n{summary['verdict']}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
+    _print(f"\n{summary.verdict}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
 
 
 @app.command()

@@ -274,6 +274,35 @@ class TrainConfig:
                        "process; a command such as 'torchrun --nproc_per_node 2' or 'accelerate launch --config_file "
                        "configs/accelerate/multi_gpu_ddp.yaml' runs `-m laffi train` under it (data-parallel). "
                        "refine and critique always train in this process. Not part of any cache key.", key=False)
+    # ---- sdft (laffi/methods/sdft.py): on-policy self-distillation, TRL's SDFTConfig names and defaults. Part of
+    # the cache key of sdft training only (`method`: other methods' keys do not change with them).
+    sdft_teacher_model_kind: str = _f("base", "sdft: the teacher, which reads the feedback: 'base' (the model without "
+                                      "the adapter being trained), 'live' (the student itself, adapter and all) or "
+                                      "'ema' (an exponential moving average of the adapter, starting from zero).",
+                                      choices=("base", "live", "ema"), method="sdft")
+    sdft_teacher_update_rate: float = _f(0.05, "sdft with teacher 'ema': the share of the adapter's weights the "
+                                         "teacher takes at each update (1: a copy).", min=0.0, max=1.0,
+                                         method="sdft")
+    sdft_teacher_sync_steps: int = _f(1, "sdft with teacher 'ema': optimizer steps between the teacher's updates.",
+                                      min=1, method="sdft")
+    sdft_distillation_mode: str = _f("topk_logits", "sdft: what the divergence compares at each completion token: "
+                                     "'topk_logits' (the student's top sdft_distillation_topk tokens), 'full_logits' "
+                                     "(the whole vocabulary) or 'sampled_token' (the sampled token only; reverse KL).",
+                                     choices=("topk_logits", "full_logits", "sampled_token"), method="sdft")
+    sdft_distillation_alpha: float = _f(0.5, "sdft: 0 the forward KL(teacher || student), 1 the reverse "
+                                        "KL(student || teacher), between them the generalised Jensen-Shannon "
+                                        "divergence with this weight on the teacher.", min=0.0, max=1.0,
+                                        method="sdft")
+    sdft_distillation_topk: int = _f(100, "sdft with 'topk_logits': tokens in the support.", min=1, method="sdft")
+    sdft_distillation_add_tail: bool = _f(False, "sdft with 'topk_logits': add one bucket for the probability mass "
+                                          "outside the support (false: renormalise within it).", method="sdft")
+    sdft_num_loss_tokens_to_skip: int = _f(0, "sdft: leading completion tokens left out of the loss.", min=0,
+                                           method="sdft")
+    sdft_temperature: float = _f(1.0, "sdft: sampling temperature of the student's completions; both models' logits "
+                                 "are divided by it in the loss.", min=0.0, method="sdft")
+    sdft_max_completion_length: int = _f(32, "sdft: tokens the student samples at most per completion (as many as "
+                                         "answer.max_new_tokens by default; TRL's default is 256).", min=1,
+                                         method="sdft")
 
 
 def key_settings(cfg: Any) -> dict[str, Any]:
@@ -289,15 +318,20 @@ def key_settings(cfg: Any) -> dict[str, Any]:
 def train_cache_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The settings that decide what training produces, for cache keys: how the processes are started does not
     (a launched run computes the same updates up to float summation order, docs/scaling.md); nor do which
-    activations are recomputed, whether freed memory goes back to the OS and where metrics are also written."""
-    return key_settings(cfg)
+    activations are recomputed, whether freed memory goes back to the OS and where metrics are also written; nor the
+    settings of another method than `cfg.method` (fields with `method=` metadata)."""
+    settings = key_settings(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("method", cfg.method) != cfg.method:  # a setting of another method (sdft_*)
+            settings.pop(f.name, None)
+    return settings
 
 
 STAGES = {"model": ModelConfig, "data": DataConfig, "answer": AnswerConfig, "annotate": AnnotateConfig,
           "train": TrainConfig}  # fmt: skip
 # check_method(name, where, needs_feedback): raises LaffiError for a method name that is unknown (or, with
 # needs_feedback, that does not learn from feedback). Method names live in laffi.methods, a layer above this module:
-# callers pass its checker (laffi.pipeline.experiment.check_method) to `load_run_config`.
+# callers pass its checker (laffi.grid.check_method) to `load_run_config`.
 MethodCheck = Callable[[str, str, bool], None]
 
 
@@ -307,6 +341,9 @@ class RunConfig:
     methods: list[str] = _f(["base", "sft", "laffi"], "Rows of the results table, methods of laffi/methods/: base, "
                             "sft, laffi, laffi+sft, coh, refine, critique, laffi+revise (the laffi adapter answers, "
                             "then revises with its own predicted feedback).")
+    compare: list[str] = _f(["laffi", "sft"], "The two methods of the report's headline sentence: the paired test of "
+                            "the first against the second at the largest training size both ran (and of their "
+                            "calibrated rows). Not part of any cache key: the report only reads.", key=False)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model settings."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data and split settings."})
     answer: AnswerConfig = field(default_factory=AnswerConfig, metadata={"help": "Answer generation settings."})
@@ -580,10 +617,14 @@ def _validated(cfg: Any, where: str, check_method: MethodCheck | None) -> Any:
     if not cfg.methods:
         # An empty table: every stage would be skipped and the run would "succeed" with nothing to show.
         raise LaffiError(f"{where} methods: needs at least one method")
+    if len(cfg.compare) != 2 or cfg.compare[0] == cfg.compare[1]:
+        raise LaffiError(f"{where} compare: needs two different methods, got {cfg.compare}")
     if check_method is not None:
         for m in cfg.methods:
             check_method(m, f"{where} methods", False)
         check_method(cfg.train.method, f"{where} train.method", False)
+        for m in cfg.compare:
+            check_method(m, f"{where} compare", False)
         if isinstance(cfg, ExperimentConfig) and cfg.human_fractions:
             check_method(cfg.ablation_method, f"{where} ablation_method", True)
     if isinstance(cfg, ExperimentConfig):

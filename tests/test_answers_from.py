@@ -12,9 +12,11 @@ import pytest
 from laffi.config import ExperimentConfig, ModelConfig, TrainConfig, load_run_config
 from laffi.data import load_squad, write_squad
 from laffi.errors import LaffiError
+from laffi.grid import Cell
 from laffi.methods.common import answers_source
-from laffi.pipeline import experiment, stages
+from laffi.pipeline import cells, experiment, shared, stages
 from laffi.records import read_feedback, read_json, read_predictions
+from laffi.rundir import RunDir
 
 
 def twelve_questions(excerpt_questions):
@@ -115,17 +117,17 @@ def test_answers_from_a_predictions_file_or_an_adapter(kind, tmp_path, tiny_mode
         expected = stages.answer(train, tmp_path / "sft.json", model, replace(cfg.answer, revise_rounds=0),
                                  adapter=str(source), progress=False)  # fmt: skip
     cfg = replace(cfg, train=replace(cfg.train, answers_from=str(source)))
-    out = tmp_path / "exp"
-    cell = experiment.Cell("laffi+sft", 4, 0, 0.0)
-    feedback = experiment.feedback_sources(cfg, out, [cell], train, train_file, lambda m: None, False)
-    assert set(feedback) == {"answers_from/answers", "answers_from/ai"} and not (out / "base").exists()
-    records = read_feedback(experiment.cell_feedback(cfg, out, cell, train, feedback, lambda m: None, False))
+    out = RunDir(tmp_path / "exp")
+    cell = Cell("laffi+sft", 4, 0, 0.0)
+    feedback = shared.feedback_sources(cfg, out, [cell], train, train_file, lambda m: None, False)
+    assert set(feedback) == {"answers_from/answers", "answers_from/ai"} and not (out.root / "base").exists()
+    records = read_feedback(cells.cell_feedback(cfg, out, cell, train, feedback, lambda m: None, False))
     assert answered_on(records) == expected and {r.annotator for r in records} == {"reference"}
     if kind == "predictions":  # each training question needs an answer: the file must cover them all
         source.write_text(json.dumps({q.id: "x" for q in train[1:]}))
         with pytest.raises(LaffiError, match=f"train.answers_from: .*no answer for training question id "
                                              f"'{train[0].id}' \\(1 of 4 missing\\)"):  # fmt: skip
-            experiment.feedback_sources(cfg, out, [cell], train, train_file, lambda m: None, False)
+            shared.feedback_sources(cfg, out, [cell], train, train_file, lambda m: None, False)
 
 
 def test_answers_from_sources_and_bad_values(tmp_path):

@@ -63,7 +63,7 @@ def test_shipped_configs_load():
 def test_bad_configs_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    from laffi.pipeline.experiment import check_method
+    from laffi.grid import check_method
 
     with pytest.raises(LaffiError) as e:
         config.load_run_config(path, cls=config.ExperimentConfig if "human_fractions" in text else config.RunConfig,

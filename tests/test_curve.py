@@ -5,8 +5,9 @@ from dataclasses import replace
 
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import bundled_data_path, load_squad
-from laffi.pipeline.experiment import Cell, check_method, plan, with_sizes_resolved
-from laffi.report.experiment import first_beats_abstain
+from laffi.grid import Cell, check_method, plan
+from laffi.pipeline.experiment import with_sizes_resolved
+from laffi.report.summary import first_beats_abstain
 
 
 def test_seeds_above_all_seeds_up_to_run_once():
@@ -39,9 +40,9 @@ def test_first_beats_abstain_takes_the_smallest_significant_size():
         "n=100": {"sft vs abstain": t(4, 0.01), "laffi vs abstain": t(2, 0.2), "laffi vs sft": t(-2, 0.01)},
         "n=1000": {"sft vs abstain": t(9, 0.001), "laffi vs abstain": t(5, 0.04)},
     }
-    assert first_beats_abstain(paired) == {"sft": 100, "laffi": 1000}
+    assert first_beats_abstain(paired, ["sft", "laffi"]) == {"sft": 100, "laffi": 1000}
     paired["n=1000"]["laffi vs abstain"] = t(5, 0.06)
-    assert first_beats_abstain(paired)["laffi"] is None
+    assert first_beats_abstain(paired, ["sft", "laffi"])["laffi"] is None
 
 
 def test_shipped_curve_config_plans_its_cells():

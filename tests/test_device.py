@@ -233,7 +233,7 @@ def test_attention_moves_each_model_to_the_device(fake_cuda, tiny_model_dir, sma
 
 def test_a_grid_cell_runs_every_stage_on_the_device(fake_cuda, tiny_model_dir, grid_data, tmp_path):
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.report.experiment import run_and_report
+    from laffi.experiment import run_and_report
 
     data = grid_data(2)
     cfg = load_run_config(None, [

@@ -7,7 +7,9 @@ import pytest
 from laffi.config import DataConfig, ExperimentConfig, load_run_config
 from laffi.data import articles, load_squad, write_squad
 from laffi.errors import LaffiError
-from laffi.pipeline.experiment import split_stage, with_sizes_resolved
+from laffi.pipeline.experiment import with_sizes_resolved
+from laffi.pipeline.shared import split_stage
+from laffi.rundir import RunDir
 
 
 def _by_title(questions):
@@ -35,7 +37,7 @@ def test_eval_path_takes_every_question_of_each_file(two_files):
                                            calibration_questions=0))  # fmt: skip
     cfg = with_sizes_resolved(cfg, load_squad(tmp / "train.json"))
     assert cfg.train_sizes == [len(train)]  # size 0: every training question (no article is held out)
-    train_file, eval_file = split_stage(cfg, tmp / "run", log=lambda m: None)
+    train_file, eval_file = split_stage(cfg, RunDir(tmp / "run"), log=lambda m: None)
     assert sorted(q.id for q in load_squad(train_file)) == sorted(q.id for q in train)
     assert load_squad(eval_file) == evaluation
     assert articles(load_squad(eval_file)) == articles(evaluation)
@@ -50,7 +52,7 @@ def test_eval_path_reads_datasets_too(two_files):
     datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "eval-ds"))
     cfg = ExperimentConfig(out_dir=str(tmp / "run"), train_sizes=[10],
                            data=DataConfig(path=str(tmp / "train.json"), eval_path=str(tmp / "eval-ds")))  # fmt: skip
-    _, eval_file = split_stage(cfg, tmp / "run", log=lambda m: None)
+    _, eval_file = split_stage(cfg, RunDir(tmp / "run"), log=lambda m: None)
     assert load_squad(eval_file) == evaluation
 
 
@@ -60,13 +62,13 @@ def test_overlapping_ids_or_titles_are_refused(two_files):
     data = DataConfig(path=str(tmp / "train.json"), eval_path=str(tmp / "overlap.json"))
     cfg = ExperimentConfig(out_dir=str(tmp / "run"), train_sizes=[10], data=data)
     with pytest.raises(LaffiError, match=r"data.eval_path: 5 question id\(s\) also in data.path"):
-        split_stage(cfg, tmp / "run", log=lambda m: None)
+        split_stage(cfg, RunDir(tmp / "run"), log=lambda m: None)
     from dataclasses import replace
 
     renamed = [replace(q, id=q.id + "-x") for q in train[:5]] + evaluation
     write_squad(renamed, tmp / "overlap.json")
     with pytest.raises(LaffiError, match=r"1 article title\(s\) also in data.path"):
-        split_stage(cfg, tmp / "run", log=lambda m: None)
+        split_stage(cfg, RunDir(tmp / "run"), log=lambda m: None)
 
 
 def test_eval_path_is_a_config_key(two_files):

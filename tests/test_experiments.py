@@ -5,9 +5,9 @@ import json
 import pytest
 
 from laffi.config import load_run_config
+from laffi.experiment import run_and_report
+from laffi.grid import run_preset
 from laffi.pipeline.cache import marker
-from laffi.pipeline.experiment import run_preset
-from laffi.report.experiment import run_and_report
 
 
 def run_pipeline(cfg, log=lambda m: None):
@@ -45,11 +45,11 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     summary = run_pipeline(run_cfg, log=logs.append)
     run = tmp_path / "run"
     cells = run / "cells"
-    assert summary["train_questions"] == 4 and summary["eval_questions"] == 2  # train_questions 0: all four
-    assert set(summary["train_articles"]).isdisjoint(summary["eval_articles"])
-    assert list(summary["cells"]) == ["base", "sft/n4-seed0", "laffi/n4-seed0-human0", "laffi+sft/n4-seed0-human0",
+    assert summary.train_questions == 4 and summary.eval_questions == 2  # train_questions 0: all four
+    assert set(summary.train_articles).isdisjoint(summary.eval_articles)
+    assert list(summary.cells) == ["base", "sft/n4-seed0", "laffi/n4-seed0-human0", "laffi+sft/n4-seed0-human0",
                                       "laffi+revise/n4-seed0-human0"]  # fmt: skip
-    rev = summary["revision"]["laffi+revise/n4-seed0-human0"]
+    rev = summary.revision["laffi+revise/n4-seed0-human0"]
     assert rev["questions"] == 2 and sum(rev["verdicts_first_round"].values()) == 2
     assert rev["questions_per_second_with_revision"] > 0
     assert not (cells / "laffi+revise" / "n4-seed0-human0" / "adapter").exists()  # it answers with laffi's adapter
@@ -63,12 +63,12 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
     # The table's numbers are the scores of the files on disk.
     from laffi.pipeline import stages
 
-    for path, cell in summary["cells"].items():
+    for path, cell in summary.cells.items():
         assert stages.score(run / "data" / "eval.json", cells / path / "eval_answers.json") == cell["scores"]
-    abstain = summary["abstain"]
+    abstain = summary.abstain
     assert (abstain["exact"], abstain["HasAns_f1"], abstain["NoAns_f1"]) == (50.0, 0.0, 100.0)
-    assert "laffi vs sft" in summary["paired"]["n=4"]
-    assert json.loads((run / "results.json").read_text()) == summary
+    assert "laffi vs sft" in summary.paired["n=4"]
+    assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(summary.to_json()))
     table = (run / "results.md").read_text()
     assert "| abstain (every question) |" in table and "| laffi+sft | 4 |" in table
     feedback = [json.loads(line) for line in (run / "feedback" / "ai.jsonl").read_text().splitlines()]
@@ -76,7 +76,7 @@ def test_run_writes_every_stage_and_caches(run_cfg, tmp_path):
 
     stamps = {p: p.stat().st_mtime_ns for p in cells.rglob("*") if p.is_file()}
     logs.clear()
-    assert run_pipeline(run_cfg, log=logs.append)["cells"] == summary["cells"]
+    assert run_pipeline(run_cfg, log=logs.append).cells == summary.cells
     assert stamps == {p: p.stat().st_mtime_ns for p in cells.rglob("*") if p.is_file()}
     assert any("up to date" in m for m in logs)
 

@@ -3,8 +3,8 @@
 import json
 
 from laffi.config import load_run_config
-from laffi.pipeline.experiment import run_preset
-from laffi.report.experiment import run_and_report
+from laffi.experiment import run_and_report
+from laffi.grid import run_preset
 
 
 def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, excerpt_questions):
@@ -23,8 +23,8 @@ def test_run_trains_and_answers_with_every_new_method(tmp_path, tiny_model_dir, 
         f"train.answers_from={run / 'cells' / 'sft' / 'n4-seed0' / 'adapter'}", "data.train_questions=0",
     ])  # fmt: skip
     summary = run_and_report(run_preset(cfg), log=lambda m: None, progress=False)
-    assert list(summary["cells"]) == ["base", "sft/n4-seed0", "coh/n4-seed0-human0", "critique/n4-seed0"]
-    assert {"coh vs sft", "critique vs sft"} <= set(summary["paired"]["n=4"])
+    assert list(summary.cells) == ["base", "sft/n4-seed0", "coh/n4-seed0-human0", "critique/n4-seed0"]
+    assert {"coh vs sft", "critique vs sft"} <= set(summary.paired["n=4"])
     coh = json.loads((run / "cells" / "coh" / "n4-seed0-human0" / "adapter" / "laffi_train.json").read_text())
     assert coh["config"]["method"] == "coh" and coh["answer_prefix"] == "A good answer:"
     critique_dir = run / "cells" / "critique" / "n4-seed0"

@@ -6,11 +6,13 @@ import json
 import pytest
 
 from laffi.config import AnswerConfig, ModelConfig
+from laffi.grid import Cell
 from laffi.metrics import squad_v2_scores
 from laffi.pipeline import stages
-from laffi.pipeline.experiment import Cell, cell_dir
 from laffi.records import read_json
-from laffi.report import experiment as report
+from laffi.report import summary as report
+from laffi.report.render import na_scores_table
+from laffi.rundir import RunDir
 
 
 @pytest.fixture()
@@ -44,7 +46,7 @@ def test_report_compares_the_two_scores(excerpt_questions, tmp_path):
     qs = excerpt_questions[:12]
     calibration, eval_qs = qs[:6], qs[6:]
     cell = Cell("laffi", 4, 0, 0.0)
-    d = cell_dir(tmp_path, cell)
+    d = RunDir(tmp_path).cell(cell)
     d.mkdir(parents=True)
     answer = {q.id: "" if i % 3 == 0 else "Rollo" for i, q in enumerate(qs)}
     scores = {"verdict": {q.id: (i * 7 % 10) / 10 for i, q in enumerate(qs)},
@@ -55,7 +57,7 @@ def test_report_compares_the_two_scores(excerpt_questions, tmp_path):
         stages.first_token_na_prob_path(d / name).write_text(
             json.dumps({q.id: scores["first_token"][q.id] for q in subset}))
     preds = {q.id: answer[q.id] for q in eval_qs}
-    both = report.na_scores_compared(tmp_path, cell, eval_qs, calibration, preds)
+    both = report.na_scores_compared(RunDir(tmp_path), cell, eval_qs, calibration, preds)
     assert set(both) == {"verdict", "first_token"}
     for name, got in both.items():
         on_cal = squad_v2_scores(calibration, {q.id: answer[q.id] for q in calibration},
@@ -66,18 +68,18 @@ def test_report_compares_the_two_scores(excerpt_questions, tmp_path):
         pairs = [(scores[name][a.id], scores[name][b.id]) for a in eval_qs if a.is_impossible
                  for b in eval_qs if not b.is_impossible]  # fmt: skip
         assert got["auc"] == pytest.approx(sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs) / len(pairs))
-    table = report.na_scores_table({cell.path: {"na_scores": both}})
+    table = na_scores_table({cell.path: {"na_scores": both}})
     assert table.count(f"| {cell.path} |") == 2 and "| first_token |" in table
     # A cell without the first-token file is not compared.
     stages.first_token_na_prob_path(d / "eval_answers.json").unlink()
-    assert report.na_scores_compared(tmp_path, cell, eval_qs, calibration, preds) is None
+    assert report.na_scores_compared(RunDir(tmp_path), cell, eval_qs, calibration, preds) is None
 
 
 def test_experiment_with_verdict_scores_compares_them(tiny_model_dir, grid_data, tmp_path):
     # configs/curve.yaml sets answer.na_score: verdict. The base model's answers (its cell and the training answers
     # the feedback is written on) keep the first-token score; the laffi cell gets both, and the report compares them.
     from laffi.config import ExperimentConfig, load_run_config
-    from laffi.report.experiment import run_and_report
+    from laffi.experiment import run_and_report
 
     data = grid_data(2)
     cfg = load_run_config(None, [
@@ -88,7 +90,7 @@ def test_experiment_with_verdict_scores_compares_them(tiny_model_dir, grid_data,
     ], ExperimentConfig)  # fmt: skip
     summary = run_and_report(cfg, log=lambda m: None, progress=False)
     out = tmp_path / "exp"
-    assert set(summary["cells"]["laffi/n2-seed0-human0"]["na_scores"]) == {"verdict", "first_token"}
-    assert "na_scores" not in summary["cells"]["base"] and "na_scores" not in summary["cells"]["sft/n2-seed0"]
+    assert set(summary.cells["laffi/n2-seed0-human0"]["na_scores"]) == {"verdict", "first_token"}
+    assert "na_scores" not in summary.cells["base"] and "na_scores" not in summary.cells["sft/n2-seed0"]
     assert not stages.first_token_na_prob_path(out / "base" / "train_answers.json").exists()
     assert "## No-answer scores compared" in (out / "results.md").read_text()

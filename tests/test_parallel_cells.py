@@ -9,8 +9,8 @@ import pytest
 
 from laffi.config import ExperimentConfig, load_run_config
 from laffi.data import write_squad
+from laffi.experiment import run_and_report
 from laffi.pipeline.cache import cached, marker
-from laffi.report.experiment import run_and_report
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,11 @@ def test_workers_and_shards_make_what_one_process_makes(cfg, tmp_path, one_threa
     two = run_and_report(replace(cfg, out_dir=str(tmp_path / "workers"), workers=2), log=lambda m: None,
                          progress=False)  # fmt: skip
     assert _cells(tmp_path / "workers") == _cells(Path(cfg.out_dir)) and len(_cells(tmp_path / "workers")) == 5
-    assert set(two["cells"]) == set(one["cells"])
+    assert set(two.cells) == set(one.cells)
     sharded = replace(cfg, out_dir=str(tmp_path / "shards"))
     assert run_and_report(sharded, log=lambda m: None, progress=False, shard=(0, 2)) is None  # others not done
     last = run_and_report(sharded, log=lambda m: None, progress=False, shard=(1, 2))
-    assert last is not None and set(last["cells"]) == set(one["cells"])
+    assert last is not None and set(last.cells) == set(one.cells)
     assert _cells(tmp_path / "shards") == _cells(Path(cfg.out_dir))
     assert (tmp_path / "shards" / "results.md").exists()
 
@@ -94,7 +94,8 @@ def test_a_stage_is_made_by_one_process_while_the_others_wait(tmp_path):
 
 
 def test_workers_take_the_longest_cells_first():
-    from laffi.pipeline.experiment import Cell, plan, worker_order
+    from laffi.grid import Cell, plan
+    from laffi.pipeline.experiment import worker_order
 
     cells = plan(ExperimentConfig(methods=["base", "sft", "laffi", "laffi+revise"], seeds=[0], train_sizes=[10, 30],
                                   human_fractions=[]))[0]  # fmt: skip

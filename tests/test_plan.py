@@ -16,7 +16,7 @@ POOL = ROOT.parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
 
 
 def test_planned_steps_and_tokens_are_those_the_run_trains(tiny_model_dir, grid_data, tmp_path):
-    from laffi.report.experiment import run_and_report
+    from laffi.experiment import run_and_report
 
     data = grid_data(3)
     cfg = load_run_config(None, [

@@ -12,24 +12,24 @@ from laffi.config import DataConfig, ExperimentConfig, load_run_config
 from laffi.data import bundled_data_path, load_squad
 from laffi.errors import LaffiError
 from laffi.pipeline.cache import marker, stage_key
-from laffi.pipeline.experiment import data_hash, split_stage, train_and_eval
+from laffi.pipeline.shared import data_hash, split_stage, train_and_eval
 from laffi.records import read_json
+from laffi.rundir import RunDir
 
 
 def _split(tmp_path, name, **data):
     cfg = ExperimentConfig(out_dir=str(tmp_path / name), train_sizes=[12, 20], data=DataConfig(**data))
-    train_file, eval_file = split_stage(cfg, tmp_path / name, log=lambda m: None)
+    train_file, eval_file = split_stage(cfg, RunDir(tmp_path / name), log=lambda m: None)
     return cfg, load_squad(train_file), read_json(marker(eval_file))["key"]
 
 
-def test_sample_by_question_is_the_default_sample_under_the_old_key(tmp_path):
+def test_sample_by_question_is_the_default_seeded_sample(tmp_path):
     cfg, sample, key = _split(tmp_path, "q")
     assert cfg.data.sample_by == "question"
     train_all, _ = train_and_eval(cfg, load_squad(bundled_data_path()))
-    assert [q.id for q in sample] == [q.id for q in random.Random(0).sample(train_all, 20)]  # as before the setting
-    settings = {**asdict(cfg.data), "train_questions": 20}  # the split's key as it was made before the setting
-    del settings["eval_path"], settings["sample_by"]
-    assert key == stage_key(data=data_hash("bundled"), settings=settings)
+    assert [q.id for q in sample] == [q.id for q in random.Random(0).sample(train_all, 20)]
+    settings = {**asdict(cfg.data), "train_questions": 20}  # every data setting, the largest size sampled
+    assert key == stage_key(data=data_hash("bundled"), settings=settings, eval_data=None)
 
 
 def test_sample_by_passage_takes_whole_passages(tmp_path):

@@ -26,6 +26,7 @@ Prepare = Callable[..., tuple[Any, Any, Any]]
 class Method:
     name: str
     summary: str  # one line: what the model learns from (CLI help, docs)
+    title: str = ""  # how sentences name it ("LaFFi", "SFT"); '' = its name
     build: Build | None = None  # None: the method trains nothing (base, answer-time methods)
     reads_feedback: bool = False  # needs the run's feedback records on the base model's training answers
     # What `train.answers_from` is to the method: 'judge' (critique: its `prepare` has those answers judged),
@@ -43,6 +44,10 @@ class Method:
     # The report's row for the data `prepare` made (laffi_train.json[name]): (data, detail) markdown cell texts.
     made_data: Callable[[dict[str, Any]], tuple[str, str]] | None = None
     order: int = 100  # position in listings
+
+    @property
+    def display(self) -> str:
+        return self.title or self.name
 
     @property
     def trains(self) -> bool:

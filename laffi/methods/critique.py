@@ -84,7 +84,8 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
 
 def made_data(d: dict[str, Any]) -> tuple[str, str]:
     """The report's row: whose answers critique was trained to judge, and how many the feedback calls correct."""
-    return f"{d['answered']} answers of {d['answers_from']}", f"{d['judged_correct']} judged correct by {d['annotator']}"
+    data = f"{d['answered']} answers of {d['answers_from']}"
+    return data, f"{d['judged_correct']} judged correct by {d['annotator']}"
 
 
 METHOD = Method("critique", "the laffi objective on feedback about another model's answers (train.answers_from)",

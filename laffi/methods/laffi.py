@@ -18,6 +18,7 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
     return feedback_examples("laffi", require_feedback("laffi", feedback), tokenizer)
 
 
-METHOD = Method("laffi", "QA prompt + the model's own answer -> the feedback on it", build=build, reads_feedback=True,
+METHOD = Method("laffi", title="LaFFi", summary="QA prompt + the model's own answer -> the feedback on it", build=build,
+                reads_feedback=True,
                 answers_from="feedback",
                 predicts_feedback=True, order=20)

@@ -28,4 +28,5 @@ def build(questions: list[Question], feedback: list[FeedbackRecord] | None, toke
     return sft_examples(questions, tokenizer, shots)
 
 
-METHOD = Method("sft", "QA prompt -> gold answer (plain supervised fine-tuning)", build=build, order=10)
+METHOD = Method("sft", title="SFT", summary="QA prompt -> gold answer (plain supervised fine-tuning)", build=build,
+                order=10)

@@ -30,7 +30,7 @@ from typing import Any
 
 from laffi.records import read_json, write_json
 
-FORMAT = 2
+FORMAT = 3
 Log = Callable[[str], None]
 
 

@@ -104,14 +104,10 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
     """The plan of `cfg`'s grid on `hardware` ('here' or a key of HARDWARE). `model_config`: plan for a model of
     this (transformers) config instead of `model.name`'s, with `model.name`'s tokenizer (no probe then)."""
     from laffi.data import load_squad, resolve_data_path, sample_questions, sample_training
+    from laffi.grid import plan
     from laffi.models import load_tokenizer, resolve_model
-    from laffi.pipeline.experiment import (
-        calibration_questions,
-        plan,
-        train_and_eval,
-        with_dtypes_resolved,
-        with_sizes_resolved,
-    )
+    from laffi.pipeline.experiment import with_dtypes_resolved, with_sizes_resolved
+    from laffi.pipeline.shared import calibration_questions, train_and_eval
 
     if hardware != "here" and hardware not in HARDWARE:
         raise LaffiError(f"--plan-for: expected here or one of {', '.join(HARDWARE)}, got '{hardware[:80]}'")
@@ -212,7 +208,11 @@ def _rows(method: str, questions: list, tokenizer: Any, cfg: ExperimentConfig,
     m = methods.get(method)
     exact = not m.reads_feedback and m.prepare is None and m.answers_from != "judge"
     feedback = None if exact else [reference(q, "") for q in questions]
-    build = method if m.prepare is None and m.answers_from != "judge" else "laffi"
+    # A method that makes its data first (refine, critique) is planned with the examples of the first method that
+    # predicts feedback from the run's records (laffi): examples of the same shape, needing nothing generated.
+    stand_in = next(n for n in methods.names(trained=True)
+                    if methods.get(n).predicts_feedback and methods.get(n).reads_feedback)  # fmt: skip
+    build = method if m.prepare is None and m.answers_from != "judge" else stand_in
     examples = methods.build_examples(build, questions, feedback, tokenizer, cfg.answer.shots, tcfg.seed)
     rows = [tokenize_example(e, tokenizer, tcfg.max_length) for e in examples]
     return rows, group_keys(examples) if tcfg.shared_prefix else None, exact
@@ -333,7 +333,7 @@ def _probe(cfg: ExperimentConfig, first: tuple[CellPlan, list, TrainConfig], eva
     """Two training steps of the first trained cell and a few answers, with the real model, in a temporary directory:
     seconds per computed token position and per question on this machine."""
     from laffi.engines.generation import DecodeSettings, answer_questions
-    from laffi.methods import build_examples
+    from laffi.methods import build_examples, get, names
     from laffi.models import load_model
     from laffi.training.loop import train as run_training
 
@@ -342,8 +342,11 @@ def _probe(cfg: ExperimentConfig, first: tuple[CellPlan, list, TrainConfig], eva
     try:
         log(f"plan: probing 2 training steps of {cp.cell} and 8 answers on {cfg.model.device}")
         questions = eval_qs[: max(1, tcfg.batch_size)]
-        examples = build_examples("sft", questions, None, tokenizer, cfg.answer.shots, tcfg.seed)
-        probe_cfg = replace(tcfg, method="sft", max_steps=2, save_steps=10_000, report_to="")
+        # The plain QA method (sft): examples of the same shape as every method's, needing no feedback.
+        plain = next(n for n in names(trained=True)
+                     if not (get(n).reads_feedback or get(n).prepare or get(n).answers_from))  # fmt: skip
+        examples = build_examples(plain, questions, None, tokenizer, cfg.answer.shots, tcfg.seed)
+        probe_cfg = replace(tcfg, method=plain, max_steps=2, save_steps=10_000, report_to="")
         start = time.perf_counter()
         info = run_training(cfg.model.name, cfg.model.dtype, examples, probe_cfg, work / "adapter", progress=False,
                             tokenizer=tokenizer, device=cfg.model.device)  # fmt: skip

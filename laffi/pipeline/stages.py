@@ -24,10 +24,14 @@ from laffi.records import (  # noqa: F401
     write_json,
     write_jsonl,
 )
-
-
-def partial_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.partial.jsonl")
+from laffi.rundir import (  # noqa: F401  (the sidecar names, for the callers of these stages)
+    first_token_na_prob_path,
+    generations_path,
+    na_prob_path,
+    partial_path,
+    revisions_path,
+    timing_path,
+)
 
 
 def answer(
@@ -143,14 +147,6 @@ def claim_partial_answers(questions: list[Question], out: Path, model: ModelConf
           vouched=marker(out).exists())  # fmt: skip
 
 
-def na_prob_path(out: Path) -> Path:
-    """`{id: probability of no answer}` beside the predictions (the official `--na-prob-file` format)."""
-    return out.with_suffix(".na_prob.json")
-
-
-def first_token_na_prob_path(out: Path) -> Path:
-    """With answer.na_score 'verdict': the first-token no-answer scores of the same answers, for comparison."""
-    return out.with_suffix(".first_token.na_prob.json")
 
 
 def write_na_probs(out: Path, gens: list[Generation]) -> None:
@@ -247,13 +243,6 @@ def _answer_seconds(generations: Path) -> float | None:
     return read_json(timing).get("answer_seconds") if timing.exists() else None
 
 
-def revisions_path(out: Path) -> Path:
-    return out.with_suffix(".revisions.jsonl")
-
-
-def timing_path(out: Path) -> Path:
-    """Seconds spent answering (and revising); "resumed" marks a run whose first part ran in an earlier process."""
-    return out.with_suffix(".timing.json")
 
 
 def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig,

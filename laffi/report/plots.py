@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: these machines have no screen
 import matplotlib.pyplot as plt  # noqa: E402
+
+from laffi.grid import Cell  # noqa: E402
+from laffi.report.summary import Summary  # noqa: E402
+from laffi.rundir import RunDir  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -92,3 +97,34 @@ def losses(logs: dict[str, list[dict]], path: Path) -> None:
     ax.set_ylabel("training loss (loss tokens only)")
     ax.legend(fontsize=6, ncol=2)
     _save(fig, path)
+
+
+def write_plots(run: RunDir, s: Summary, cells: list[Cell]) -> list[str]:
+    """The report's plots under plots/: F1 by method, by training size, by human share, and the training losses."""
+    directory = run.plots
+    directory.mkdir(exist_ok=True)
+    made = []
+    if s.groups:
+        largest = max([g["size"] for g in s.groups])
+        rows = [g for g in s.groups if g["size"] in (0, largest)]
+        methods(rows, s.abstain["f1"], directory / "methods.png", f"F1 by method, n={largest}")
+        made.append("methods")
+    if len({g["size"] for g in s.groups if g["size"]}) > 1:
+        sizes(s.groups, s.abstain, directory / "sizes.png")
+        made.append("sizes")
+    if len(s.ablation) > 1:
+        ablation(s.ablation, s.abstain["f1"], directory / "ablation.png")
+        made.append("ablation")
+    logs = {c.path: _train_log(run, c) for c in cells if c.size and c.trained() == c}
+    logs = {k: v for k, v in logs.items() if v}
+    if logs:
+        losses(logs, directory / "loss.png")
+        made.append("loss")
+    return made
+
+
+def _train_log(run: RunDir, cell: Cell) -> list[dict]:
+    path = run.train_log(cell)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -322,8 +322,8 @@ def test_laffi_run_on_vllm_releases_before_training_and_calibrates(stub_vllm, tm
     answer set gets its no-answer scores, so the report has calibrated rows and AUCs."""
     from laffi.config import load_run_config
     from laffi.data import write_squad
-    from laffi.pipeline.experiment import run_preset
-    from laffi.report.experiment import run_and_report
+    from laffi.experiment import run_and_report
+    from laffi.grid import run_preset
 
     picked: dict = {}
     for q in excerpt_questions:  # two answerable and two unanswerable questions from each article
@@ -360,6 +360,6 @@ def test_laffi_run_on_vllm_releases_before_training_and_calibrates(stub_vllm, tm
     for cell in ("base", "sft/n4-seed0", "laffi/n4-seed0-human0"):
         for name in ("eval_answers", "calibration_answers"):
             assert (run / "cells" / cell / f"{name}.na_prob.json").exists(), (cell, name)
-        assert "na_score_auc" in summary["cells"][cell]
-        assert "calibrated" in summary["cells"][cell]
+        assert "na_score_auc" in summary.cells[cell]
+        assert "calibrated" in summary.cells[cell]
     assert "(calibrated)" in (run / "results.md").read_text()

@@ -12,9 +12,11 @@ from laffi.data import load_squad, write_squad
 from laffi.feedback import llm
 from laffi.feedback.reference import annotate as reference_annotate
 from laffi.feedback.simulated import simulated_human_feedback
-from laffi.pipeline import experiment
+from laffi.grid import Cell
+from laffi.pipeline import cells, experiment
 from laffi.records import read_feedback, write_json, write_jsonl
-from laffi.report import experiment as grid_report
+from laffi.report import summary as grid_report
+from laffi.rundir import RunDir
 
 
 def six_questions(excerpt_questions):
@@ -80,10 +82,10 @@ def test_filter_contradictions_in_cell_feedback(excerpt_questions, tmp_path):
     on = replace(base, annotate=replace(base.annotate, filter_contradictions=True))
     bad = {qs[0].id, qs[answerable].id}
     for fraction in (0.0, 0.5):
-        cell = experiment.Cell("laffi", 6, 0, fraction)
-        kept = read_feedback(experiment.cell_feedback(on, tmp_path, cell, qs, files, print, False))
+        cell = Cell("laffi", 6, 0, fraction)
+        kept = read_feedback(cells.cell_feedback(on, RunDir(tmp_path), cell, qs, files, print, False))
         split = json.loads((tmp_path / "feedback" / f"laffi-{cell.name}.split.json").read_text())
-        unfiltered = read_feedback(experiment.cell_feedback(base, tmp_path, cell, qs, files, print, False))
+        unfiltered = read_feedback(cells.cell_feedback(base, RunDir(tmp_path), cell, qs, files, print, False))
         assert len(unfiltered) == 6 and "filtered_contradictions" not in json.loads(
             (tmp_path / "feedback" / f"laffi-{cell.name}.split.json").read_text())
         ai_kept = [r for r in kept if r.annotator == "reference"]
@@ -93,9 +95,9 @@ def test_filter_contradictions_in_cell_feedback(excerpt_questions, tmp_path):
             split["human_ids"]) >= bad
         assert {r.id for r in kept} == {q.id for q in qs} - (bad - set(split["human_ids"]))
         # The report's view of the AI share: every AI record on a question without human feedback, filtered or not.
-        read_feedback(experiment.cell_feedback(on, tmp_path, cell, qs, files, print, False))
+        read_feedback(cells.cell_feedback(on, RunDir(tmp_path), cell, qs, files, print, False))
         split_file = tmp_path / "feedback" / f"laffi-{cell.name}.split.json"
-        quality = grid_report.ai_feedback_quality(tmp_path, split_file, json.loads(split_file.read_text()))
+        quality = grid_report.ai_feedback_quality(RunDir(tmp_path), cell, json.loads(split_file.read_text()))
         others = [r for r in ai if r.id not in set(split["human_ids"])]
         assert quality["items"] == len(others) and quality["annotators"] == ["reference"]
         assert quality["agreement"] == pytest.approx(sum(r.id != qs[0].id for r in others) / len(others))

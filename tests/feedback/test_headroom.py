@@ -147,8 +147,8 @@ def test_the_command_prints_the_table_and_refuses_bad_input_in_one_line(tmp_path
 
 def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_model_dir, grid_data):
     from laffi.config import ExperimentConfig, load_run_config
+    from laffi.experiment import run_and_report
     from laffi.pipeline.cache import marker
-    from laffi.report.experiment import run_and_report
 
     data = grid_data(2)
     base = [f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}", "methods=[base, laffi]",
@@ -164,8 +164,8 @@ def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_mo
     for source in ("ai", "human"):
         h = json.loads((out / "headroom" / source / "H.json").read_text())
         assert h["questions"] == 4 and h["skipped"] == []
-        assert summary["headroom"][source]["f1"] == {c: v["scores"]["f1"] for c, v in h["conditions"].items()}
-    assert summary["headroom"]["human"]["annotators"] == ["simulated-human:paraphrase-v1"]
+        assert summary.headroom[source]["f1"] == {c: v["scores"]["f1"] for c, v in h["conditions"].items()}
+    assert summary.headroom["human"]["annotators"] == ["simulated-human:paraphrase-v1"]
     assert "## Feedback headroom" in (out / "results.md").read_text()
     assert "## Feedback headroom" not in (tmp_path / "off" / "results.md").read_text()
     # The probe is a stage of its own: no other stage's key changes when it is on.
