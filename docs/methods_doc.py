@@ -27,6 +27,7 @@ def example_inputs():
         "own_right": reference.annotate(q, "Rollo"),  # the model's own answer, judged correct
         "other": reference.annotate(q, "Normandy"),  # another model's answer (critique)
         "revised": {"ex1": "Rollo"},  # a revision that the feedback accepts (refine)
+        "sampled": "911",  # a completion the student samples during training (sdft)
     }
 
 
@@ -55,7 +56,23 @@ def sequences(tokenizer) -> dict[str, str]:
 
     for condition in headroom.GENERATED:
         out[f"headroom-{condition}"] = headroom.condition_prompt(condition, q, x["own_wrong"], tokenizer)
+    out.update(sdft_sequences(tokenizer, x))
     return out
+
+
+def sdft_sequences(tokenizer, x) -> dict[str, str]:
+    """sdft: the student's and the teacher's token rows for one sampled completion, the tokens whose next-token
+    distributions are compared between ⟦ and ⟧ (laffi.methods.sdft, default settings)."""
+    from laffi.config import TrainConfig
+    from laffi.methods import build_examples, sdft
+
+    (example,) = build_examples("sdft", [x["question"]], [x["own_wrong"]], tokenizer, 0, 0)
+    student, teacher = sdft.prompt_ids([example.prompt, example.teacher_prompt], tokenizer, TrainConfig())
+    completion = tokenizer(x["sampled"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {
+        "sdft-student": show_row(student + completion, [0] * len(student) + [1] * len(completion), tokenizer),
+        "sdft-teacher": show_row(teacher + completion, [0] * len(teacher) + [1] * len(completion), tokenizer),
+    }
 
 
 def show(example, tokenizer) -> str:
@@ -63,8 +80,13 @@ def show(example, tokenizer) -> str:
     from laffi.training.examples import tokenize_example
 
     row = tokenize_example(example, tokenizer, max_length=100_000)
+    return show_row(row["input_ids"], row["completion_mask"], tokenizer)
+
+
+def show_row(ids, mask, tokenizer) -> str:
+    """Token ids as text: runs of the tokens marked 1 in `mask` between ⟦ and ⟧."""
     text, run, flag = [], [], 0
-    for tok, m in zip(row["input_ids"] + [None], row["completion_mask"] + [-1], strict=True):
+    for tok, m in zip(ids + [None], mask + [-1], strict=True):
         if m != flag and run:
             piece = tokenizer.decode(run)
             text.append(f"⟦{piece}⟧" if flag == 1 else piece)

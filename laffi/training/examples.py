@@ -22,6 +22,9 @@ class Example:
     # Examples of one kind with the same group share the start of their prompt (the passage): shared-prefix training
     # (laffi/training/packing.py) orders them together and computes that start once. "": a group of its own.
     group: str = ""
+    # On-policy self-distillation (sdft): the teacher's prompt; the student samples the completion from `prompt` while
+    # training (laffi.methods.sdft.SelfDistillation), so `completion` is unused. None: train on `completion`.
+    teacher_prompt: str | None = None
 
 
 def completion_tokens(ex: Example, tokenizer: Any) -> tuple[list[int], list[int]]:

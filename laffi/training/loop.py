@@ -111,8 +111,11 @@ def train(
     is_main = parallel is None or parallel.is_main
     autocast = _lora_in_base_dtype(model)
     model.train()
-    rows = [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
-    keys = group_keys(examples) if cfg.shared_prefix else None
+    # Examples with a teacher prompt (sdft) train by on-policy self-distillation: the student samples each completion
+    # during the step and the loss is its divergence from the teacher (laffi/methods/sdft.py), not cross-entropy.
+    distill = _self_distillation(model, tokenizer, examples, cfg, parallel)
+    rows = distill.rows if distill is not None else [tokenize_example(ex, tokenizer, cfg.max_length) for ex in examples]
+    keys = group_keys(examples) if cfg.shared_prefix and distill is None else None
     schedule = step_schedule(rows, cfg, keys)
     # Shared-prefix training in this process: each step's examples as micro-batches of packed rows (packing.py); an
     # example that shares nothing in its step is batched as `schedule` batches it (micro_batch_size examples).
@@ -125,14 +128,26 @@ def train(
     warmup = int(cfg.warmup_ratio * len(schedule))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _linear(s, warmup, len(schedule)))
     work = out.with_name(out.name + ".partial")
-    log, start = _resume(work, model, optimizer, scheduler, parallel)
+    log, start = _resume(work, model, optimizer, scheduler, parallel, distill)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = _progress_bar(len(schedule), start, progress and is_main)
     board = _tensorboard(cfg, work) if is_main else None
     for step in range(start, len(schedule)):
         micro_batches = schedule[step]
         n_loss = sum(sum(rows[i]["completion_mask"]) for mb in micro_batches for i in mb)
-        if parallel is not None:
+        loss_tokens = n_loss
+        if distill is not None:  # the loss is a mean over the step's examples (each a mean over its tokens)
+            n_loss, total, loss_tokens, positions = sum(len(mb) for mb in micro_batches), 0.0, 0, 0
+            for mb in micro_batches:
+                with autocast:
+                    loss_sum, tokens, computed = distill.loss_sum(mb)
+                (loss_sum / n_loss).backward()
+                total, loss_tokens, positions = total + loss_sum.item(), loss_tokens + tokens, positions + computed
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            distill.after_step(step + 1)
+        elif parallel is not None:
             total = parallel.step(micro_batches, rows, n_loss, pad_id, autocast)
             grad_norm = parallel.clip_and_step(1.0)
         else:
@@ -154,7 +169,9 @@ def train(
         if cfg.trim_memory:
             _trim_heap()
         log.append({"step": step + 1, "loss": total / n_loss, "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm, "loss_tokens": n_loss})  # fmt: skip
+                    "grad_norm": grad_norm, "loss_tokens": loss_tokens})  # fmt: skip
+        if distill is not None:
+            log[-1]["positions"] = positions
         if board is not None:
             for name in ("loss", "lr", "grad_norm"):
                 board.add_scalar(f"train/{name}", log[-1][name], step + 1)
@@ -162,12 +179,17 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{total / n_loss:.3f}")
         if (step + 1) % cfg.save_steps == 0 and step + 1 < len(schedule):
-            _checkpoint(work, model, optimizer, scheduler, log, parallel)
+            extra = distill.state() if distill is not None else None
+            _checkpoint(work, model, optimizer, scheduler, log, parallel, extra)
     bar.close()
     if board is not None:
         board.close()
     info = _summary(cfg, examples, rows, log, answer_prefix)
     info["tokens_computed"] = _tokens_computed(rows, schedule, plans)
+    if distill is not None:  # prompts and sampled completions, student and teacher (generation not counted)
+        info["tokens_computed"] = sum(e["positions"] for e in log)
+        info["loss_tokens"] = sum(e["loss_tokens"] for e in log)
+        info["sdft"] = distill.summary()
     if parallel is not None:  # provenance: which engine trained it, on how many processes
         info["distributed"] = {"type": parallel.kind, "processes": parallel.world}
     # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
@@ -230,6 +252,18 @@ def _tokens_computed(rows: list[dict[str, list[int]]], schedule: list[list[list[
     if plans is None:
         return sum(len(rows[i]["input_ids"]) for step in schedule for mb in step for i in mb)
     return sum(packed_width(rows, members) for plan in plans for mb in plan for members in mb)
+
+
+def _self_distillation(model: Any, tokenizer: Any, examples: list[Example], cfg: TrainConfig, parallel: Any) -> Any:
+    """laffi.methods.sdft.SelfDistillation when the examples carry teacher prompts, else None."""
+    if all(ex.teacher_prompt is None for ex in examples):
+        return None
+    if parallel is not None:
+        raise LaffiError(f"train.method: '{cfg.method}' samples from the model while training: one process only "
+                         "(not under accelerate launch / torchrun)")  # fmt: skip
+    from laffi.methods.sdft import SelfDistillation
+
+    return SelfDistillation(model, tokenizer, examples, cfg)
 
 
 def _data_parallel(model: Any, optimizer: Any, cfg: TrainConfig) -> Any:
@@ -364,9 +398,11 @@ def _progress_bar(total: int, start: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled)
 
 
-def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: list[dict], parallel: Any) -> None:
+def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: list[dict], parallel: Any,
+                extra: Any = None) -> None:
     """Resumable state in `work`: one file from the main process when every process holds the whole state (one
-    process, DDP); accelerate's sharded save from every process under FSDP / DeepSpeed, plus the log."""
+    process, DDP); accelerate's sharded save from every process under FSDP / DeepSpeed, plus the log. `extra`: the
+    sdft step's own state (its EMA teacher), in the one file."""
     import torch
     from peft import get_peft_model_state_dict
 
@@ -386,6 +422,8 @@ def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: lis
             # Dropout masks on a GPU come from its own generators: a resume restores them too, or it is not exact.
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        if extra is not None:
+            state["distill"] = extra
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / "state.pt.tmp"
         torch.save(state, tmp)
@@ -394,7 +432,8 @@ def _checkpoint(work: Path, model: Any, optimizer: Any, scheduler: Any, log: lis
         parallel.wait()
 
 
-def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: Any = None) -> tuple[list[dict], int]:
+def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: Any = None,
+            distill: Any = None) -> tuple[list[dict], int]:  # fmt: skip
     import torch
     from peft import set_peft_model_state_dict
 
@@ -423,6 +462,8 @@ def _resume(work: Path, model: Any, optimizer: Any, scheduler: Any, parallel: An
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if distill is not None:
+            distill.load_state(state.get("distill"))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             # One state per device; a machine with fewer devices than the one that saved restores those it has.
