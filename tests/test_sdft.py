@@ -159,6 +159,48 @@ def test_loss_equals_trl_sdft_trainer_on_one_batch(tmp_path, tiny_model_dir, tok
         torch.testing.assert_close(g, trl_grads[name], atol=1e-4, rtol=1e-3)  # float rounding of other paddings
 
 
+def test_bf16_autocast_keeps_gradients_and_the_ema_teacher_weights(tmp_path, tiny_model_dir, tokenizer,
+                                                                    excerpt_questions):  # fmt: skip
+    """In the loop's bf16 autocast region (LoRA run in the base model's dtype) sampling, student and teacher share
+    one cast cache: the student still gets gradients, and the EMA teacher (from zero: the base model) reads its own
+    weights, not the student's casts. A bf16 run with gradient checkpointing trains (its recompute casts as its
+    forward pass did)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from laffi.methods.sdft import SelfDistillation
+    from laffi.training.loop import _lora_in_base_dtype, lora_config, train
+
+    cfg = TrainConfig(**{**SMALL, "lora_dropout": 0.0})
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, lora_config(cfg))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    qs = excerpt_questions[:2]
+    examples = build_examples("sdft", qs, _records(qs), tokenizer, shots=0, seed=0)
+    autocast = _lora_in_base_dtype(model)
+    model.train()
+    losses = {}
+    for kind in ("base", "live", "ema"):
+        settings = TrainConfig(**{**SMALL, "lora_dropout": 0.0, "sdft_teacher_model_kind": kind})
+        distill = SelfDistillation(model, tokenizer, examples, settings)
+        with autocast:
+            completions = distill.sample(distill.student)
+            loss, _, _ = distill.batch_loss(distill.student, distill.teacher, [[11, 12, 13]] * 2)
+        model.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in distill.adapter), kind
+        assert all(len(c) >= 1 for c in completions)
+        losses[kind] = loss.item()
+    assert losses["ema"] == losses["base"] != losses["live"]
+    info = train(str(tiny_model_dir), "bfloat16", examples, TrainConfig(**{**SMALL, "max_steps": 1}), tmp_path / "a",
+                 progress=False)  # fmt: skip
+    assert info["steps"] == 1
+
+
 def _train_log(out):
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 

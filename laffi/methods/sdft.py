@@ -246,10 +246,17 @@ class SelfDistillation:
     def completion_logits(self, rows: list[list[int]], starts: list[int], completions: list[list[int]]) -> Any:
         """[completion tokens, vocabulary] logits predicting each completion token (rows right-padded; the LM head
         only on those positions), divided by the sampling temperature."""
+        import torch
+
         from laffi.models import model_device
         from laffi.training.loss import batch_tensors
 
         cfg = self.cfg
+        # Under the loop's bf16 autocast (`loop._lora_in_base_dtype`) casts of the adapter's weights are cached for
+        # the whole region (sampling, student, teacher): the EMA teacher, whose weights are swapped in place, would
+        # read the student's casts, and the student's checkpointed layers would recompute casts their forward pass
+        # took from the cache (backward then fails). Each pass casts afresh.
+        torch.clear_autocast_cache()
         masks = [[0] * (s - 1) + [1] * len(c) + [0] for s, c in zip(starts, completions, strict=True)]
         ids, attention, predict = batch_tensors([{"input_ids": r, "completion_mask": m} for r, m in
                                                  zip(rows, masks, strict=True)], self.pad_id,
