@@ -316,6 +316,6 @@ class SelfDistillation:
                                       "teacher": prompts.REFINE_TEMPLATE_VERSION}}  # fmt: skip
 
 
-METHOD = Method("sdft", "on-policy self-distillation: the model with the feedback in its prompt teaches the model "
-                "without it, on the model's own samples", build=build, reads_feedback=True, prepare=prepare,
-                order=65)  # fmt: skip
+METHOD = Method("sdft", title="SDFT", summary="on-policy self-distillation: the model with the feedback in its prompt "
+                "teaches the model without it, on the model's own samples", build=build, reads_feedback=True,
+                prepare=prepare, order=65)  # fmt: skip
