@@ -135,6 +135,8 @@ def annotate(
     data: Path | None = typer.Option(None, help="SQuAD 2.0 JSON file with the gold answers (required)."),
     predictions: Path | None = typer.Option(None, help="Predictions file {question_id: answer} (required)."),
     out: Path | None = typer.Option(None, help="Feedback records to write (JSONL) (required)."),
+    limit: int | None = typer.Option(None, min=1, help="Annotate only the first N questions of the data file that "
+                                     "have a prediction."),
     cfg: Any = None,
 ) -> None:
     """Write natural-language feedback on each predicted answer."""
@@ -160,6 +162,9 @@ def annotate(
     check_not_input(failures_path(out), f"--out {show(out)} writes", inputs)  # the LLM's unparsed replies
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
+    if limit is not None:
+        questions = [q for q in questions if q.id in preds][:limit]
+        preds = {q.id: preds[q.id] for q in questions}
     records = stages.annotate(questions, preds, out, settings)
     correct = sum(r.verdict == "correct" for r in records)
     extra = ""
@@ -183,19 +188,36 @@ def annotate(
 @annotate_app.command("export")
 def annotate_export(
     db: Path = typer.Option(..., help="Annotation database (SQLite) of `laffi annotate-server`."),
-    out: Path = typer.Option(..., help="Feedback records to write (JSONL), annotator = human:<name>."),
+    out: Path = typer.Option(..., help="Feedback records to write, annotator = human:<name>: FeedbackRecord JSONL "
+                             "(.jsonl), or UTF-8 CSV (.csv) with the columns `annotate import` reads."),
     annotator: str | None = typer.Option(None, help="Only this annotator's work: NAME or human:NAME (an unknown "
                                          "name is an error)."),
+    unsure: bool = typer.Option(False, "--unsure", help="Also the annotations marked unsure."),
+    skipped: bool = typer.Option(False, "--skipped", help="Also the skipped items (empty verdict and feedback: not "
+                                 "loadable as training feedback)."),
 ) -> None:
     """Export human annotations as feedback records (the same type every annotator writes), each with the answer
     it judged."""
-    from laffi.records import write_jsonl
+    import csv
+    import io
 
+    from laffi.records import atomic_write_text, write_jsonl
+
+    if out.suffix not in (".jsonl", ".csv"):
+        raise LaffiError(f"--out: {show(out)}: the name must end in .jsonl (feedback records) or .csv")
     check_output_file(out, "--out", database("--db", db))
     store = _require_db(db)
-    records = store.export(annotator)
+    records = store.export(annotator, include_unsure=unsure, include_skipped=skipped)
     store.close()
-    write_jsonl(out, records)
+    if out.suffix == ".csv":
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["id", "verdict", "feedback", "annotator", "seconds", "predicted_answer"])
+        for r in records:
+            writer.writerow([r.id, r.verdict, r.feedback, r.annotator, r.meta.get("seconds", ""), r.predicted_answer])
+        atomic_write_text(out, text.getvalue())
+    else:
+        write_jsonl(out, records)
     typer.echo(f"wrote {len(records)} human feedback records to {out}", err=True)
 
 
@@ -567,6 +589,9 @@ def score(
                                              "best_exact, best_f1 and their thresholds."),
     na_prob_thresh: float = typer.Option(1.0, "--na-prob-thresh", "-t", help="Count a prediction as an abstention "
                                          "when its no-answer probability is above this."),
+    only_answered: bool = typer.Option(False, "--only-answered", help="Score only the questions that PREDICTIONS "
+                                       "has an entry for (an abstention counts), e.g. after `laffi answer --limit`; "
+                                       "without it, a question of DATA missing from PREDICTIONS is an error."),
 ) -> None:
     """SQuAD 2.0 scores, the same keys and values as the official evaluate-v2.0.py (with the same options)."""
     import math
@@ -575,7 +600,7 @@ def score(
 
     if not math.isfinite(na_prob_thresh):
         raise LaffiError(f"--na-prob-thresh: must be a finite number, got {na_prob_thresh}")
-    _print(json.dumps(stages.score(data, predictions, na_prob_file, na_prob_thresh), indent=2))
+    _print(json.dumps(stages.score(data, predictions, na_prob_file, na_prob_thresh, only_answered), indent=2))
 
 
 @app.command()
@@ -670,8 +695,12 @@ def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, 
     if summary is None:
         _print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes {out / 'results.md'}")
         return
-    _print((out / "results.md").read_text(encoding="utf-8").split("## Plots")[0].rstrip())
-    _print(f"\n{summary.verdict}\nresults: {out / 'results.json'}; report: {out / 'report.html'}")
+    from laffi.report.render import groups_table
+
+    # The methods table and the headline sentence(s); the paired tests, cells and plots are in the report.
+    sentences = [summary.verdict] + ([summary.verdict_calibrated] if summary.verdict_calibrated else [])
+    _print(groups_table(summary.abstain, summary.groups) + "\n\n" + "\n".join(sentences)
+           + f"\n\nresults: {out / 'results.md'} (and results.json); report: {out / 'report.html'}")
 
 
 @app.command()

@@ -116,8 +116,18 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise LaffiError(_cache_error(out.parent, e)) from None
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # transformers advises float32 for a GGUF kept packed; this one is dequantized and saved as bf16, so
+            # its advice concerns nothing the user runs: held back (errors still show).
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.bfloat16)  # fmt: skip
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            finally:
+                hf_logging.set_verbosity(verbosity)
         except Exception as e:  # the GGUF reader's errors on a damaged file are of many kinds
             raise LaffiError(f"{gguf}: cannot read this GGUF file, truncated or damaged ({_short(e)})") from None
         # Dequantized weights are plain tensors now; drop the GGUF marks so Trainer/PEFT treat it as a normal model.

@@ -462,13 +462,18 @@ def launch_training(
     return read_json(out / TRAIN_INFO, "training record")
 
 
-def score(data: Path, predictions: Path, na_prob_file: Path | None = None,
-          na_prob_thresh: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    """The official evaluate-v2.0.py's output for these options (`--na-prob-file`, `--na-prob-thresh`)."""
+def score(data: Path, predictions: Path, na_prob_file: Path | None = None, na_prob_thresh: float = 1.0,
+          only_answered: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The official evaluate-v2.0.py's output for these options (`--na-prob-file`, `--na-prob-thresh`).
+    `only_answered`: score only the questions the predictions file has an entry for (e.g. `laffi answer --limit`)."""
     from laffi.metrics import squad_v2_scores
 
     questions = load_squad(resolve_data_path(str(data)), strict=False)
     preds = read_predictions(predictions)
+    if only_answered:
+        questions = [q for q in questions if q.id in preds]
+        if not questions:
+            raise LaffiError(f"{predictions}: --only-answered: no question of {data} has a prediction here")
     na_probs = read_json(na_prob_file, "no-answer probabilities") if na_prob_file is not None else None
     return squad_v2_scores(questions, preds, source=str(predictions), na_probs=na_probs, na_prob_thresh=na_prob_thresh,
                            na_source=str(na_prob_file))  # fmt: skip

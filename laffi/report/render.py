@@ -149,12 +149,12 @@ def ai_quality_table(cells: dict[str, dict]) -> str:
     rows = [(path, c["ai_feedback"], c["feedback_split"]) for path, c in cells.items() if c.get("ai_feedback")]
     if not rows:
         return ""
-    lines = ["| cell | AI annotator | AI records | agreement | Cohen's κ | contradicts gold | states a right answer | "
-             "dropped by the filter |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| cell | AI annotator | AI records | agreement | Cohen's κ | contradicts gold | states a right answer: "
+             "all / incorrect verdicts | dropped by the filter |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for path, q, split in rows:
         lines.append(f"| {path} | {', '.join(q['annotators'])} | {q['items']} | {q['agreement']:.3f} | "
-                     f"{q['cohen_kappa']:.3f} | {q['contradicts_gold']:.3f} | {q['states_answer']:.3f} | "
-                     f"{split.get('filtered', '-')} |")  # fmt: skip
+                     f"{q['cohen_kappa']:.3f} | {q['contradicts_gold']:.3f} | {q['states_answer']:.3f} / "
+                     f"{q['states_answer_incorrect']:.3f} | {split.get('filtered', '-')} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -171,7 +171,9 @@ def ai_feedback_quality(run: RunDir, cell: Cell, split: dict[str, Any]) -> dict[
     if not records:
         return None
     s = annotator_summary(records)
-    return {k: s[k] for k in ("annotators", "items", "agreement", "cohen_kappa", "contradicts_gold", "states_answer")}
+    keys = ("annotators", "items", "agreement", "cohen_kappa", "contradicts_gold", "states_answer",
+            "states_answer_incorrect", "incorrect_verdicts")  # fmt: skip
+    return {k: s[k] for k in keys}
 
 
 CALIBRATED = " (calibrated)"  # a cell's answers with its no-answer threshold applied: a row of its own in every table

@@ -419,3 +419,23 @@ def test_import_file_that_is_a_directory_or_not_utf8(db, tmp_path):
     one_line_error(laffi("annotate", "import", "--db", db, "--file", latin1, "--annotator", "x"),
                    f"{latin1}: not UTF-8 text (byte {offset})")  # fmt: skip
     assert exported(db) == []
+
+
+def test_export_writes_csv_that_import_reads_back_and_takes_unsure_on_request(db, qs, tmp_path):
+    store = Store(db)
+    store.add_annotator("bob")
+    store.save("alice", qs[0].id, "correct", 'Yes, "France", right.', 1)
+    store.save("bob", qs[1].id, "incorrect", "No.", 2, status="unsure")
+    store.close()
+    csv_out, jsonl = tmp_path / "out.csv", tmp_path / "out.jsonl"
+    assert laffi("annotate", "export", "--db", db, "--out", csv_out).returncode == 0
+    lines = csv_out.read_text().splitlines()
+    assert lines[0] == "id,verdict,feedback,annotator,seconds,predicted_answer" and len(lines) == 2
+    assert lines[1].startswith(f'{qs[0].id},correct,"Yes, ""France"", right.",human:alice,1')
+    assert laffi("annotate", "export", "--db", db, "--out", jsonl, "--unsure").returncode == 0
+    assert [json.loads(line)["id"] for line in jsonl.read_text().splitlines()] == [qs[0].id, qs[1].id]
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)
+    assert laffi("annotate", "import", "--db", copy, "--file", csv_out).returncode == 0
+    one_line_error(laffi("annotate", "export", "--db", db, "--out", tmp_path / "out.txt"), "--out", ".jsonl")
+    assert not (tmp_path / "out.txt").exists()
