@@ -64,10 +64,11 @@ def sdft_sequences(tokenizer, x) -> dict[str, str]:
     """sdft: the student's and the teacher's token rows for one sampled completion, the tokens whose next-token
     distributions are compared between ⟦ and ⟧ (laffi.methods.sdft, default settings)."""
     from laffi.config import TrainConfig
-    from laffi.methods import build_examples, sdft
+    from laffi.methods import build_examples
+    from laffi.training.distill import prompt_ids
 
     (example,) = build_examples("sdft", [x["question"]], [x["own_wrong"]], tokenizer, 0, 0)
-    student, teacher = sdft.prompt_ids([example.prompt, example.teacher_prompt], tokenizer, TrainConfig())
+    student, teacher = prompt_ids([example.prompt, example.teacher_prompt], tokenizer, TrainConfig())
     completion = tokenizer(x["sampled"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return {
         "sdft-student": show_row(student + completion, [0] * len(student) + [1] * len(completion), tokenizer),

@@ -33,10 +33,6 @@ app = typer.Typer(
     help="Fine-tune language models on natural-language feedback (LaFFi) and evaluate them on SQuAD 2.0.",
 )
 
-MODEL_HELP = "Model: 'bundled' (SmolLM2-135M-Instruct), a Hugging Face id, a local directory or a .gguf file."
-DTYPE_HELP = ("Weights dtype: auto (bfloat16 where bf16 matmuls are native on the device, else float32), float32, "
-              "bfloat16 or float16.")
-DEVICE_HELP = "Where the model runs: auto (the first CUDA device when there is one, else the CPU), cpu, cuda or cuda:N."
 PLAN_HELP = ("Make nothing: print each cell's examples, optimizer steps and token positions (counted with the "
              "tokenizer) and its estimated peak memory and wall time (docs/scaling.md).")
 PLAN_FOR_HELP = ("With --plan: 'here' (a short probe on this machine) or h100, h200, a100, l4 (from FLOPs and "
@@ -148,12 +144,15 @@ def annotate(
     for name, value in (("--data", data), ("--predictions", predictions), ("--out", out)):
         if value is None:
             raise LaffiError(f"annotate: {name} is required")
+    from laffi.feedback import annotators
+
     settings = cfg.annotate
-    if settings.annotator == "llm" and not settings.endpoint:
+    runs_model = annotators.get(settings.annotator, "--annotator").runs_model
+    if runs_model and not settings.endpoint:
         from laffi.models import resolve_device
 
         resolve_device(settings.device, "--device")  # before any work: a device this machine lacks is one line
-    annotator, learn_from_examples = settings.annotator, settings.learn_from_examples
+    learn_from_examples = settings.learn_from_examples
     inputs = [("--data", data), ("--predictions", predictions), ("--examples", settings.examples or None),
               ("--model", settings.model)]
     check_output_file(out, "--out", inputs)
@@ -168,7 +167,7 @@ def annotate(
     records = stages.annotate(questions, preds, out, settings)
     correct = sum(r.verdict == "correct" for r in records)
     extra = ""
-    if annotator == "llm":
+    if runs_model:
         from laffi.feedback.llm import failures_path, read_failures, summary
 
         s = summary(records, read_failures(failures_path(out)))
@@ -203,9 +202,9 @@ def annotate_export(
 
     from laffi.records import atomic_write_text, write_jsonl
 
+    check_output_file(out, "--out", database("--db", db))
     if out.suffix not in (".jsonl", ".csv"):
         raise LaffiError(f"--out: {show(out)}: the name must end in .jsonl (feedback records) or .csv")
-    check_output_file(out, "--out", database("--db", db))
     store = _require_db(db)
     records = store.export(annotator, include_unsure=unsure, include_skipped=skipped)
     store.close()
@@ -426,18 +425,12 @@ def annotators_compare(
 
 
 @app.command()
+@config_options({"model": ["name", "dtype", "device"], "answer": ["shots"], "train": ["method"]},
+                flags={"model.name": "model", "train.method": "method"})
 def train(
-    method: str = typer.Option(..., help=f"Training method: {', '.join(methods.names(trained=True))} "
-                               "(laffi/methods/, docs/methods.md)."),
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file of the training questions."),
     out: Path = typer.Option(..., help="Adapter directory to write."),
     feedback: Path | None = typer.Option(None, help="Feedback records (JSONL), needed by laffi methods."),
-    model: str = typer.Option("bundled", help=MODEL_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt in SFT examples (as at answer time)."),
-    config: Path | None = typer.Option(None, help="YAML config whose 'train:' section sets the defaults."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: --set train.epochs=1 (repeatable)."),
     human_feedback: Path | None = typer.Option(None, help="Human feedback (JSONL) to mix with --feedback (the AI "
                                                "feedback): see --human-fraction."),
     human_fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="With --human-feedback: the share of training "
@@ -450,24 +443,25 @@ def train(
     restart: bool = typer.Option(False, "--restart", help="Discard the checkpoint an interrupted run left in "
                                  "OUT.partial/ and train afresh (a resume with other settings is refused)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    cfg: Any = None,
+    config_path: Path | None = None,
 ) -> None:
-    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl).
+    """LoRA-fine-tune with one method; saves a PEFT adapter and the loss per step (train_log.jsonl). --config is
+    read whole: its model:, answer.shots and train: sections.
 
     With --human-feedback, the split of the hybrid mix is written to OUT/feedback_mix.json."""
-    from laffi.config import ModelConfig, load_run_config
+    from dataclasses import replace
+
     from laffi.data import load_squad, resolve_data_path
     from laffi.models import resolve_device
     from laffi.pipeline import stages
     from laffi.training.distributed import launched
 
-    extra = [f"train.answers_from={answers_from}"] if answers_from else []
-    from laffi.grid import check_method
-
-    overrides = [("--method", f"train.method={method}"), *set_, *extra]  # errors name --method
-    run_cfg = load_run_config(config, overrides, check_method=check_method)
+    run_cfg = replace(cfg, train=replace(cfg.train, answers_from=str(answers_from))) if answers_from else cfg
+    methods.get(run_cfg.train.method, "--method")
     if not launched():  # under a launcher accelerate places the model
-        resolve_device(device, "--device")  # before any work: a device this machine lacks is one line
-    model_cfg = ModelConfig(model, dtype, device)
+        resolve_device(run_cfg.model.device, "--device")  # before any work: a device this machine lacks is one line
+    model_cfg, shots, model, config = run_cfg.model, run_cfg.answer.shots, run_cfg.model.name, config_path
     if not methods.get(run_cfg.train.method).trains:
         raise LaffiError(f"--method: '{run_cfg.train.method}' trains nothing (trained methods: "
                          f"{', '.join(methods.names(trained=True))})")  # fmt: skip
@@ -704,23 +698,23 @@ def _experiment(cfg: Any, progress: bool, shard: tuple[int, int] | None = None, 
 
 
 @app.command()
+@config_options({"model": ["name", "dtype", "device"], "answer": ["shots"]}, flags={"model.name": "model"})
 def attention(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file ('bundled' for the shipped excerpt)."),
     adapters: str = typer.Option("base", help="Models to compare, comma-separated: 'base' (no adapter), an adapter "
                                  "directory, or NAME=DIR. E.g. base,runs/pool/sft/adapter,runs/pool/laffi/adapter."),
     out: Path = typer.Option(Path("runs/attention"), help="Folder for attention.json, attention.md and the PNGs."),
     questions: int = typer.Option(30, min=1, help="Questions measured (a seeded sample of the file, same for all)."),
-    model: str = typer.Option("bundled", help=MODEL_HELP),
-    dtype: str = typer.Option("float32", help=DTYPE_HELP),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    shots: int = typer.Option(2, min=0, max=4, help="Shots of the QA prompt (as at answer time)."),
     seed: int = typer.Option(0, help="Seed of the question sample."),
+    cfg: Any = None,
 ) -> None:
     """Attention entropy, distance and where the answer position looks, per layer and head, for each model."""
     from laffi.attention import attention_report, parse_adapters
-    from laffi.models import resolve_device
+    from laffi.models import resolve_device, resolve_dtype
 
-    device = resolve_device(device, "--device")  # before any work: a device this machine lacks is one line
+    model, shots = cfg.model.name, cfg.answer.shots
+    device = resolve_device(cfg.model.device, "--device")
+    dtype = resolve_dtype(cfg.model.dtype, device)  # before any work: a device this machine lacks is one line
     chosen = parse_adapters(adapters)
     check_output_dir(out, "--out", [("--data", data), ("--model", model),
                                     *((f"--adapters {name}=", path) for name, path in chosen.items())])  # fmt: skip

@@ -3,7 +3,8 @@
 `config_options(...)` decorates a typer command: for each chosen field of a config section it adds an option
 (`--batch-size` for `answer.batch_size`, help and bounds from the field, default "not given"), plus `--config FILE`
 (a YAML file with the same sections as `laffi run`'s) and `--set section.key=value`. The command receives one checked
-`RunConfig` as `cfg`: the dataclass defaults, then the file, then `--set`, then the options given on the command line.
+`RunConfig` as `cfg`: the dataclass defaults, then the file, then `--set`, then the options given on the command line
+(and, if it has a `config_path` parameter, the `--config` file's path).
 An error names what set the bad value (`--batch-size: answer.batch_size: must be >= 1`).
 """
 
@@ -33,7 +34,8 @@ def config_options(fields: dict[str, list[str]], flags: dict[str, str] | None = 
 
     def decorate(command: Callable) -> Callable:
         generated: dict[str, tuple[str, str]] = {}  # parameter name -> (flag, "section.field")
-        params = [p for p in inspect.signature(command).parameters.values() if p.name != "cfg"]
+        names = set(inspect.signature(command).parameters)
+        params = [p for p in inspect.signature(command).parameters.values() if p.name not in ("cfg", "config_path")]
         for section, names in fields.items():
             cls = SECTIONS[section]
             by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -61,7 +63,10 @@ def config_options(fields: dict[str, list[str]], flags: dict[str, str] | None = 
                 value = kwargs.pop(param)
                 if value is not None:
                     given.append((flag, f"{key}={json.dumps(value)}"))  # JSON is YAML: strings stay strings
-            cfg = load_run_config(kwargs.pop("config"), [*kwargs.pop("set_"), *given])
+            config = kwargs.pop("config")
+            cfg = load_run_config(config, [*kwargs.pop("set_"), *given])
+            if "config_path" in names:  # a command that checks its inputs against its outputs
+                kwargs["config_path"] = config
             return command(*args, cfg=cfg, **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)  # what typer reads

@@ -23,18 +23,19 @@ ALLOWED = {
     ("pipeline/stages.py", "laffi"): 1,  # `python -m laffi` under a launcher
     ("pipeline/shared.py", "base"): 1,  # train.answers_from 'base-Kshot': the model without an adapter
     ("rundir.py", "base"): 1,  # base/: the model-as-loaded's training answers
+    ("training/distill.py", "base"): 1,  # train.sdft_teacher_model_kind 'base': the model without the adapter
     ("training/loop.py", "coh"): 1,  # prompt template names in laffi_train.json
     ("training/loop.py", "refine"): 1,
 }
 
 
-def method_literals(root: Path, names: set[str]) -> Counter:
-    """(file, literal) -> count of string constants equal to a method name, outside laffi/methods/ and outside the
-    defaults of config fields."""
+def method_literals(root: Path, names: set[str], skip: str = "methods/") -> Counter:
+    """(file, literal) -> count of string constants equal to one of `names` (methods), outside the package `skip`
+    (laffi/methods/) and outside config field declarations (`_f(...)`)."""
     found: Counter = Counter()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("methods/"):
+        if rel.startswith(skip):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         defaults = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.Call)
@@ -57,3 +58,27 @@ def test_a_planted_method_name_is_found(tmp_path):
     (package / "report" / "x.py").write_text('def f(cell):\n    return cell.method == "sft"\n')
     (package / "config.py").write_text('methods = _f(["base", "sft"], "help")\n')  # a default: allowed
     assert method_literals(package, set(methods.names())) == Counter({("report/x.py", "sft"): 1})
+
+
+# Annotators (laffi/feedback/annotators.py) the same way, outside laffi/feedback/.
+ANNOTATORS_ALLOWED = {
+    ("config.py", "llm"): 1,  # AnnotateConfig's own check: learn_from_examples needs the model annotator
+}
+
+
+def test_no_module_outside_feedback_names_an_annotator():
+    from laffi.feedback import annotators
+
+    found = method_literals(ROOT, set(annotators.names()), skip="feedback/")
+    extra = {k: n for k, n in found.items() if n > ANNOTATORS_ALLOWED.get(k, 0)}
+    assert not extra, f"annotator names outside laffi/feedback/ (declare it on the Annotator instead): {extra}"
+
+
+def test_the_config_offers_the_registered_annotators():
+    from dataclasses import fields
+
+    from laffi.config import AnnotateConfig
+    from laffi.feedback import annotators
+
+    choices = next(f for f in fields(AnnotateConfig) if f.name == "annotator").metadata["choices"]
+    assert list(choices) == annotators.names()

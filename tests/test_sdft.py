@@ -47,7 +47,7 @@ def test_in_training_the_teacher_reads_the_feedback_and_the_student_does_not(tmp
                                                                               monkeypatch):  # fmt: skip
     """The token rows each forward pass of a step runs: the student's are its QA prompt + the sampled completion,
     the teacher's the refinement prompt (with the feedback) + the same completion."""
-    from laffi.methods.sdft import SelfDistillation
+    from laffi.training.distill import SelfDistillation
     from laffi.training.loop import train
 
     fb = reference.annotate(QA, "911")
@@ -106,7 +106,7 @@ def test_loss_equals_trl_sdft_trainer_on_one_batch(tmp_path, tiny_model_dir, tok
     from transformers import AutoModelForCausalLM
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from laffi.methods.sdft import SelfDistillation
+    from laffi.training.distill import SelfDistillation
     from laffi.training.loop import lora_config
 
     cfg = TrainConfig(**{**SMALL, "lora_dropout": 0.0, **settings})
@@ -169,7 +169,7 @@ def test_bf16_autocast_keeps_gradients_and_the_ema_teacher_weights(tmp_path, tin
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from laffi.methods.sdft import SelfDistillation
+    from laffi.training.distill import SelfDistillation
     from laffi.training.loop import _lora_in_base_dtype, lora_config, train
 
     cfg = TrainConfig(**{**SMALL, "lora_dropout": 0.0})

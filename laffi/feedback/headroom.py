@@ -150,6 +150,7 @@ def probe(load: Any, tokenizer: Any, questions: list[Question], preds: dict[str,
             "vs_no_feedback": paired_bootstrap(f1[c], f1["no_feedback"]) if c != "no_feedback" else None,
         }  # fmt: skip
     result: dict[str, Any] = {"questions": len(probed), "skipped": skipped, "conditions": conditions,
+                              "abstain": squad_v2_scores(probed, {q.id: "" for q in probed}),
                               "prompts": {c: condition_feedback(c, _EXAMPLE) for c in GENERATED}}  # fmt: skip
     a, b = HEADLINE
     result["headroom"] = {"f1": result["conditions"][a]["scores"]["f1"] - result["conditions"][b]["scores"]["f1"],
@@ -190,6 +191,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Feedback headroom on {result['questions']} questions ({len(result['skipped'])} without a feedback "
              "record skipped).", "", "| condition | F1 | HasAns F1 | NoAns F1 | vs first | vs no_feedback |",
              "|---|---:|---:|---:|---|---|"]  # fmt: skip
+    a = result["abstain"]
+    lines.append(f"| abstain (every question) | {a['f1']:.1f} | {a.get('HasAns_f1', float('nan')):.1f} | "
+                 f"{a.get('NoAns_f1', float('nan')):.1f} | - | - |")
     for c in CONDITIONS:
         s = result["conditions"][c]["scores"]
         lines.append(f"| {c} | {s['f1']:.1f} | {s.get('HasAns_f1', float('nan')):.1f} | "

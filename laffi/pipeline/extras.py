@@ -59,8 +59,8 @@ def attention_stage(cfg: ExperimentConfig, run: RunDir, main: list[Cell], eval_f
         return output
     begin(output, key)
     attention_report(cfg.model.name, eval_file, adapters, cfg.attention_questions, output.parent,
-                     shots=cfg.answer.shots, seed=cfg.data.split_seed, progress=progress, log=log,
-                     device=cfg.model.device)  # fmt: skip
+                     shots=cfg.answer.shots, dtype=cfg.model.dtype, seed=cfg.data.split_seed, progress=progress,
+                     log=log, device=cfg.model.device)  # fmt: skip
     finish(output, key)
     return output
 

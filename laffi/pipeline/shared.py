@@ -231,7 +231,7 @@ def annotation_settings(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def learns(cfg: ExperimentConfig) -> bool:
     """Whether the AI annotator is the learned one (fine-tuned on each cell's human share)."""
-    return cfg.annotate.annotator == "llm" and cfg.annotate.learn_from_examples
+    return cfg.annotate.learn_from_examples  # AnnotateConfig allows it only for an annotator that runs a model
 
 
 def human_stage(cfg: ExperimentConfig, run: RunDir, train_qs: list, answers: Path, log: Log, spec: str = "") -> Path:

@@ -247,24 +247,20 @@ def _answer_seconds(generations: Path) -> float | None:
 
 def annotate(questions: list[Question], preds: dict[str, str], out: Path, cfg: AnnotateConfig,
              progress: bool = True) -> list[FeedbackRecord]:  # fmt: skip
-    """Feedback on every question that has a prediction, written as JSONL records."""
-    from laffi.feedback import reference
+    """Feedback on every question that has a prediction, written as JSONL records, by the annotator
+    `cfg.annotator` (laffi/feedback/annotators.py): one that writes from the gold answers, or a language model."""
+    from laffi.feedback import annotators
 
-    if cfg.annotator == "llm":
+    annotator = annotators.get(cfg.annotator)
+    if annotator.runs_model:
         from laffi.feedback.llm import annotate_llm, default_examples_path
 
         examples = read_feedback(Path(cfg.examples) if cfg.examples else default_examples_path())
         if cfg.learn_from_examples:
             return annotate_learning(questions, preds, examples, out, cfg, progress)
         return annotate_llm(questions, preds, examples, out, cfg, progress)
-    if cfg.annotator == "simulated-human":
-        from laffi.feedback.simulated import simulated_human_feedback
-
-        records = simulated_human_feedback(questions, preds, cfg.seed)
-    elif cfg.annotator == "reference":
-        records = [reference.annotate(q, preds[q.id], cfg.correct_threshold) for q in questions if q.id in preds]
-    else:
-        raise LaffiError(f"annotator: '{cfg.annotator}' is not available (known: reference, llm, simulated-human)")
+    assert annotator.write is not None
+    records = annotator.write(questions, preds, cfg)
     if not records:
         raise LaffiError(f"{out}: no question has a prediction to annotate")
     write_jsonl(out, records)

@@ -10,6 +10,7 @@ from typing import Any
 
 from laffi import methods
 from laffi.config import ExperimentConfig
+from laffi.feedback import annotators
 from laffi.report.summary import ALPHA, Summary
 
 
@@ -120,12 +121,8 @@ def groups_table(abstain: dict, rows: list[dict], by: str = "method") -> str:
 
 def ai_label(cfg: ExperimentConfig) -> str:
     """The AI annotator as the report names it: which kind, and whether contradicting records were dropped."""
-    a = cfg.annotate
-    label = a.annotator
-    if a.annotator == "llm":
-        label += (" fine-tuned on each cell's human share (learn_from_examples)" if a.learn_from_examples
-                  else f" with {a.shots} shots")  # fmt: skip
-    if a.filter_contradictions:
+    label = annotators.get(cfg.annotate.annotator).label(cfg.annotate)
+    if cfg.annotate.filter_contradictions:
         label += "; AI feedback contradicting the gold answers dropped before training"
     return label
 
@@ -234,11 +231,13 @@ def render_html(markdown_text: str, out: Path) -> str:
 
 
 def headroom_table(h: dict[str, Any]) -> str:
-    rows = ["| source | annotators | kappa | questions | first | no_feedback | verdict_only | no_answer_sentence | "
-            "feedback | headroom (feedback - no_feedback) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = ["| source | annotators | kappa | questions | abstain on every question | first | no_feedback | "
+            "verdict_only | no_answer_sentence | feedback | headroom (feedback - no_feedback) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for source, s in h.items():
         f1, d = s["f1"], s["headroom"]
         rows.append(f"| {source} | {', '.join(s['annotators'])} | {s['cohen_kappa']:.3f} | {s['questions']} | "
+                    f"{s['abstain_f1']:.1f} | "
                     + " | ".join(f"{f1[c]:.1f}" for c in ("first", "no_feedback", "verdict_only",
                                                             "no_answer_sentence", "feedback"))
                     + f" | {d['f1']:+.1f} (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, "

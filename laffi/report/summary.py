@@ -396,6 +396,7 @@ def headroom_summary(run: RunDir) -> dict[str, Any] | None:
         quality = annotator_summary(read_feedback(run.feedback(source)))
         found[source] = {"annotators": quality["annotators"], "cohen_kappa": quality["cohen_kappa"],
                          "agreement": quality["agreement"], "questions": h["questions"],
+                         "abstain_f1": h["abstain"]["f1"],
                          "f1": {c: v["scores"]["f1"] for c, v in h["conditions"].items()},
                          "headroom": h["headroom"]}  # fmt: skip
     return found or None

@@ -189,7 +189,7 @@ def train(
     if distill is not None:  # prompts and sampled completions, student and teacher (generation not counted)
         info["tokens_computed"] = sum(e["positions"] for e in log)
         info["loss_tokens"] = sum(e["loss_tokens"] for e in log)
-        info["sdft"] = distill.summary()
+        info[cfg.method] = distill.summary()  # what the distillation ran with (as refine records its data)
     if parallel is not None:  # provenance: which engine trained it, on how many processes
         info["distributed"] = {"type": parallel.kind, "processes": parallel.world}
     # Sharded engines: every process takes part in gathering the adapter; the main process writes it.
@@ -255,13 +255,13 @@ def _tokens_computed(rows: list[dict[str, list[int]]], schedule: list[list[list[
 
 
 def _self_distillation(model: Any, tokenizer: Any, examples: list[Example], cfg: TrainConfig, parallel: Any) -> Any:
-    """laffi.methods.sdft.SelfDistillation when the examples carry teacher prompts, else None."""
+    """laffi.training.distill.SelfDistillation when the examples carry teacher prompts, else None."""
     if all(ex.teacher_prompt is None for ex in examples):
         return None
     if parallel is not None:
         raise LaffiError(f"train.method: '{cfg.method}' samples from the model while training: one process only "
                          "(not under accelerate launch / torchrun)")  # fmt: skip
-    from laffi.methods.sdft import SelfDistillation
+    from laffi.training.distill import SelfDistillation
 
     return SelfDistillation(model, tokenizer, examples, cfg)
 
