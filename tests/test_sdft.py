@@ -333,3 +333,24 @@ def test_laffi_run_trains_an_sdft_cell_on_the_run_feedback(tmp_path, tiny_model_
     assert all(r.predicted_answer == first[r.id] for r in feedback)
     assert json.loads((cell / "eval_answers.json").read_text())
     assert f"sdft/{cell.name}" in json.loads((run / "results.json").read_text())["cells"]
+
+
+def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_path, tiny_model_dir, grid_data):
+    """`laffi experiment` with methods [base, sdft] and the headroom probe: the report sets sdft's gain over base
+    beside the headroom of the AI feedback it trained on (table and plot)."""
+    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.experiment import run_and_report
+
+    cfg = load_run_config(None, [
+        f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32",
+        f"data.path={grid_data(1)}", "methods=[base, sdft]", "seeds=[0]", "train_sizes=[2]", "headroom=true",
+        "example_questions=0", "data.calibration_questions=0", "answer.max_new_tokens=3", "train.max_steps=1",
+        "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2", "train.sdft_max_completion_length=4",
+    ], ExperimentConfig)  # fmt: skip
+    summary = run_and_report(cfg, log=lambda m: None, progress=False)
+    (row,) = summary.gain_vs_headroom
+    assert (row["method"], row["size"], row["source"]) == ("sdft", 2, "ai")
+    assert row["headroom"] == summary.headroom["ai"]["headroom"]["f1"]
+    assert row["gain"] == summary.paired["n=2"]["sdft vs base"]["mean_diff"]
+    assert (tmp_path / "exp" / "plots" / "gain_vs_headroom.png").stat().st_size > 0
+    assert "| sdft | 2 | 1 | ai |" in (tmp_path / "exp" / "results.md").read_text()

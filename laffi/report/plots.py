@@ -99,6 +99,22 @@ def losses(logs: dict[str, list[dict]], path: Path) -> None:
     _save(fig, path)
 
 
+def gain_vs_headroom(rows: list[dict], path: Path) -> None:
+    """Each method's gain over base (F1, 95 % interval) against the headroom of the feedback it trained on."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for r in rows:
+        (gl, gh), (hl, hh) = r["gain_ci95"], r["headroom_ci95"]
+        ax.errorbar(r["headroom"], r["gain"], xerr=[[r["headroom"] - hl], [hh - r["headroom"]]],
+                    yerr=[[r["gain"] - gl], [gh - r["gain"]]], fmt="o", capsize=3)  # fmt: skip
+        ax.annotate(f"{r['method']} n={r['size']} ({r['source']})", (r["headroom"], r["gain"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1, label="no gain over base")
+    ax.set_xlabel("headroom of the feedback: F1 with it in the prompt - without (training answers)")
+    ax.set_ylabel("gain over base: F1 (evaluation questions)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def write_plots(run: RunDir, s: Summary, cells: list[Cell]) -> list[str]:
     """The report's plots under plots/: F1 by method, by training size, by human share, and the training losses."""
     directory = run.plots
@@ -115,6 +131,9 @@ def write_plots(run: RunDir, s: Summary, cells: list[Cell]) -> list[str]:
     if len(s.ablation) > 1:
         ablation(s.ablation, s.abstain["f1"], directory / "ablation.png")
         made.append("ablation")
+    if s.gain_vs_headroom:
+        gain_vs_headroom(s.gain_vs_headroom, directory / "gain_vs_headroom.png")
+        made.append("gain_vs_headroom")
     logs = {c.path: _train_log(run, c) for c in cells if c.size and c.trained() == c}
     logs = {k: v for k, v in logs.items() if v}
     if logs:

@@ -80,6 +80,11 @@ def render_markdown(cfg: ExperimentConfig, s: Summary) -> str:
                   "refinement prompt and its first answer, without feedback and with each source's feedback "
                   "(laffi/feedback/headroom.py; F1 on those questions, official scoring; kappa: the source's "
                   "verdicts against the gold answers'):", "", headroom_table(s.headroom)]  # fmt: skip
+        if s.gain_vs_headroom:
+            lines += ["", "Each method's gain over the model as loaded (paired bootstrap over the evaluation "
+                      "questions) beside the headroom of the feedback it trained on. Self-distillation's predictive "
+                      "law (arXiv 2605.30070) expects the gain to grow with the headroom.", "",
+                      gain_table(s.gain_vs_headroom), "", "(plots/gain_vs_headroom.png draws it.)"]
     lines += ["", "## Cells", "", cells_table(s.cells)]
     if s.examples:
         lines += ["", "## Examples", "", examples_markdown(s.examples)]
@@ -243,6 +248,16 @@ def headroom_table(h: dict[str, Any]) -> str:
                     + f" | {d['f1']:+.1f} (95 % CI {100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}, "
                       f"p = {d['p_value']:.3f}) |")  # fmt: skip
     return "\n".join(rows)
+
+
+def gain_table(rows: list[dict]) -> str:
+    lines = ["| method | n | seeds | feedback | headroom (95 % CI) | gain over base F1 (95 % CI) | p |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        (hl, hh), (gl, gh) = r["headroom_ci95"], r["gain_ci95"]
+        lines.append(f"| {r['method']} | {r['size']} | {r['seeds']} | {r['source']} | {r['headroom']:+.1f} "
+                     f"({hl:+.1f} to {hh:+.1f}) | {r['gain']:+.1f} ({gl:+.1f} to {gh:+.1f}) | {r['p_value']:.3f} |")
+    return "\n".join(lines)
 
 
 def comparisons_table(paired: dict[str, dict[str, float]]) -> str:

@@ -54,6 +54,7 @@ class Summary:
     examples: list[dict[str, Any]] = field(default_factory=list)
     attention: dict[str, Any] | None = None
     headroom: dict[str, Any] | None = None
+    gain_vs_headroom: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +102,35 @@ def summarise(done: Finished) -> Summary:
     s.examples = examples(run, main, eval_qs)
     s.attention = attention_summary(run)
     s.headroom = headroom_summary(run)
+    s.gain_vs_headroom = gain_vs_headroom(s.groups, s.paired, s.headroom)
     return s
+
+
+def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dict[str, Any] | None) -> list[dict]:
+    """Each feedback-trained method's gain over the model as loaded (F1, paired bootstrap) beside the headroom of the
+    feedback it trained on (`headroom: true`): the predictive law of on-policy self-distillation (arXiv 2605.30070)
+    says the gain grows with it. A cell trained on the AI share alone (human fraction 0) reads the 'ai' probe, one on
+    the human share alone (1) the 'human' probe; mixed shares have no probe of their own and are left out."""
+    if not headroom:
+        return []
+    untrained = [g["method"] for g in groups_ if not g["size"] and not g["method"].endswith(CALIBRATED)]
+    rows = []
+    for g in groups_:
+        source = {0.0: "ai", 1.0: "human"}.get(g["human_fraction"]) if g["human_fraction"] is not None else None
+        if not (g["size"] and untrained and source in headroom) or g["method"].endswith(CALIBRATED):
+            continue
+        tests = paired.get(f"n={g['size']}", {})
+        name = f"{g['method']} vs {untrained[0]}"
+        test = tests.get(name)
+        if test is None:
+            continue
+        h = headroom[source]
+        rows.append({"method": g["method"], "size": g["size"], "source": source, "seeds": len(g["seeds"]),
+                     "headroom": h["headroom"]["f1"], "headroom_ci95": [100 * h["headroom"]["ci_low"],
+                                                                        100 * h["headroom"]["ci_high"]],
+                     "gain": test["mean_diff"], "gain_ci95": [test["ci_low"], test["ci_high"]],
+                     "p_value": test["p_value"]})  # fmt: skip
+    return rows
 
 
 def cell_summary(run: RunDir, cell: Cell, eval_qs: list, preds: dict[str, str], f1: list[float]) -> dict[str, Any]:

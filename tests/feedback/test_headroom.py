@@ -176,3 +176,25 @@ def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_mo
     logs.clear()
     run_and_report(on, log=logs.append, progress=False)
     assert not [m for m in logs if m.startswith("headroom:")]
+
+
+def test_gain_over_base_is_set_beside_the_headroom_of_the_feedback_trained_on():
+    from laffi.report.render import gain_table
+    from laffi.report.summary import gain_vs_headroom
+
+    def g(method, size, fraction):
+        return {"method": method, "size": size, "human_fraction": fraction, "seeds": [0, 1]}
+
+    groups = [g("base", 0, None), g("base (calibrated)", 0, None), g("sft", 4, None), g("sdft", 4, 0.0),
+              g("laffi", 4, 1.0), g("laffi+sft", 4, 0.5), g("sdft (calibrated)", 4, 0.0)]
+    test = {"mean_diff": 2.5, "ci_low": -1.0, "ci_high": 6.0, "p_value": 0.2}
+    paired = {"n=4": {f"{m} vs base": test for m in ("sft", "sdft", "laffi", "laffi+sft")}}
+    probe = {"headroom": {"f1": 12.0, "ci_low": 0.08, "ci_high": 0.16, "p_value": 0.001}}
+    rows = gain_vs_headroom(groups, paired, {"ai": probe, "human": {**probe, "headroom": {**probe["headroom"],
+                                                                                          "f1": -3.0}}})
+    # sft reads no feedback, laffi+sft's mixed share has no probe, calibrated rows are left out
+    assert [(r["method"], r["source"], r["headroom"], r["gain"]) for r in rows] == [
+        ("sdft", "ai", 12.0, 2.5), ("laffi", "human", -3.0, 2.5)]
+    assert rows[0]["headroom_ci95"] == [8.0, 16.0] and rows[0]["seeds"] == 2
+    assert "| sdft | 4 | 2 | ai | +12.0 (+8.0 to +16.0) | +2.5 (-1.0 to +6.0) | 0.200 |" in gain_table(rows)
+    assert gain_vs_headroom(groups, paired, None) == []
