@@ -65,7 +65,7 @@ def test_click_exceptions_recognised_from_any_click_copy():
     """The handler matches classes by name in any `*click.exceptions` module: plain click's and typer's own."""
     import click
 
-    from laffi.cli import _click_exit
+    from laffi.cli_process import _click_exit
 
     assert _click_exit(click.exceptions.UsageError("bad")) == 2
     assert _click_exit(click.exceptions.Exit(0)) == 0
@@ -167,7 +167,7 @@ def bundled_small(tmp_path):
 
 def test_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
     """Spinning OpenMP threads of two torch processes steal each other's cores (bench/contention.py)."""
-    from laffi.cli import passive_openmp
+    from laffi.cli_process import passive_openmp
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     passive_openmp()

@@ -101,10 +101,11 @@ def test_sigterm_in_process_runs_the_same_cleanup(tmp_path, monkeypatch, capsys)
     """A SIGTERM becomes an exception where the program is: `finally` blocks and the atomic writer's cleanup run."""
     import os
 
-    from laffi import cli
+    from laffi import cli_process
+    from laffi.cli import main
 
     def slow_score(*args, **kwargs):
-        if signal.getsignal(signal.SIGTERM) is not cli._on_signal:  # without it, the signal would end pytest
+        if signal.getsignal(signal.SIGTERM) is not cli_process._on_signal:  # without it, the signal would end pytest
             raise AssertionError("no SIGTERM handler")
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # interrupted here
@@ -117,7 +118,7 @@ def test_sigterm_in_process_runs_the_same_cleanup(tmp_path, monkeypatch, capsys)
     for p in (data, preds):
         Path(p).write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["score", str(data), str(preds)])
+        main(["score", str(data), str(preds)])
     assert exit_info.value.code == 143
     assert capsys.readouterr().err.splitlines() == [
         "laffi: interrupted by SIGTERM: finished work is kept; re-run the same command to resume"]
