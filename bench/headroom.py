@@ -32,7 +32,7 @@ POOL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_v
 def training_questions(n: int):
     from laffi.config import ExperimentConfig, load_run_config
     from laffi.data import load_squad, sample_training
-    from laffi.pipeline.experiment import train_and_eval
+    from laffi.pipeline.shared import train_and_eval
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_run_config(root / "configs" / "paper.yaml", [f"data.path={POOL}"], ExperimentConfig)
