@@ -30,7 +30,7 @@ from laffi.config import AnnotateConfig
 from laffi.feedback import llm
 from laffi.records import FeedbackRecord, Question
 
-TEMPLATE_VERSION = "llm-learned-v2"
+TEMPLATE_VERSION = llm.LEARNED_TEMPLATE_VERSION
 # Written beside the adapter by the training step: which records it learned from and what it cost.
 INFO = "annotator.json"
 

@@ -48,6 +48,7 @@ from laffi.feedback.report import stated_answer_agrees
 from laffi.records import FeedbackRecord, JsonlAppender, Question, read_json, read_jsonl, write_json, write_jsonl
 
 TEMPLATE_VERSION = "llm-annotator-v2"
+LEARNED_TEMPLATE_VERSION = "llm-learned-v2"  # the learned annotator's records (laffi/feedback/learned.py)
 
 SYSTEM = (
     "You are an annotator. You see a passage, a question, the gold answers and a model's proposed answer. Judge "
@@ -368,11 +369,7 @@ def output_version(cfg: AnnotateConfig) -> str | None:
     come from the prompt cache: only how replies become records is redone)."""
     if cfg.annotator != "llm":
         return None
-    if cfg.learn_from_examples:
-        from laffi.feedback.learned import TEMPLATE_VERSION as LEARNED
-
-        return LEARNED
-    return TEMPLATE_VERSION
+    return LEARNED_TEMPLATE_VERSION if cfg.learn_from_examples else TEMPLATE_VERSION
 
 
 def annotate_llm(questions: list[Question], predictions: dict[str, str], examples: list[FeedbackRecord], out: Path,
