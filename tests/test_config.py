@@ -107,3 +107,18 @@ def test_train_names_the_method_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("laffi: error: --method: "), err
     assert "dpo" in err[0] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["train.method=sft", "train.seed=3", "data.train_questions=30"])
+def test_an_experiment_refuses_the_run_keys_its_grid_sets(key, tmp_path):
+    from laffi.config import ExperimentConfig
+
+    with pytest.raises(LaffiError, match=rf"^--set: {key.split('=')[0]}: not used by `laffi experiment`"):
+        config.load_run_config(None, [key], ExperimentConfig)
+    path = tmp_path / "exp.yaml"
+    section, rest = key.split(".")
+    name, value = rest.split("=")
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(LaffiError, match=rf"exp.yaml: {section}.{name}: not used"):
+        config.load_run_config(path, cls=ExperimentConfig)
+    config.load_run_config(path)  # `laffi run` uses it
