@@ -355,7 +355,8 @@ class RunConfig:
 @dataclass
 class ExperimentConfig(RunConfig):
     """`laffi experiment`: the run config's stages plus the grid (seeds x training sizes) and the human-portion
-    ablation. `data.train_questions` is ignored: the largest of `train_sizes` is sampled."""
+    ablation. `data.train_questions`, `train.method` and `train.seed` are the grid's (`train_sizes`, `methods`,
+    `seeds`): setting them is an error (`UNUSED_BY_EXPERIMENT`)."""
 
     out_dir: str = _f("runs/experiment", "Run directory: every cell's stages are cached here and reused.", path=True)
     methods: list[str] = _f(["base", "sft", "laffi", "laffi+sft"], "Methods of the grid (base is trained on nothing, "
@@ -609,7 +610,17 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str | tuple[str
                 apply_override(data, o)
         where = "--set:"  # anything wrong now came from an override
         cfg = _validated(from_mapping(cls, data, where), where, check_method)
+    if issubclass(cls, ExperimentConfig):
+        for (section, key), instead in UNUSED_BY_EXPERIMENT.items():
+            if key in (data.get(section) or {}):
+                raise LaffiError(f"{where} {section}.{key}: not used by `laffi experiment` (its grid sets it: "
+                                 f"{instead})")  # fmt: skip
     return cfg
+
+
+# Run-config keys that an experiment's grid sets per cell: given to `laffi experiment`, they would do nothing.
+UNUSED_BY_EXPERIMENT = {("train", "method"): "methods", ("train", "seed"): "seeds",
+                        ("data", "train_questions"): "train_sizes"}  # fmt: skip
 
 
 def _validated(cfg: Any, where: str, check_method: MethodCheck | None) -> Any:
