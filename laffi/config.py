@@ -190,10 +190,32 @@ class AnnotateConfig:
                                      "a stated right answer that is not a gold answer; laffi/feedback/report.py) "
                                      "before training: in `laffi run` / `laffi experiment`, those questions get no "
                                      "training example instead of misleading feedback.")
+    # Where the human budget goes (laffi/feedback/routing.py). Part of no annotation cache key: they choose which
+    # questions people annotate; what the annotator writes is keyed by those records.
+    human_selection: str = _f("random", "`laffi experiment`: which training questions of a cell take the human record. "
+                              "'random': a seeded round(human_fraction x n). 'uncertain' (needs the learned "
+                              "annotator: annotator llm, learn_from_examples): the same budget in rounds, a seeded "
+                              "random first round (`first_round`), then each round fine-tunes the learned annotator "
+                              "on the human records so far, scores every question no person has yet and gives the "
+                              "next round to those whose P(incorrect) is closest to the cut (`verdict_threshold`); "
+                              "the AI writes every question no person got. Applies to every cell of the grid, the "
+                              "ablation's included.", choices=("random", "uncertain"))
+    first_round: float = _f(0.5, "human_selection uncertain: the share of the human budget given in the first, seeded "
+                            "random round (at least one record).", min=0.0, max=1.0)
+    selection_rounds: int = _f(2, "human_selection uncertain: rounds after the first, each giving an equal part of "
+                               "the rest of the budget to the questions the learned annotator is least sure of.",
+                               min=1)
 
     def __post_init__(self) -> None:
         # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
         check_device(self.device, "annotate.device")
+        if self.human_selection == "uncertain" and not (self.annotator == "llm" and self.learn_from_examples):
+            raise LaffiError(f"annotate.human_selection: 'uncertain' needs the learned annotator (annotate.annotator: "
+                             f"llm, annotate.learn_from_examples: true; got annotator '{self.annotator}', "
+                             f"learn_from_examples {str(self.learn_from_examples).lower()})")
+        if self.human_selection == "uncertain" and not 0.0 < self.first_round <= 1.0:
+            raise LaffiError(f"annotate.first_round: the first round's share of the human budget, in (0, 1], got "
+                             f"{self.first_round}")
         if self.endpoint:
             check_endpoint(self.endpoint, "annotate.endpoint")
         if self.learn_from_examples and self.annotator != "llm":

@@ -15,6 +15,8 @@ Layout of a run directory:
     feedback/answers_from/            the feedback on them that the cells of the methods that take it train on
     feedback/<cell>.jsonl             the mix one cell trains on (+ .split.json: which questions got human feedback)
     feedback/annotator-<cell name>/   the learned annotator of a cell's human share (adapter/, ai.jsonl)
+    feedback/<cell>.selection.json    annotate.human_selection uncertain: each round's ids, cut and P(incorrect)
+    feedback/annotator-<cell name>/rounds/round-<k>/   its rounds' annotators (adapter/) and scores (scores.json)
     cells/<method>/<cell>/            adapter/ (+ adapter.timing.json), eval_answers.json, calibration_answers.json
                                       (+ their sidecars), examples.json
     attention/attention.json          the attention stage (+ attention.md, PNGs)
@@ -133,6 +135,15 @@ class RunDir:
     def learned_annotator(self, cell: CellLike, answers_from: bool = False) -> Path:
         """The learned annotator of a cell's human share (shared by cells of any method with its size, seed, share)."""
         return self.feedback_dir(answers_from) / f"annotator-{cell.name}"
+
+    def selection(self, cell: CellLike) -> Path:
+        """annotate.human_selection uncertain: the rounds that chose a cell's human share and each chosen item's
+        P(incorrect) when it was chosen (beside its mix)."""
+        return self.mix(cell).with_suffix(".selection.json")
+
+    def selection_rounds(self, cell: CellLike, answers_from: bool = False) -> Path:
+        """annotate.human_selection uncertain: the annotators of a cell's selection rounds and their scores."""
+        return self.learned_annotator(cell, answers_from) / "rounds"
 
     # --------------------------------------------------------------------------------------------- cells
     def cell(self, cell: CellLike) -> Path:

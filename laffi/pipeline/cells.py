@@ -8,7 +8,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from laffi import methods
-from laffi.config import AnswerConfig, ExperimentConfig, TrainConfig, key_settings, train_cache_settings
+from laffi.config import (
+    AnnotateConfig,
+    AnswerConfig,
+    ExperimentConfig,
+    TrainConfig,
+    key_settings,
+    train_cache_settings,
+)
 from laffi.data import load_squad
 from laffi.errors import LaffiError
 from laffi.grid import Cell
@@ -19,6 +26,7 @@ from laffi.pipeline.shared import (
     answer_stage,
     answers_from,
     learns,
+    selection_scores,
     source_files,
     subset_file,
 )
@@ -84,6 +92,18 @@ def cell_feedback(cfg: ExperimentConfig, run: RunDir, cell: Cell, train_qs: list
     else:
         if cell.human_fraction == 0:
             chosen: list[str] = []
+        elif learns(cfg) and cfg.annotate.human_selection == "uncertain":
+            selection = uncertain_selection(cfg.annotate, questions, read_predictions(feedback["answers"]), human,
+                                            cell.human_fraction, cell.seed, run.selection_rounds(cell, bool(spec)),
+                                            progress)  # fmt: skip
+            write_json(run.selection(cell), selection)
+            chosen = selection["human_ids"]
+            share = [r for r in human if r.id in set(chosen)]
+            learned = learned_ai_stage(cfg, run, cell, share, questions, feedback["answers"], log, progress,
+                                       bool(spec))  # fmt: skip
+            ai = read_feedback(learned)
+            log(f"feedback: {cell.name}: {len(chosen)} human records chosen in {len(selection['rounds'])} rounds "
+                f"(the first random, then closest to the learned annotator's cut)")
         elif learns(cfg):
             chosen = human_share([r.id for r in human], cell.human_fraction, cell.seed)
             share = [r for r in human if r.id in set(chosen)]
@@ -103,12 +123,35 @@ def cell_feedback(cfg: ExperimentConfig, run: RunDir, cell: Cell, train_qs: list
             split["filtered_contradictions"] = sorted(dropped)
     if learned is not None:
         split["learned_annotator"] = str(learned.parent.relative_to(run.root))
+    if cfg.annotate.human_selection != "random" and 0 < (cell.human_fraction or 0) < 1:
+        split["human_selection"] = cfg.annotate.human_selection
+        split["selection"] = str(run.selection(cell).relative_to(run.root))
     if spec:
         split["answers_from"] = spec
     order = {q.id: i for i, q in enumerate(train_qs)}
     write_jsonl(output, sorted(records, key=lambda r: order[r.id]))
     write_json(run.split(cell), split)
     return output
+
+
+def uncertain_selection(cfg: AnnotateConfig, questions: list, preds: dict[str, str], human: list[FeedbackRecord],
+                        fraction: float, seed: int, directory: Path, progress: bool = True) -> dict:  # fmt: skip
+    """annotate.human_selection uncertain: which of `human`'s questions take the human record
+    (`laffi.feedback.routing.select_uncertain`). Round k's annotator learns from the human records of the rounds before
+    it and scores the other questions (`selection_scores`, cached under directory/round-<k>/). Returns the selection:
+    its rounds, the chosen ids and each one's P(incorrect) when it was chosen."""
+    from laffi.feedback.routing import select_uncertain
+
+    in_preds = [r for r in human if r.id in preds]
+
+    def score(chosen: list[str], k: int) -> tuple[dict[str, float], float]:
+        taken = set(chosen)
+        records = [r for r in in_preds if r.id in taken]
+        return selection_scores(questions, preds, records, directory / f"round-{k}", cfg, progress)
+
+    asked = {q.id for q in questions}
+    ids = [r.id for r in in_preds if r.id in asked]
+    return select_uncertain(ids, fraction, seed, cfg.first_round, cfg.selection_rounds, score)
 
 
 def contradicting(cfg: ExperimentConfig, ai: list[FeedbackRecord]) -> set[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from laffi import methods
-from laffi.config import AnswerConfig, ExperimentConfig, RunConfig, key_settings
+from laffi.config import AnnotateConfig, AnswerConfig, ExperimentConfig, RunConfig, key_settings
 from laffi.data import (
     articles,
     load_squad,
@@ -225,8 +225,43 @@ def annotation_settings(cfg: ExperimentConfig) -> dict[str, Any]:
 
     settings = key_settings(cfg.annotate)
     settings.pop("filter_contradictions")
+    for name in SELECTION_SETTINGS:  # which questions people annotate: the records an annotator learns from are keyed
+        settings.pop(name)
     settings["output_version"] = output_version(cfg.annotate)  # what the annotator's records look like
     return settings
+
+
+# annotate.* settings that choose the human share (laffi/feedback/routing.py), not what an annotator writes of it.
+SELECTION_SETTINGS = ("human_selection", "first_round", "selection_rounds")
+
+
+def selection_scores(questions: list, preds: dict[str, str], records: list[FeedbackRecord], directory: Path,
+                     cfg: AnnotateConfig, progress: bool = True) -> tuple[dict[str, float], float]:  # fmt: skip
+    """One round of the uncertain human selection: the learned annotator fine-tuned on `records` (directory/adapter,
+    cached by their content: `stages.learn_annotator`) scores P(incorrect) of every question with a prediction that
+    is not among them (directory/scores.json, cached by the adapter's weights and the prompts). Returns
+    ({id: P(incorrect)}, the cut: `annotate.verdict_threshold`, or with -1 the one that judges the records' share of
+    incorrect verdicts incorrect)."""
+    import json
+
+    from laffi.feedback import learned, llm
+
+    adapter = directory / "adapter"
+    stages.learn_annotator(records, adapter, cfg, progress)
+    skip = {r.id for r in records}
+    items = [(q, preds[q.id]) for q in questions if q.id in preds and q.id not in skip]
+    msgs = [learned.messages(q, pred) for q, pred in items]
+    output = directory / "scores.json"
+    key = stage_key(adapter=learned.adapter_hash(adapter), model=cfg.model, dtype=cfg.dtype,
+                    template=learned.TEMPLATE_VERSION,
+                    prompts=json.dumps([[q.id, m] for (q, _), m in zip(items, msgs, strict=True)]))  # fmt: skip
+    if not cached(output, key):
+        begin(output, key)
+        probs = llm.incorrect_probabilities(msgs, cfg, llm.load_local(cfg, str(adapter))) if msgs else []
+        write_json(output, {q.id: p for (q, _), p in zip(items, probs, strict=True)})
+        finish(output, key)
+    scores = {k: float(v) for k, v in read_json(output).items()}
+    return scores, llm.choose_threshold(list(scores.values()), cfg.verdict_threshold, llm.incorrect_share(records))
 
 
 def learns(cfg: ExperimentConfig) -> bool:
