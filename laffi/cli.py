@@ -335,17 +335,19 @@ def annotate_server(
 
 
 @app.command("feedback-report")
+@config_options({"annotate": ["correct_threshold"]}, flags={"annotate.correct_threshold": "threshold"})
 def feedback_report(
     human: Path = typer.Option(..., help="Human (or simulated-human / reference) feedback records (JSONL)."),
     ai: Path = typer.Option(..., help="AI feedback records (JSONL), e.g. from annotate --annotator llm."),
     failures: Path | None = typer.Option(None, help="The AI run's unparsed replies (default: AI.failures.jsonl "
                                          "beside --ai, when it exists)."),
-    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="F1 at which an answer counts as correct."),
     out: Path | None = typer.Option(None, help="Also write the report as JSON here."),
     filtered_out: Path | None = typer.Option(None, help="Write the AI records that do not contradict the gold "
                                              "answers here (JSONL)."),
+    cfg: Any = None,
 ) -> None:
     """Agreement of AI with human feedback (accuracy, Cohen's kappa), contradictions with the gold answers, cost."""
+    threshold = cfg.annotate.correct_threshold
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import feedback_report as build
     from laffi.feedback.report import filter_contradictions, report_markdown
@@ -370,16 +372,18 @@ def feedback_report(
 
 
 @app.command("annotators-compare")
+@config_options({"annotate": ["correct_threshold"]}, flags={"annotate.correct_threshold": "threshold"})
 def annotators_compare(
     feedback: list[str] = typer.Option(..., help="NAME=FB.jsonl, once per annotator (e.g. few-shot=AI.jsonl "
                                        "learned=L.jsonl reference=REF.jsonl): feedback on the same answers."),
     ids_from: Path | None = typer.Option(None, help="Compare only the questions of this SQuAD file (e.g. the "
                                          "held-out training questions)."),
-    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="F1 at which an answer counts as correct."),
     out: Path | None = typer.Option(None, help="Also write the comparison as JSON here."),
+    cfg: Any = None,
 ) -> None:
     """Each annotator's feedback against the reference annotator's verdict: agreement, Cohen's kappa (per class too),
     feedback contradicting the gold answers, feedback stating a parseable right answer, tokens and seconds per item."""
+    threshold = cfg.annotate.correct_threshold
     from laffi.feedback.learned import INFO
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import annotator_summary, compare_markdown

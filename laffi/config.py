@@ -141,12 +141,15 @@ class AnswerConfig:
                        choices=("first_token", "verdict"))
 
 
+CORRECT_THRESHOLD = 0.8  # annotate.correct_threshold's default: the feedback functions' default too
+
+
 @dataclass
 class AnnotateConfig:
     annotator: str = _f("reference", "Who writes the feedback: 'reference' (deterministic, from gold answers), 'llm' "
                         "(a model taught by human examples) or 'simulated-human' (labelled stand-in for people).",
                         choices=("reference", "llm", "simulated-human"))
-    correct_threshold: float = _f(0.8, "An answer is judged correct when its best SQuAD F1 reaches this.",
+    correct_threshold: float = _f(CORRECT_THRESHOLD, "An answer is judged correct when its best SQuAD F1 reaches this.",
                                   min=0.0, max=1.0)
     # The LLM annotator's settings (annotator: llm).
     examples: str = _f("", "Human-written feedback records (JSONL) the LLM annotator learns from ('' = the small "

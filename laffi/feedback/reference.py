@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from laffi import prompts
+from laffi.config import CORRECT_THRESHOLD
 from laffi.metrics import score_one
 from laffi.records import FeedbackRecord, Question
 
@@ -64,7 +65,7 @@ def feedback_text(q: Question, predicted: str, verdict: str, f1: float) -> str:
     return f'Verdict: {verdict}. {why} {evidence} The right answer is "{gold}".'
 
 
-def annotate(q: Question, predicted: str, threshold: float = 0.8) -> FeedbackRecord:
+def annotate(q: Question, predicted: str, threshold: float = CORRECT_THRESHOLD) -> FeedbackRecord:
     verdict, f1 = judge(q, predicted, threshold)
     return FeedbackRecord(
         id=q.id,

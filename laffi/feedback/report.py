@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from laffi import prompts
+from laffi.config import CORRECT_THRESHOLD
 from laffi.metrics import compute_f1, normalize_answer
 from laffi.records import FeedbackRecord
 from laffi.stats import roc_auc
@@ -37,7 +38,7 @@ def cohen_kappa(a: list[str], b: list[str]) -> float:
     return (observed - expected) / (1.0 - expected)
 
 
-def gold_verdict(r: FeedbackRecord, threshold: float = 0.8) -> str:
+def gold_verdict(r: FeedbackRecord, threshold: float = CORRECT_THRESHOLD) -> str:
     """The verdict the gold answers imply (SQuAD 2.0 F1 as in the reference annotator)."""
     if not r.gold_answers:
         return "correct" if not r.predicted_answer.strip() else "incorrect"
@@ -47,7 +48,7 @@ def gold_verdict(r: FeedbackRecord, threshold: float = 0.8) -> str:
     return "correct" if f1 >= threshold else "incorrect"
 
 
-def contradiction(r: FeedbackRecord, threshold: float = 0.8) -> str | None:
+def contradiction(r: FeedbackRecord, threshold: float = CORRECT_THRESHOLD) -> str | None:
     """Why this feedback contradicts the gold answers, or None."""
     expected = gold_verdict(r, threshold)
     if r.verdict != expected:
@@ -91,7 +92,7 @@ def answer_shares(records: list[FeedbackRecord]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def filter_contradictions(records: list[FeedbackRecord], threshold: float = 0.8) -> list[FeedbackRecord]:
+def filter_contradictions(records: list[FeedbackRecord], threshold: float = CORRECT_THRESHOLD) -> list[FeedbackRecord]:
     return [r for r in records if contradiction(r, threshold) is None]
 
 
@@ -100,7 +101,7 @@ def _is_simulated(labels: list[str]) -> bool:
 
 
 def feedback_report(human: list[FeedbackRecord], ai: list[FeedbackRecord], failures: int | None = None,
-                    threshold: float = 0.8) -> dict[str, Any]:  # fmt: skip
+                    threshold: float = CORRECT_THRESHOLD) -> dict[str, Any]:  # fmt: skip
     """Agreement, contradictions and cost (see the module docstring). `failures`: the AI's unparsed replies."""
     human_by_id = {r.id: r for r in human}
     both = [(human_by_id[r.id], r) for r in ai if r.id in human_by_id]
@@ -171,7 +172,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- annotators
 
 
-def annotator_summary(records: list[FeedbackRecord], failures: int | None = None, threshold: float = 0.8,
+def annotator_summary(records: list[FeedbackRecord], failures: int | None = None, threshold: float = CORRECT_THRESHOLD,
                       training_seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One annotator's feedback against the gold answers (`laffi annotators-compare`): verdict agreement and Cohen's
     kappa with the reference annotator's verdict (`gold_verdict`, the reference annotator's rule), agreement within

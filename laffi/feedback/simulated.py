@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from laffi.config import CORRECT_THRESHOLD
 from laffi.feedback.reference import judge, supporting_sentence
 from laffi.records import FeedbackRecord, Question
 
@@ -57,7 +58,7 @@ def phrasings(q: Question, predicted: str, verdict: str) -> list[str]:
     return _WRONG_ON_ANSWERED if predicted else _ABSTAINED_ON_ANSWERED
 
 
-def annotate_one(q: Question, predicted: str, seed: int = 0, threshold: float = 0.8) -> FeedbackRecord:
+def annotate_one(q: Question, predicted: str, seed: int = 0, threshold: float = CORRECT_THRESHOLD) -> FeedbackRecord:
     verdict, f1 = judge(q, predicted, threshold)
     # A generator per question (not one for the whole list): a record does not depend on which others are annotated.
     rng = random.Random(f"{seed}:{q.id}")
