@@ -16,9 +16,9 @@ from typing import Any
 import typer
 
 from laffi import methods
-from laffi.cli_options import config_options
+from laffi.cli_options import config_options, field_option, set_option
 from laffi.cli_process import run_command
-from laffi.config import AnnotateConfig, AnswerConfig
+from laffi.config import AnnotateConfig, AnswerConfig, ExperimentConfig
 from laffi.errors import LaffiError
 from laffi.outputs import check_not_input, check_output_dir, check_output_file, database, show
 from laffi.records import read_feedback, read_predictions
@@ -597,7 +597,7 @@ def score(
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: --set data.train_questions=300."),
+    set_: list[str] = set_option("data.train_questions=300"),
     progress: bool = typer.Option(True, help="Show progress bars."),
     plan: bool = typer.Option(False, "--plan", help=PLAN_HELP),
     plan_for: str = typer.Option("here", "--plan-for", help=PLAN_FOR_HELP),
@@ -627,10 +627,9 @@ def _plan(cfg: Any, plan_for: str, probe: bool, shape: Path | None) -> None:
 def experiment(
     config: Path = typer.Argument(..., help="Experiment config (YAML): a run config plus seeds, train_sizes and the "
                                   "human_fractions ablation."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: --set seeds=[0,1]."),
+    set_: list[str] = set_option("seeds=[0,1]"),
     progress: bool = typer.Option(True, help="Show progress bars."),
-    workers: int | None = typer.Option(None, min=1, max=64, help="Cells run in this many processes at once, torch "
-                                       "threads split between them (= --set workers=N)."),
+    workers: int | None = field_option(ExperimentConfig, "workers", "--workers"),
     shard: str | None = typer.Option(None, help="I/N: run the shared stages and every N-th cell from the I-th "
                                      "(I = 0..N-1, e.g. a SLURM array's task id) against a run directory that other "
                                      "shards share; the last shard to finish writes the report."),
@@ -644,7 +643,7 @@ def experiment(
 ) -> None:
     """The grid methods x seeds x training sizes plus the human-feedback ablation, every stage cached and resumable;
     writes results.json, results.md and report.html."""
-    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.config import load_run_config
     from laffi.grid import check_method
 
     if report_only and shard:

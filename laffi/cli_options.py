@@ -51,8 +51,7 @@ def config_options(fields: dict[str, list[str]], flags: dict[str, str] | None = 
                                         default=typer.Option(None, "--config", help="YAML config with the same "
                                                              "sections as `laffi run`'s; options override it.")))
         params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str],
-                                        default=typer.Option([], "--set", help="Override a setting: --set "
-                                                             "answer.batch_size=8 (repeatable).")))
+                                        default=set_option("answer.batch_size=8")))
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -82,3 +81,17 @@ def _parameter(name: str, flag: str, hint: Any, default: Any, meta: Any) -> insp
     decls = [f"{flag}/--no-{flag[2:]}"] if hint is bool else [flag]
     option = typer.Option(None, *decls, help=help_text, show_default=False, min=meta.get("min"), max=meta.get("max"))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hint | None, default=option)
+
+
+def field_option(cls: type, name: str, *decls: str) -> Any:
+    """A typer option for one field of a config dataclass, default "not given" (None), its help and bounds from the
+    field: for a command that loads its config itself (`laffi experiment --workers` is `workers`)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    meta = f.metadata
+    return typer.Option(None, *decls, help=f"{meta['help']} [default: {f.default}]", show_default=False,
+                        min=meta.get("min"), max=meta.get("max"))  # fmt: skip
+
+
+def set_option(example: str) -> Any:
+    """`--set section.key=value`, repeatable: the one declaration of the option every config-reading command has."""
+    return typer.Option([], "--set", help=f"Override a setting: --set {example} (repeatable).")
