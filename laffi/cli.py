@@ -123,19 +123,31 @@ def annotate(
     ctx: typer.Context,
     data: Path | None = typer.Option(None, help="SQuAD 2.0 JSON file with the gold answers (required)."),
     predictions: Path | None = typer.Option(None, help="Predictions file {question_id: answer} (required)."),
-    out: Path | None = typer.Option(None, help="Feedback records to write (JSONL) (required)."),
+    out: Path | None = typer.Option(None, help="Feedback records to write (JSONL) (required, but with "
+                                    "--select-human)."),
     limit: int | None = typer.Option(None, min=1, help="Annotate only the first N questions of the data file that "
                                      "have a prediction."),
+    select_human: int | None = typer.Option(None, min=1, help="Write no feedback: choose the N questions people should "
+                                            "annotate first. The learned annotator (--annotator llm "
+                                            "--learn-from-examples), fine-tuned on --examples (the human records so "
+                                            "far), scores every other question; --out-queue gets the N whose "
+                                            "P(incorrect) is closest to its cut (--verdict-threshold), least sure "
+                                            "first: the order `laffi annotate-server --queue` serves."),
+    out_queue: Path | None = typer.Option(None, help="With --select-human: the selection file to write (JSON)."),
     cfg: Any = None,
 ) -> None:
     """Write natural-language feedback on each predicted answer."""
     if ctx.invoked_subcommand is not None:
         return
+    if (select_human is None) != (out_queue is None):
+        raise LaffiError("annotate: --select-human N and --out-queue FILE go together")
+    if select_human is not None and out is not None:
+        raise LaffiError("annotate: --select-human writes --out-queue, no feedback: leave out --out")
     from laffi.data import load_squad, resolve_data_path
     from laffi.pipeline import stages
 
     for name, value in (("--data", data), ("--predictions", predictions), ("--out", out)):
-        if value is None:
+        if value is None and not (name == "--out" and select_human is not None):
             raise LaffiError(f"annotate: {name} is required")
     from laffi.feedback import annotators
 
@@ -148,6 +160,26 @@ def annotate(
     learn_from_examples = settings.learn_from_examples
     inputs = [("--data", data), ("--predictions", predictions), ("--examples", settings.examples or None),
               ("--model", settings.model)]
+    if select_human is not None:
+        if not (settings.annotator == "llm" and learn_from_examples):
+            raise LaffiError("annotate: --select-human needs the learned annotator (--annotator llm "
+                             "--learn-from-examples)")
+        check_output_file(out_queue, "--out-queue", inputs)
+        from laffi.feedback.llm import default_examples_path
+        from laffi.pipeline.shared import select_queue
+
+        questions = load_squad(resolve_data_path(str(data)))
+        preds = read_predictions(predictions, questions)
+        if limit is not None:
+            questions = [q for q in questions if q.id in preds][:limit]
+            preds = {q.id: preds[q.id] for q in questions}
+        examples = read_feedback(Path(settings.examples) if settings.examples else default_examples_path())
+        chosen = select_queue(questions, preds, examples, out_queue, settings, select_human)
+        typer.echo(f"wrote a queue of {len(chosen['order'])} of {chosen['scored']} questions to {out_queue}: "
+                   f"P(incorrect) closest to {chosen['cut']:.4f}, the cut of the annotator learned from "
+                   f"{len(examples)} human records ({chosen['adapter']}); serve it: laffi annotate-server --queue "
+                   f"{out_queue}", err=True)  # fmt: skip
+        return
     check_output_file(out, "--out", inputs)
     from laffi.feedback.llm import failures_path
 
@@ -314,19 +346,22 @@ def annotate_server(
     overlap: int | None = typer.Option(None, min=1, help="Assign each item to K annotators (each sees only their "
                                        "items; default: everyone sees every item)."),
     assign_seed: int = typer.Option(0, help="Seed of the order in which items are shared out (with --overlap)."),
+    queue: Path | None = typer.Option(None, help="Selection file of `laffi annotate --select-human N --out-queue "
+                                      "FILE`: serve only its items, in its order (those the learned annotator is "
+                                      "least sure of first)."),
 ) -> None:
     """Serve the human annotation web app (create annotators first: laffi annotators add NAME --db DB)."""
     from laffi.data import load_squad, resolve_data_path
     from laffi.server.app import bind, prepare, read_inputs, serve
 
     check_not_input(db, "--db", [("--data", data), ("--predictions", predictions), ("--drafts", drafts),
-                                 ("--guidelines", guidelines)])  # fmt: skip
+                                 ("--guidelines", guidelines), ("--queue", queue)])  # fmt: skip
     questions = load_squad(resolve_data_path(str(data)))
     preds = read_predictions(predictions, questions)
     ai_drafts, guidelines_text = read_inputs(drafts, guidelines)
     sock = bind(host, port)  # a busy port is a one-line error before the database is touched
     try:
-        done = prepare(db, questions, preds, ai_drafts, drafts, overlap, assign_seed)
+        done = prepare(db, questions, preds, ai_drafts, drafts, overlap, assign_seed, queue)
     except BaseException:
         sock.close()
         raise

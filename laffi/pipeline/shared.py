@@ -264,6 +264,28 @@ def selection_scores(questions: list, preds: dict[str, str], records: list[Feedb
     return scores, llm.choose_threshold(list(scores.values()), cfg.verdict_threshold, llm.incorrect_share(records))
 
 
+def select_queue(questions: list, preds: dict[str, str], examples: list[FeedbackRecord], out: Path,
+                 cfg: AnnotateConfig, n: int, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """`laffi annotate --select-human N --out-queue OUT`: the learned annotator fine-tuned on `examples` (the human
+    records so far; OUT.annotator/adapter) scores every other question (`selection_scores`) and OUT gets the `n` whose
+    P(incorrect) is closest to the cut, closest first: {"order": ids, "incorrect_prob": {id: p}, "cut", "scored",
+    "learned_from", "annotator", "adapter"}. `laffi annotate-server --queue OUT` serves them in that order."""
+    from laffi.feedback import learned
+    from laffi.feedback.routing import queue
+
+    directory = stages.annotator_adapter_path(out)
+    probs, cut = selection_scores(questions, preds, examples, directory, cfg, progress)
+    if not probs:
+        raise LaffiError(f"--select-human: every question with a prediction is among the {len(examples)} human "
+                         f"records the annotator learns from (--examples)")  # fmt: skip
+    order = queue(probs, cut, n, [q.id for q in questions])
+    selection = {"selection": "uncertain", "order": order, "incorrect_prob": {i: probs[i] for i in order}, "cut": cut,
+                 "scored": len(probs), "learned_from": [r.id for r in examples],
+                 "annotator": learned.annotator_id(cfg), "adapter": str(directory / "adapter")}  # fmt: skip
+    write_json(out, selection)
+    return selection
+
+
 def learns(cfg: ExperimentConfig) -> bool:
     """Whether the AI annotator is the learned one (fine-tuned on each cell's human share)."""
     return cfg.annotate.learn_from_examples  # AnnotateConfig allows it only for an annotator that runs a model

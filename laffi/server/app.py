@@ -229,16 +229,40 @@ def read_inputs(drafts: Path | None, guidelines: Path | None) -> tuple[list, str
     return records, text
 
 
+def read_queue(path: Path, questions: list, predictions: dict[str, str]) -> list:
+    """`annotate-server --queue FILE`: the questions of a selection file that `laffi annotate --select-human N
+    --out-queue FILE` wrote ({"order": [question ids], ...}: the items the learned annotator is least sure of first),
+    in its order; a bad file is a one-line error naming the flag."""
+    import json
+
+    try:
+        order = json.loads(Path(path).read_text(encoding="utf-8"))["order"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        reason = "no 'order' list" if isinstance(e, (KeyError, TypeError)) else str(e)
+        raise LaffiError(f"--queue {path}: not a selection file of `laffi annotate --out-queue` ({reason})") from None
+    if not isinstance(order, list) or not all(isinstance(i, str) for i in order) or len(set(order)) != len(order):
+        raise LaffiError(f"--queue {path}: 'order' must be a list of distinct question ids")
+    by_id = {q.id: q for q in questions}
+    for i in order:
+        if i not in by_id or i not in predictions:
+            where = "--data" if i not in by_id else "--predictions"
+            raise LaffiError(f"--queue {path}: question id '{i}' is not in {where}")
+    return [by_id[i] for i in order]
+
+
 def prepare(db_path: Path, questions: list, predictions: dict[str, str], drafts: list, drafts_path: Path | None,
-            overlap: int | None, seed: int) -> str:  # fmt: skip
+            overlap: int | None, seed: int, queue: Path | None = None) -> str:  # fmt: skip
     """Before serving: add the items, replace the AI drafts (none without --drafts) and set up assignment. Returns
-    what was done, for the server's start-up line."""
+    what was done, for the server's start-up line. `queue`: a selection file (`read_queue`): only its items are
+    served, in its order."""
     if overlap is not None and overlap < 1:
         raise LaffiError(f"--overlap: must be at least 1, got {overlap}")
+    if queue is not None:
+        questions = read_queue(queue, questions, predictions)
     store = Store(db_path)
     try:
-        n = store.add_items(questions, predictions)
-        message = f"{n} items in {db_path}"
+        n = store.add_items(questions, predictions, reorder=queue is not None)
+        message = f"{n} items in {db_path}" + (f", in the order of --queue {queue}" if queue is not None else "")
         if store.refreshed["changed"]:
             message += (f"; {store.refreshed['changed']} items have another question, passage or gold answer than "
                         "before: new items (their earlier annotations are kept as history, not exported)")  # fmt: skip

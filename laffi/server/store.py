@@ -416,12 +416,14 @@ class Store:
             self.checkpoint("TRUNCATE")
         self.db.close()
 
-    def add_items(self, questions: list[Question], predictions: dict[str, str]) -> int:
+    def add_items(self, questions: list[Question], predictions: dict[str, str], reorder: bool = False) -> int:
         """Make the items the questions that have a prediction; returns how many. Annotations already made are kept,
         each bound to the answer and the content it judged: an item whose prediction changed shows the new answer,
         unannotated, and one whose question, passage or gold answers changed is a new item (its earlier annotations
         stay as history, not exported). Items these predictions do not cover are no longer served.
-        `self.refreshed` then counts the items whose content changed and those no longer served."""
+        `self.refreshed` then counts the items whose content changed and those no longer served.
+        Items are served in the order they were first added; with `reorder` (`annotate-server --queue`) in the order
+        of `questions`, items added before included."""
         start = self.db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM items").fetchone()[0]
         before = {r[0]: r[1] for r in self.db.execute("SELECT id, content FROM items WHERE active = 1")}
         old = {r[0]: r[1] for r in self.db.execute("SELECT id, content FROM items")}
@@ -438,7 +440,8 @@ class Store:
                 "INSERT INTO items (id, position, title, context, question, predicted, gold, answer_starts, content, "
                 "active) VALUES (?,?,?,?,?,?,?,?,?,1) ON CONFLICT(id) DO UPDATE SET title=excluded.title, "
                 "context=excluded.context, question=excluded.question, predicted=excluded.predicted, "
-                "gold=excluded.gold, answer_starts=excluded.answer_starts, content=excluded.content, active=1",
+                "gold=excluded.gold, answer_starts=excluded.answer_starts, content=excluded.content, active=1"
+                + (", position=excluded.position" if reorder else ""),
                 rows)  # fmt: skip
         served = {r[0] for r in rows}
         self.refreshed = {"changed": sum(1 for r in rows if r[0] in old and old[r[0]] != r[8]),
