@@ -13,8 +13,11 @@ locked: 503) is a JSON `detail` naming it, never a 500.
 
 Routes (all but `/` and `/favicon.ico` need a token): /api/me (who, counts, position, resume), /api/guidelines,
 /api/items (the annotator's items with their status), /api/items/{n} (the n-th item of the annotator's queue;
-remembers n as their position), /api/next?after=n (the next item still to do), PUT /api/annotations/{id}; admin only:
-/api/export and /api/admin/summary (progress per annotator, agreement).
+remembers n as their position), /api/next?after=n (the next item still to do), PUT /api/annotations/{id},
+/api/history/{id} (the item's other annotations: the annotator's own of earlier answers and content; an admin's,
+everyone's); admin only: /api/export, /api/admin/summary (progress and time per item per annotator, agreement),
+/api/admin/disagreements (answers judged with different verdicts, every annotation of each) and
+PUT /api/admin/adjudications/{id} (the final record of one answer, exported in place of its annotations).
 
 The app serves no /docs, /redoc or /openapi.json: they would describe the API to anyone without a token, and the
 page is the only client it needs.
@@ -83,6 +86,18 @@ class Annotation(BaseModel):
         if isinstance(value, str) and has_lone_surrogate(value):
             raise PydanticCustomError("lone_surrogate", "contains a lone surrogate (not UTF-8 text)")
         return value
+
+
+class Adjudication(BaseModel):
+    """An admin's final record of one answer of an item (PUT /api/admin/adjudications/{id})."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predicted: str  # the answer adjudicated, as the disagreement list gave it
+    verdict: str = Field(max_length=20)
+    feedback: str = Field(max_length=MAX_FEEDBACK_CHARS)
+
+    utf8_text = field_validator("*", mode="before")(Annotation.utf8_text.__func__)
 
 
 def one_line(exc: RequestValidationError) -> str:
@@ -415,6 +430,29 @@ def create_app(db_path: str | Path, checkpoint_every_s: float = CHECKPOINT_EVERY
     @app.get("/api/admin/summary")
     def summary(who: dict = Depends(admin)) -> dict[str, Any]:
         return store.summary()
+
+    @app.get("/api/history/{item_id:path}")
+    async def history(item_id: str, who: dict = Depends(annotator)) -> dict[str, Any]:
+        """The item's other annotations: the annotator's own of earlier answers and content; an admin's, everyone's."""
+        if store.db.execute("SELECT 1 FROM items WHERE id=?", (item_id,)).fetchone() is None:
+            raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
+        return {"history": store.history(item_id, who["name"], everyone=who["admin"])}
+
+    @app.get("/api/admin/disagreements")
+    def disagreements(who: dict = Depends(admin)) -> dict[str, Any]:
+        return {"disagreements": store.disagreements()}
+
+    @app.put("/api/admin/adjudications/{item_id:path}")
+    async def adjudicate(item_id: str, body: Adjudication, who: dict = Depends(admin)) -> dict[str, Any]:
+        if store.db.execute("SELECT 1 FROM items WHERE id=?", (item_id,)).fetchone() is None:
+            raise HTTPException(status_code=404, detail=f"no such item '{item_id[:100]}'")
+        try:
+            store.adjudicate(who["name"], item_id, body.predicted, body.verdict, body.feedback)
+        except StoreUnavailable:
+            raise
+        except LaffiError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        return {"adjudicated": item_id, "by": who["name"]}
 
     app.state.store = store
     return app

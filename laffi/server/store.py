@@ -23,6 +23,12 @@ Beyond the verdict and feedback, an annotation keeps its `status` (annotated, un
 the Levenshtein distance in characters from the draft's feedback to the final one. The export leaves unsure and
 skipped annotations out unless asked (they are not training data). With `--overlap K`, each item is assigned to K
 annotators (see `Store.deal`) and an annotator sees only their items; otherwise everyone sees every item.
+
+Where annotators' verdicts on the same answer (same item content and predicted answer) differ, an admin may write the
+final record of that answer (`Store.adjudicate`, listed by `Store.disagreements`): the full export then gives that
+one record, `annotator = human:<admin>` and `meta.adjudication` naming who adjudicated and the annotations it
+replaces, in place of the annotations of that answer. Every exported record states its right answer apart in
+`meta.right_answer` (read from the feedback's closing sentence; "" is unanswerable).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ TEMPLATE_VERSION = "human-app-v1"
 APPLICATION_ID = 0x4C414646  # "LAFF", in the SQLite header (PRAGMA application_id): this database is laffi's
 SQLITE_HEADER = b"SQLite format 3\x00"
 LAFFI_TABLES = {"items", "annotators", "annotations"}
-KNOWN_TABLES = LAFFI_TABLES | {"drafts", "assignments", "settings", "annotations_v1", "annotations_v3"}
+KNOWN_TABLES = LAFFI_TABLES | {"drafts", "assignments", "settings", "adjudications", "annotations_v1", "annotations_v3"}
 # Time on one item, per visit and summed over visits. A day is far beyond any real annotation; more means a clock or a
 # client is wrong, and unbounded sums could reach inf, which the JSONL export could not write.
 MAX_SECONDS = 24 * 3600.0
@@ -67,6 +73,10 @@ CREATE TABLE IF NOT EXISTS annotations (
     predicted TEXT NOT NULL, verdict TEXT NOT NULL, feedback TEXT NOT NULL, seconds REAL NOT NULL DEFAULT 0,
     created REAL NOT NULL, updated REAL NOT NULL, content TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (annotator, item_id, predicted, content));
+CREATE TABLE IF NOT EXISTS adjudications (
+    item_id TEXT NOT NULL, predicted TEXT NOT NULL, content TEXT NOT NULL, verdict TEXT NOT NULL,
+    feedback TEXT NOT NULL, admin TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (item_id, predicted, content));
 """
 # Databases written before annotations stored their answer: each annotation takes the item's current answer (the
 # only one the database still knows).
@@ -804,30 +814,43 @@ class Store:
 
         Training data only by default: unsure annotations come with `include_unsure`, skipped ones (verdict and
         feedback empty, not loadable as training feedback) with `include_skipped`. `meta` holds seconds, updated,
-        status (and note), and draft: {shown, accepted, edit_distance}."""
+        status (and note), draft: {shown, accepted, edit_distance}, and right_answer (the answer the feedback's
+        closing sentence states, "" for unanswerable; absent when it states none).
+
+        An answer an admin adjudicated (`adjudicate`) is one record in the full export, first among its item's
+        records: the admin's verdict and feedback, annotator = human:<admin>, in place of every annotation of that
+        answer (whatever their status); see `_adjudicated_record`. One annotator's export (`annotator`) is their own
+        annotations as they wrote them."""
         if annotator is not None:
             annotator = annotator.removeprefix("human:")
             self._known(annotator)
         statuses = ["annotated"] + ["unsure"] * include_unsure + ["skipped"] * include_skipped
-        sql = ("SELECT a.*, i.title, i.context, i.question, i.gold FROM annotations a JOIN items i ON i.id = a.item_id"
-               f" AND i.content = a.content WHERE a.status IN ({','.join('?' * len(statuses))})"
+        sql = ("SELECT a.*, i.title, i.context, i.question, i.gold, i.position FROM annotations a JOIN items i ON "
+               f"i.id = a.item_id AND i.content = a.content WHERE a.status IN ({','.join('?' * len(statuses))})"
                + (" AND a.annotator=?" if annotator else "")
                + " ORDER BY i.position, a.annotator, a.created")  # fmt: skip
-        out = []
+        adjudicated = {} if annotator else self._adjudications()
+        keyed: list[tuple[tuple, FeedbackRecord]] = []
         for row in self.db.execute(sql, (*statuses, annotator) if annotator else statuses):
+            if (row["item_id"], row["predicted"]) in adjudicated:
+                continue
             gold = json.loads(row["gold"])
             meta = {"seconds": round(row["seconds"], 3), "updated": row["updated"], "status": row["status"],
                     "draft": {"shown": bool(row["draft_shown"]), "accepted": bool(row["draft_accepted"]),
                               "edit_distance": row["draft_distance"]}}  # fmt: skip
             if row["note"]:
                 meta["note"] = row["note"]
-            out.append(FeedbackRecord(
+            meta.update(_right_answer(row["feedback"]))
+            keyed.append(((row["position"], 1), FeedbackRecord(
                 id=row["item_id"], question=row["question"], context=row["context"], predicted_answer=row["predicted"],
                 gold_answers=gold, verdict=row["verdict"], feedback=row["feedback"],
                 annotator=f"human:{row['annotator']}", template_version=TEMPLATE_VERSION, title=row["title"],
                 is_impossible=not gold, meta=meta,
-            ))  # fmt: skip
-        return out
+            )))  # fmt: skip
+        for adj in adjudicated.values():
+            keyed.append(((adj["position"], 0), self._adjudicated_record(adj)))
+        keyed.sort(key=lambda k: k[0])  # stable: the annotations keep their order within an item
+        return [record for _, record in keyed]
 
     # ------------------------------------------------------------------------------------------ admin
 
@@ -854,9 +877,134 @@ class Store:
         shared = {k for name in names for k in verdicts[name]
                   if sum(k in verdicts[other] for other in names) >= 2}  # fmt: skip
         kappas = [p["kappa"] for p in pairs if p["kappa"] is not None]
-        return {"overlap": self.overlap(), "items": self.item_count(), "annotators": self.list_annotators(),
+        times = self.annotator_times()
+        annotators = [{**a, "time": times.get(a["name"])} for a in self.list_annotators()]
+        return {"overlap": self.overlap(), "items": self.item_count(), "annotators": annotators,
                 "agreement": {"pairs": pairs, "shared_items": len(shared),
                               "mean_kappa": round(sum(kappas) / len(kappas), 4) if kappas else None}}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ adjudication
+
+    def _answer_key(self, item_id: str) -> sqlite3.Row:
+        """The items row of `item_id`, served or not (its annotations still export), or a LaffiError."""
+        row = self.db.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
+        if row is None:
+            raise LaffiError(f"unknown item '{item_id[:100]}'")
+        return row
+
+    def adjudicate(self, admin: str, item_id: str, predicted: str, verdict: str, feedback: str) -> None:
+        """Write (or replace) the final record of one answer of an item: `admin`'s verdict and feedback, which the
+        full export gives in place of the annotations of that answer. The answer must have annotations of the item's
+        current content."""
+        verdict, feedback = _check_judgement(verdict, feedback, "")
+        with self._write():
+            item = self._answer_key(item_id)
+            if self.db.execute("SELECT 1 FROM annotations WHERE item_id=? AND predicted=? AND content=? LIMIT 1",
+                               (item_id, predicted, item["content"])).fetchone() is None:  # fmt: skip
+                raise LaffiError(f"item '{item_id[:100]}': no annotations of the answer {_answer(predicted)}")
+            now = time.time()
+            self.db.execute(
+                "INSERT INTO adjudications (item_id, predicted, content, verdict, feedback, admin, created, updated) "
+                "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(item_id, predicted, content) DO UPDATE SET "
+                "verdict=excluded.verdict, feedback=excluded.feedback, admin=excluded.admin, updated=excluded.updated",
+                (item_id, predicted, item["content"], verdict, feedback, admin, now, now))  # fmt: skip
+
+    def _adjudications(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The adjudications of the items' current content, by (item id, answer), with their item's fields."""
+        rows = self.db.execute(
+            "SELECT d.*, i.position, i.title, i.context, i.question, i.gold FROM adjudications d JOIN items i ON "
+            "i.id = d.item_id AND i.content = d.content").fetchall()  # fmt: skip
+        return {(r["item_id"], r["predicted"]): dict(r) for r in rows}
+
+    def _adjudicated_record(self, adj: dict[str, Any]) -> FeedbackRecord:
+        """An adjudication as the export's record: annotator = human:<admin>; `meta.seconds` is the annotators' time
+        on that answer, summed; `meta.adjudication` = {by, annotations: [{annotator, verdict, status}]} (the
+        annotations it replaces) and `meta.provenance` = "adjudicated by <admin>"."""
+        replaced = self.db.execute("SELECT annotator, verdict, status, seconds FROM annotations WHERE item_id=? AND "
+                                   "predicted=? AND content=? ORDER BY annotator",
+                                   (adj["item_id"], adj["predicted"], adj["content"])).fetchall()  # fmt: skip
+        gold = json.loads(adj["gold"])
+        meta = {"seconds": round(sum(r["seconds"] for r in replaced), 3), "updated": adj["updated"],
+                "status": "annotated", "provenance": f"adjudicated by {adj['admin']}",
+                "adjudication": {"by": adj["admin"], "annotations": [
+                    {"annotator": f"human:{r['annotator']}", "verdict": r["verdict"], "status": r["status"]}
+                    for r in replaced]},
+                **_right_answer(adj["feedback"])}  # fmt: skip
+        return FeedbackRecord(id=adj["item_id"], question=adj["question"], context=adj["context"],
+                              predicted_answer=adj["predicted"], gold_answers=gold, verdict=adj["verdict"],
+                              feedback=adj["feedback"], annotator=f"human:{adj['admin']}",
+                              template_version=TEMPLATE_VERSION, title=adj["title"], is_impossible=not gold,
+                              meta=meta)  # fmt: skip
+
+    def disagreements(self) -> list[dict[str, Any]]:
+        """The answers (same item content, same predicted answer) that annotators judged with different verdicts
+        (annotated or unsure), and those an admin adjudicated, in item order: the item's fields, whether the answer
+        is the item's current one, every annotation of it (skipped ones too, with their reason) and the
+        adjudication (None when there is none)."""
+        adjudicated = self._adjudications()
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self.db.execute(
+                "SELECT a.annotator, a.item_id, a.predicted, a.verdict, a.feedback, a.status, a.note, a.seconds, "
+                "a.updated, i.position, i.title, i.question, i.context, i.gold, i.predicted AS current, i.active "
+                "FROM annotations a JOIN items i ON i.id = a.item_id AND i.content = a.content "
+                "ORDER BY i.position, a.predicted, a.annotator"):
+            key = (r["item_id"], r["predicted"])
+            if key not in groups:
+                groups[key] = {"id": r["item_id"], "title": r["title"], "question": r["question"],
+                               "context": r["context"], "gold": json.loads(r["gold"]), "predicted": r["predicted"],
+                               "current_answer": bool(r["active"]) and r["predicted"] == r["current"],
+                               "annotations": [], "adjudication": None}  # fmt: skip
+            groups[key]["annotations"].append({k: r[k] for k in ("annotator", "verdict", "feedback", "status", "note",
+                                                                 "seconds", "updated")})  # fmt: skip
+        out = []
+        for key, g in groups.items():
+            verdicts = {a["verdict"] for a in g["annotations"] if a["status"] != "skipped"}
+            if len(verdicts) > 1 or key in adjudicated:
+                adj = adjudicated.get(key)
+                if adj is not None:
+                    g["adjudication"] = {k: adj[k] for k in ("admin", "verdict", "feedback", "updated")}
+                g["disagree"] = len(verdicts) > 1
+                out.append(g)
+        return out
+
+    # ------------------------------------------------------------------------------------------ history
+
+    def history(self, item_id: str, annotator: str, everyone: bool = False) -> list[dict[str, Any]]:
+        """An item's annotations other than `annotator`'s own of its current answer and content (that one is on the
+        form): `annotator`'s own of earlier answers and earlier content, or with `everyone` (an admin) every
+        annotator's, newest first. Each says whether it judged the current answer (`current_answer`) and the
+        current question, passage and gold answers (`current_content`); the earlier content itself is not kept."""
+        item = self._answer_key(item_id)
+        rows = self.db.execute(
+            "SELECT annotator, predicted, content, verdict, feedback, status, note, seconds, updated FROM annotations "
+            "WHERE item_id=?" + ("" if everyone else " AND annotator=?") + " ORDER BY updated DESC",
+            (item_id,) if everyone else (item_id, annotator)).fetchall()  # fmt: skip
+        out = []
+        for r in rows:
+            current_content = r["content"] == item["content"]
+            current_answer = current_content and r["predicted"] == item["predicted"]
+            if r["annotator"] == annotator and current_answer:
+                continue
+            out.append({**{k: r[k] for k in ("annotator", "predicted", "verdict", "feedback", "status", "note",
+                                             "seconds", "updated")},
+                        "current_answer": current_answer, "current_content": current_content})  # fmt: skip
+        return out
+
+    def annotator_times(self) -> dict[str, dict[str, Any]]:
+        """Time per item for each annotator, over their annotations of the items' current content (any status):
+        {items, seconds (total), mean, median} (seconds per item)."""
+        times: dict[str, list[float]] = {}
+        for name, seconds in self.db.execute("SELECT a.annotator, a.seconds FROM annotations a JOIN items i ON "
+                                             "i.id = a.item_id AND i.content = a.content"):  # fmt: skip
+            times.setdefault(name, []).append(seconds)
+        out = {}
+        for name, values in times.items():
+            values.sort()
+            mid = len(values) // 2
+            median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+            out[name] = {"items": len(values), "seconds": round(sum(values), 1),
+                         "mean": round(sum(values) / len(values), 1), "median": round(median, 1)}  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------------------------------ import
 
@@ -925,6 +1073,14 @@ class StaleVersion(LaffiError):
 
 class NotAssigned(LaffiError):
     """An annotation was sent for an item not assigned to the annotator (with --overlap)."""
+
+
+def _right_answer(feedback: str) -> dict[str, str]:
+    """{"right_answer": X} for the answer the feedback's closing sentence states ("" for unanswerable), or {}."""
+    from laffi import prompts
+
+    answer = prompts.parse_feedback(feedback)[1] if feedback else None
+    return {} if answer is None else {"right_answer": answer}
 
 
 def _check_judgement(verdict: Any, feedback: Any, where: str) -> tuple[str, str]:
