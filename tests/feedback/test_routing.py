@@ -96,8 +96,9 @@ def test_uncertain_rounds_on_the_tiny_model(excerpt_questions, tiny_model_dir, t
 def test_uncertain_cell_feedback(excerpt_questions, tiny_model_dir, tmp_path):
     from dataclasses import replace
 
+    from laffi.files import write_json, write_jsonl
     from laffi.grid import Cell
-    from laffi.records import read_feedback, write_json, write_jsonl
+    from laffi.records import read_feedback
     from laffi.rundir import RunDir
 
     qs, preds, human = tiny_case(excerpt_questions)
@@ -114,7 +115,8 @@ def test_uncertain_cell_feedback(excerpt_questions, tiny_model_dir, tmp_path):
     # The selection is saved beside the mix; the mix's human records are exactly the rounds' ids, and the cell's
     # annotator learned from them (its AI records cover the other questions; a random model's replies may fail).
     assert run.selection(cell) == run.mix(cell).with_suffix(".selection.json")
-    assert split["human_selection"] == "uncertain" and split["selection"] == "feedback/laffi-n12-seed0-human50.selection.json"
+    assert split["human_selection"] == "uncertain"
+    assert split["selection"] == "feedback/laffi-n12-seed0-human50.selection.json"
     assert [r["ids"] for r in selection["rounds"]] == ROUNDS and split["human_ids"] == selection["human_ids"]
     assert [r.id for r in mix if r.annotator.startswith("simulated-human")] == selection["human_ids"]
     info = json.loads((run.learned_annotator(cell) / "adapter" / "annotator.json").read_text())
@@ -132,9 +134,9 @@ def test_random_keeps_keys_and_mix(excerpt_questions, tmp_path, monkeypatch):
     import hashlib
 
     from laffi.feedback.reference import annotate as reference_annotate
+    from laffi.files import write_json, write_jsonl
     from laffi.grid import Cell
     from laffi.pipeline import cache
-    from laffi.records import write_json, write_jsonl
     from laffi.rundir import RunDir
 
     monkeypatch.setattr(cache, "FORMAT", 3)  # the keys below were made with format 3

@@ -68,7 +68,7 @@ def test_select_human_writes_the_queue(excerpt_questions, tiny_model_dir, tmp_pa
     from laffi.cli import main
     from laffi.data import write_squad
     from laffi.feedback.simulated import simulated_human_feedback
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     qs = excerpt_questions[:10]
     data, preds_file, examples = tmp_path / "data.json", tmp_path / "preds.json", tmp_path / "human.jsonl"
@@ -86,7 +86,8 @@ def test_select_human_writes_the_queue(excerpt_questions, tiny_model_dir, tmp_pa
     scores = json.loads((tmp_path / "queue.json.annotator" / "scores.json").read_text())
     assert sorted(scores) == sorted(q.id for q in qs[4:]) and sel["scored"] == 6
     assert sel["order"] == sorted(scores, key=lambda i: abs(scores[i] - sel["cut"]))[:3]
-    assert sel["learned_from"] == [q.id for q in qs[:4]] and sel["incorrect_prob"] == {i: scores[i] for i in sel["order"]}
+    assert sel["learned_from"] == [q.id for q in qs[:4]]
+    assert sel["incorrect_prob"] == {i: scores[i] for i in sel["order"]}
     assert f"wrote a queue of 3 of 6 questions to {queue}" in capsys.readouterr().err
     db = tmp_path / "fb.sqlite"
     prepare(db, qs, preds, [], None, None, 0, queue)
