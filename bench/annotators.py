@@ -43,7 +43,7 @@ def prepare(work: Path, human_fraction: float, held_out: int) -> None:
     from laffi.data import load_squad, split_by_article, write_squad
     from laffi.feedback.mix import human_share
     from laffi.feedback.simulated import simulated_human_feedback
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     work.mkdir(parents=True, exist_ok=True)
     train300 = work / "TRAIN300.json"

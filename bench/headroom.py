@@ -44,8 +44,9 @@ def feedback(annotator: str, questions, answers: Path, out: Path, args) -> Path:
     from laffi.config import AnnotateConfig
     from laffi.feedback import reference
     from laffi.feedback.simulated import simulated_human_feedback
+    from laffi.files import write_jsonl
     from laffi.pipeline import stages
-    from laffi.records import read_predictions, write_jsonl
+    from laffi.records import read_predictions
 
     path = out / f"{annotator}.jsonl"
     if path.exists():

@@ -35,7 +35,7 @@ POOL = ROOT.parent / "shared" / "data" / "squad_v2" / "squad_v2_pool.json"
 def prepare(work: Path, n: int) -> None:
     from laffi.data import load_squad, split_by_article, write_squad
     from laffi.feedback.simulated import simulated_human_feedback
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     work.mkdir(parents=True, exist_ok=True)
     train = work / "TRAIN.json"
@@ -58,8 +58,9 @@ def arm(work: Path, cfg, selection: str, fraction: float, seed: int) -> dict:
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.mix import human_share, mix_feedback
     from laffi.feedback.report import annotator_summary
+    from laffi.files import write_json, write_jsonl
     from laffi.pipeline import stages
-    from laffi.records import read_feedback, write_json, write_jsonl
+    from laffi.records import read_feedback
 
     questions = load_squad(work / "TRAIN.json")
     preds = json.loads((work / "BASE.json").read_text())

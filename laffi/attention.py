@@ -32,8 +32,9 @@ from typing import Any
 
 from laffi import prompts
 from laffi.errors import LaffiError
+from laffi.files import atomic_write_text, read_json, write_json
 from laffi.models import model_device
-from laffi.records import Question, atomic_write_text, read_json, write_json
+from laffi.records import Question
 
 MEASURES = ("entropy", "distance", "local_share", "passage_share", "span_share", "question_share")
 LABELS = {

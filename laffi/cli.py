@@ -199,8 +199,8 @@ def annotate(
         extra = f"; {s['failures']} unparsed replies in {failures_path(out)}; {s['tokens']} tokens, {s['seconds']} s"
         if learn_from_examples:
             from laffi.feedback.learned import INFO
+            from laffi.files import read_json
             from laffi.pipeline.stages import annotator_adapter_path
-            from laffi.records import read_json
 
             adapter = annotator_adapter_path(out)
             info = read_json(adapter / INFO)
@@ -225,7 +225,7 @@ def annotate_export(
     import csv
     import io
 
-    from laffi.records import atomic_write_text, write_jsonl
+    from laffi.files import atomic_write_text, write_jsonl
 
     check_output_file(out, "--out", database("--db", db))
     if out.suffix not in (".jsonl", ".csv"):
@@ -386,7 +386,7 @@ def feedback_report(
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import feedback_report as build
     from laffi.feedback.report import filter_contradictions, report_markdown
-    from laffi.records import write_json, write_jsonl
+    from laffi.files import write_json, write_jsonl
 
     failures = failures or (failures_path(ai) if failures_path(ai).exists() else None)
     inputs = [("--human", human), ("--ai", ai), ("--failures", failures)]
@@ -422,7 +422,7 @@ def annotators_compare(
     from laffi.feedback.learned import INFO
     from laffi.feedback.llm import failures_path, read_failures
     from laffi.feedback.report import annotator_summary, compare_markdown
-    from laffi.records import read_json, write_json
+    from laffi.files import read_json, write_json
 
     given: dict[str, Path] = {}
     for item in feedback:
@@ -523,7 +523,7 @@ def train(
         info = stages.train(questions, records, out, model_cfg, run_cfg.train, shots, progress,
                             restart=restart)  # fmt: skip
     if split is not None:  # written after training: saving the adapter replaces the directory
-        from laffi.records import write_json
+        from laffi.files import write_json
 
         write_json(out / "feedback_mix.json", split)
     typer.echo(f"saved adapter to {out}: {info['examples']} examples, {info['steps']} steps, "

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from laffi.errors import LaffiError
-from laffi.records import has_lone_surrogate, printable, read_input_text
+from laffi.files import has_lone_surrogate, printable, read_input_text
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import Question, printable, read_json, write_json
+from laffi.files import printable, read_json, write_json
+from laffi.records import Question
 
 SQUAD_VERSION = "v2.0"
 BUNDLED_NAME = "squad_v2_excerpt.json"

@@ -14,7 +14,8 @@ import string
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import Question, printable
+from laffi.files import printable
+from laffi.records import Question
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)

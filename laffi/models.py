@@ -83,7 +83,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
 def _reconvert(gguf: Path, out: Path, problem: str) -> None:
     import sys
 
-    from laffi.records import printable
+    from laffi.files import printable
 
     print(f"laffi: {printable(out)}: the converted model in the cache is damaged ({problem}); converting "
           f"{printable(gguf)} again", file=sys.stderr, flush=True)  # fmt: skip
@@ -437,7 +437,7 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 def _cache_error(where: Path, e: BaseException) -> str:
-    from laffi.records import printable
+    from laffi.files import printable
 
     reason = (e.strerror or type(e).__name__).lower() if isinstance(e, OSError) else _short(e)
     return (f"{printable(where)}: cannot write the converted model cache ({reason}); free space there or set "
@@ -479,7 +479,7 @@ def check_adapter(adapter: Path) -> dict[str, Any]:
     """The adapter's config when `adapter` holds a readable one and weights that are whole; else LaffiError naming
     the file: the folder missing, adapter_config.json not JSON / not an object / a field of the wrong type, the
     weights missing or truncated."""
-    from laffi.records import printable, read_json
+    from laffi.files import printable, read_json
 
     name = printable(adapter)
     if not adapter.is_dir():

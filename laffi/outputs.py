@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from laffi.errors import LaffiError
-from laffi.records import printable
+from laffi.files import printable
 
 
 def show(path: str | Path) -> str:
-    """A path for a one-line message (`records.printable`: control characters and lone surrogates escaped)."""
+    """A path for a one-line message (`files.printable`: control characters and lone surrogates escaped)."""
     return printable(path)
 
 

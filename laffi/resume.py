@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import printable, to_dict, write_json
+from laffi.files import printable, write_json
+from laffi.records import to_dict
 
 RESTART = "add --restart to discard it and start afresh"
 

@@ -12,10 +12,11 @@ import pytest
 from laffi.config import ExperimentConfig, ModelConfig, TrainConfig, load_run_config
 from laffi.data import load_squad, write_squad
 from laffi.errors import LaffiError
+from laffi.files import read_json
 from laffi.grid import Cell
 from laffi.methods.common import answers_source
 from laffi.pipeline import cells, experiment, shared, stages
-from laffi.records import read_feedback, read_json, read_predictions
+from laffi.records import read_feedback, read_predictions
 from laffi.rundir import RunDir
 
 

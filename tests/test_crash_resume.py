@@ -82,7 +82,7 @@ def test_answer_survives_sigkill(twelve, tiny_model_dir, tmp_path):
 def test_train_survives_sigkill(twelve, tiny_model_dir, tmp_path):
     from laffi.data import load_squad
     from laffi.feedback.reference import annotate
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     feedback = tmp_path / "feedback.jsonl"
     write_jsonl(feedback, [annotate(q, "", 0.8) for q in load_squad(twelve)])

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from laffi.data import load_squad
 from laffi.errors import LaffiError
 from laffi.feedback import reference
-from laffi.records import JsonlAppender, write_json, write_jsonl
+from laffi.files import JsonlAppender, write_json, write_jsonl
 from laffi.server.app import create_app, prepare
 from laffi.server.store import APPLICATION_ID, Store
 

@@ -206,8 +206,8 @@ def test_local_annotators_move_their_model_to_the_device(kind, fake_cuda, tiny_m
                                                          tmp_path):  # fmt: skip
     from laffi.config import AnnotateConfig
     from laffi.feedback.simulated import simulated_human_feedback
+    from laffi.files import write_jsonl
     from laffi.pipeline import stages
-    from laffi.records import write_jsonl
 
     qs = _questions(excerpt_questions, 6)
     preds = {q.id: "" for q in qs}

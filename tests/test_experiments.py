@@ -99,7 +99,8 @@ def test_changed_setting_reruns_only_what_depends_on_it(run_cfg, tmp_path):
 
 
 def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
-    from laffi.records import Generation, JsonlAppender, read_json, write_json
+    from laffi.files import JsonlAppender, read_json, write_json
+    from laffi.records import Generation
 
     run_cfg.methods = ["base"]
     run_pipeline(run_cfg)
@@ -124,7 +125,7 @@ def test_answer_stage_resumes_only_its_own_partial_state(run_cfg, tmp_path):
 def test_decoding_settings_enter_the_answer_key(run_cfg, tmp_path, field, value):
     """Decoding settings change bf16 rounding (which rows decode together, tokens checked per step): each value has
     its own answers; going back to the first value finds its answers again."""
-    from laffi.records import read_json
+    from laffi.files import read_json
 
     run_cfg.methods = ["base"]
     out = tmp_path / "run" / "cells" / "base" / "eval_answers.json"

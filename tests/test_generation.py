@@ -3,7 +3,8 @@
 import pytest
 
 from laffi.engines.generation import DecodeSettings, answer_questions, generate
-from laffi.records import Generation, JsonlAppender, read_jsonl
+from laffi.files import JsonlAppender
+from laffi.records import Generation, read_jsonl
 
 
 @pytest.fixture(scope="module")

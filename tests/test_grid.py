@@ -122,8 +122,9 @@ def check_calibration(out, summary, train, eval_qs, cfg):
     official best_f1_thresh on its calibration answers, and its calibrated scores are the official script's with that
     --na-prob-thresh on the evaluation answers."""
     from laffi.data import load_squad
+    from laffi.files import read_json
     from laffi.metrics import squad_v2_scores
-    from laffi.records import read_json, read_predictions
+    from laffi.records import read_predictions
 
     calibration = load_squad(out / "data" / "calibration.json")
     assert len(calibration) == 4  # the 8 questions of the 2 training articles less the 4 training questions

@@ -10,11 +10,12 @@ from laffi import prompts
 from laffi.config import AnswerConfig, ModelConfig, TrainConfig
 from laffi.errors import LaffiError
 from laffi.feedback import reference
+from laffi.files import write_jsonl
 from laffi.methods import build_examples
 from laffi.methods import refine as m
 from laffi.methods.critique import critique_feedback
 from laffi.methods.refine import judge_revision, refine_answers
-from laffi.records import Generation, Question, write_jsonl
+from laffi.records import Generation, Question
 from laffi.training.examples import tokenize_example
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from laffi.config import AnswerConfig, ModelConfig
+from laffi.files import read_json
 from laffi.grid import Cell
 from laffi.metrics import squad_v2_scores
 from laffi.pipeline import stages
-from laffi.records import read_json
 from laffi.report import summary as report
 from laffi.report.render import na_scores_table
 from laffi.rundir import RunDir

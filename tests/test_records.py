@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from laffi import records
+from laffi import files
 from laffi.errors import LaffiError
-from laffi.records import (
-    FeedbackRecord,
-    Generation,
-    JsonlAppender,
-    printable,
-    read_json,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-)
+from laffi.files import JsonlAppender, printable, read_json, write_json, write_jsonl
+from laffi.records import FeedbackRecord, Generation, read_jsonl
 
 
 def test_jsonl_roundtrip(tmp_path):
@@ -96,7 +88,7 @@ def test_non_regular_files_are_refused_before_reading(tmp_path):
 
 
 def test_files_over_the_size_cap_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "MAX_INPUT_BYTES", 1024**2)
+    monkeypatch.setattr(files, "MAX_INPUT_BYTES", 1024**2)
     path = tmp_path / "big.json"
     path.write_text(json.dumps(["x" * 1024**2]))
     with pytest.raises(LaffiError, match=r"big.json: too large \(1.0 MiB; the limit is 1.0 MiB\)"):
@@ -160,9 +152,9 @@ def test_feedback_meta_fields_are_checked(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys
-from laffi import records
+from laffi import files, records
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # dies after writing, before the rename
-records.write_json(sys.argv[1], {"big": "x" * 100000})
+files.write_json(sys.argv[1], {"big": "x" * 100000})
 """
 
 
@@ -196,7 +188,7 @@ def test_temporaries_of_this_pid_from_an_earlier_process_are_removed(tmp_path):
     orphan.write_text("partial")
     legacy = tmp_path / ".out.json.abcd1234.tmp"  # a temporary without a pid in its name, older than this process
     legacy.write_text("partial")
-    old = records._STARTED - 60
+    old = files._STARTED - 60
     os.utime(legacy, (old, old))
     write_json(tmp_path / "out.json", {"a": 1})
     assert os.listdir(tmp_path) == ["out.json"]

@@ -54,7 +54,7 @@ def twelve(tmp_path, excerpt_questions):
 
 
 def test_answer_resume_with_other_settings_is_refused(twelve, tiny_model_dir, tmp_path, monkeypatch):
-    from laffi.records import JsonlAppender
+    from laffi.files import JsonlAppender
 
     common = ["answer", "--data", twelve, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "16",
               "--batch-size", "1", "--no-progress"]  # fmt: skip
@@ -80,7 +80,7 @@ def test_answer_resume_with_other_settings_is_refused(twelve, tiny_model_dir, tm
 
 
 def test_answer_resume_with_the_same_settings_continues(twelve, tiny_model_dir, tmp_path, monkeypatch):
-    from laffi.records import JsonlAppender
+    from laffi.files import JsonlAppender
 
     common = ["answer", "--data", twelve, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "8",
               "--batch-size", "1", "--no-progress", "--out", tmp_path / "preds.json"]  # fmt: skip
@@ -107,7 +107,7 @@ def test_partial_answers_without_a_settings_record_are_refused(twelve, tiny_mode
 def train_args(twelve, tiny_model_dir, tmp_path):
     from laffi.data import load_squad
     from laffi.feedback.reference import annotate
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     feedback = tmp_path / "feedback.jsonl"
     write_jsonl(feedback, [annotate(q, "", 0.8) for q in load_squad(twelve)])

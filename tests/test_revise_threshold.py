@@ -9,9 +9,10 @@ import pytest
 from laffi.config import AnswerConfig, ModelConfig, TrainConfig, load_run_config
 from laffi.errors import LaffiError
 from laffi.feedback import reference
+from laffi.files import read_json
 from laffi.metrics import normalize_answer
 from laffi.pipeline import stages
-from laffi.records import Generation, Revision, read_json, read_jsonl
+from laffi.records import Generation, Revision, read_jsonl
 
 
 @pytest.fixture()

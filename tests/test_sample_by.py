@@ -11,9 +11,9 @@ import pytest
 from laffi.config import DataConfig, ExperimentConfig, load_run_config
 from laffi.data import bundled_data_path, load_squad
 from laffi.errors import LaffiError
+from laffi.files import read_json
 from laffi.pipeline.cache import marker, stage_key
 from laffi.pipeline.shared import data_hash, split_stage, train_and_eval
-from laffi.records import read_json
 from laffi.rundir import RunDir
 
 

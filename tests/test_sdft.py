@@ -9,8 +9,9 @@ from laffi import prompts
 from laffi.config import ModelConfig, TrainConfig, train_cache_settings
 from laffi.errors import LaffiError
 from laffi.feedback import headroom, reference
+from laffi.files import write_jsonl
 from laffi.methods import build_examples
-from laffi.records import Question, write_jsonl
+from laffi.records import Question
 
 CTX = "Rollo led the Normans. They settled in Normandy in 911."
 QA = Question(id="a", title="N", context=CTX, question="Who led the Normans?", answers=["Rollo"], answer_starts=[0])

@@ -15,9 +15,10 @@ from typing import Any
 
 from laffi import prompts
 from laffi.engines import prefix_cache, steering
+from laffi.files import JsonlAppender, iter_chunks
 from laffi.metrics import normalize_answer
 from laffi.models import model_device
-from laffi.records import Generation, JsonlAppender, Question, Revision, iter_chunks, read_jsonl
+from laffi.records import Generation, Question, Revision, read_jsonl
 
 Progress = Callable[[int], None]
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from laffi import prompts
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Question, printable, read_json, write_json
+from laffi.files import printable, read_json, write_json
+from laffi.records import FeedbackRecord, Question
 
 CONDITIONS = ("first", "no_feedback", "verdict_only", "no_answer_sentence", "feedback")
 GENERATED = CONDITIONS[1:]

@@ -45,7 +45,8 @@ from laffi import prompts
 from laffi.config import AnnotateConfig
 from laffi.errors import LaffiError
 from laffi.feedback.report import stated_answer_agrees
-from laffi.records import FeedbackRecord, JsonlAppender, Question, read_json, read_jsonl, write_json, write_jsonl
+from laffi.files import JsonlAppender, read_json, write_json, write_jsonl
+from laffi.records import FeedbackRecord, Question, read_jsonl
 
 TEMPLATE_VERSION = "llm-annotator-v2"
 LEARNED_TEMPLATE_VERSION = "llm-learned-v2"  # the learned annotator's records (laffi/feedback/learned.py)

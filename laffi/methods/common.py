@@ -13,7 +13,8 @@ from typing import Any
 from laffi import prompts
 from laffi.config import ModelConfig
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Generation, Question, read_jsonl, write_json, write_jsonl
+from laffi.files import write_json, write_jsonl
+from laffi.records import FeedbackRecord, Generation, Question, read_jsonl
 from laffi.training.examples import Example
 
 # build(questions, feedback, tokenizer, shots, seed, answers) -> examples (unshuffled: the registry shuffles).

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from laffi.records import read_json, write_json
+from laffi.files import read_json, write_json
 
 FORMAT = 3
 Log = Callable[[str], None]

@@ -18,6 +18,7 @@ from laffi.config import (
 )
 from laffi.data import load_squad
 from laffi.errors import LaffiError
+from laffi.files import write_json, write_jsonl
 from laffi.grid import Cell
 from laffi.pipeline import stages
 from laffi.pipeline.cache import begin, cached, file_hash, finish, stage_key
@@ -30,7 +31,7 @@ from laffi.pipeline.shared import (
     source_files,
     subset_file,
 )
-from laffi.records import FeedbackRecord, read_feedback, read_predictions, write_json, write_jsonl
+from laffi.records import FeedbackRecord, read_feedback, read_predictions
 from laffi.rundir import Log, RunDir, generations_path
 
 

@@ -21,13 +21,13 @@ from laffi import methods
 from laffi.config import ExperimentConfig
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
+from laffi.files import atomic_write_text, read_json, write_json
 from laffi.grid import Cell, Finished, check_method, plan
 from laffi.pipeline.cache import NotCached, marker, only_cached
 from laffi.pipeline.cells import run_cell
 from laffi.pipeline.extras import attention_stage, examples_stage, headroom_stage
 from laffi.pipeline.provenance import environment
 from laffi.pipeline.shared import feedback_sources, read_calibration, split_stage, train_and_eval
-from laffi.records import atomic_write_text, read_json, write_json
 from laffi.rundir import Log, RunDir
 
 

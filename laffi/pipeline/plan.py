@@ -178,7 +178,7 @@ def model_shape(path: Path) -> Any:
     """A transformers config read from a config.json file (a model's architecture, without its weights)."""
     from transformers import AutoConfig
 
-    from laffi.records import read_json
+    from laffi.files import read_json
 
     data = read_json(Path(path), "model shape")
     if not isinstance(data, dict) or "model_type" not in data:

@@ -21,10 +21,11 @@ from laffi.data import (
     write_squad,
 )
 from laffi.errors import LaffiError
+from laffi.files import read_json, write_json, write_jsonl
 from laffi.grid import Cell
 from laffi.pipeline import stages
 from laffi.pipeline.cache import begin, cached, file_hash, finish, stage_key
-from laffi.records import FeedbackRecord, read_feedback, read_json, read_predictions, write_json, write_jsonl
+from laffi.records import FeedbackRecord, read_feedback, read_predictions
 from laffi.rundir import Log, RunDir, generations_path, na_prob_path, timing_path
 
 
@@ -71,7 +72,7 @@ def calibration_questions(cfg: ExperimentConfig, train_all: list, train_qs: list
 def train_and_eval(cfg: ExperimentConfig, questions: list) -> tuple[list, list]:
     """(training, evaluation) questions: an article split of `data.path`, or with `data.eval_path` all of each, refused
     when they share a question id or an article title (training on evaluation facts)."""
-    from laffi.records import printable
+    from laffi.files import printable
 
     if not cfg.data.eval_path:
         return split_by_article(questions, cfg.data.eval_articles, cfg.data.split_seed)

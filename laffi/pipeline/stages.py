@@ -13,17 +13,8 @@ from typing import Any
 from laffi.config import AnnotateConfig, AnswerConfig, ModelConfig, TrainConfig, train_cache_settings
 from laffi.data import load_squad, resolve_data_path
 from laffi.errors import LaffiError
-from laffi.records import (  # noqa: F401
-    FeedbackRecord,
-    Generation,
-    Question,
-    read_feedback,
-    read_json,
-    read_jsonl,
-    read_predictions,
-    write_json,
-    write_jsonl,
-)
+from laffi.files import read_json, write_json, write_jsonl  # noqa: F401
+from laffi.records import FeedbackRecord, Generation, Question, read_feedback, read_jsonl, read_predictions  # noqa: F401
 from laffi.rundir import (  # noqa: F401  (the sidecar names, for the callers of these stages)
     first_token_na_prob_path,
     generations_path,
@@ -425,7 +416,7 @@ def launch_training(
 
     from laffi.data import write_squad
     from laffi.engines.vllm import release as release_vllm
-    from laffi.records import atomic_write_text
+    from laffi.files import atomic_write_text
     from laffi.training.loop import TRAIN_INFO
 
     try:

@@ -4,8 +4,8 @@ time (`laffi experiment --report-only`)."""
 
 from __future__ import annotations
 
+from laffi.files import atomic_write_text, write_json
 from laffi.grid import Finished
-from laffi.records import atomic_write_text, write_json
 from laffi.report.plots import write_plots
 from laffi.report.render import render_html, render_markdown
 from laffi.report.summary import Summary, summarise

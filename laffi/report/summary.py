@@ -16,9 +16,10 @@ from typing import Any
 
 from laffi import methods
 from laffi.data import articles, load_squad
+from laffi.files import read_json
 from laffi.grid import FEEDBACK_SOURCES, Cell, Finished, feedback_predictor, reference_cell
 from laffi.metrics import abstain_predictions, score_one, squad_v2_scores
-from laffi.records import read_feedback, read_json, read_predictions
+from laffi.records import read_feedback, read_predictions
 from laffi.rundir import RunDir, first_token_na_prob_path, na_prob_path, revisions_path, timing_path
 from laffi.stats import bootstrap_ci, paired_bootstrap, roc_auc
 

@@ -46,7 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from laffi.errors import LaffiError
-from laffi.records import has_lone_surrogate, to_dict
+from laffi.files import has_lone_surrogate
+from laffi.records import to_dict
 from laffi.server.store import (
     MAX_NOTE_CHARS,
     MAX_SECONDS,
@@ -221,7 +222,7 @@ def render_guidelines(text: str) -> str:
 
 def read_guidelines(path: Path | None) -> str:
     """The guidelines file (`--guidelines`, default: the text shipped in laffi/resources/) as text."""
-    from laffi.records import read_input_text
+    from laffi.files import read_input_text
 
     return read_input_text(path or DEFAULT_GUIDELINES, "markdown")
 

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import FeedbackRecord, Question, printable, read_input_bytes, read_jsonl
+from laffi.files import printable, read_input_bytes
+from laffi.records import FeedbackRecord, Question, read_jsonl
 
 TEMPLATE_VERSION = "human-app-v1"
 APPLICATION_ID = 0x4C414646  # "LAFF", in the SQLite header (PRAGMA application_id): this database is laffi's

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from laffi.errors import LaffiError
-from laffi.records import printable
+from laffi.files import printable
 
 SHARDED = ("FSDP", "DEEPSPEED")
 STATE_DIR = "accelerate_state"  # inside the run's .partial/ directory, for sharded engines

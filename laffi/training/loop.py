@@ -20,7 +20,7 @@ from typing import Any
 from laffi import prompts
 from laffi.config import TrainConfig
 from laffi.errors import LaffiError
-from laffi.records import write_json
+from laffi.files import write_json
 from laffi.training.examples import Example, tokenize_example
 from laffi.training.loss import completion_loss_sum
 from laffi.training.packing import attention_tokens, group_keys, group_order, pack, pack_step, packed_loss, packed_width

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.records import printable
+from laffi.files import printable
 
 
 def check_target_modules(model: Any, setting: str, where: str = "train.target_modules") -> None:

@@ -127,8 +127,9 @@ def test_answer_writes_na_probs_beside_the_predictions_and_resumes(small_squad, 
                                                                      monkeypatch):  # fmt: skip
     from laffi.cli import main
     from laffi.engines import generation
+    from laffi.files import write_jsonl
     from laffi.pipeline.stages import partial_path
-    from laffi.records import Generation, read_jsonl, write_jsonl
+    from laffi.records import Generation, read_jsonl
 
     preds = tmp_path / "preds.json"
     args = ["answer", "--data", str(small_squad), "--out", str(preds), "--model", str(tiny_model_dir), "--dtype",

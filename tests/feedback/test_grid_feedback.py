@@ -12,9 +12,10 @@ from laffi.data import load_squad, write_squad
 from laffi.feedback import llm
 from laffi.feedback.reference import annotate as reference_annotate
 from laffi.feedback.simulated import simulated_human_feedback
+from laffi.files import write_json, write_jsonl
 from laffi.grid import Cell
 from laffi.pipeline import cells, experiment
-from laffi.records import read_feedback, write_json, write_jsonl
+from laffi.records import read_feedback
 from laffi.report import summary as grid_report
 from laffi.rundir import RunDir
 

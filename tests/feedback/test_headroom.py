@@ -11,8 +11,8 @@ from laffi.config import AnswerConfig, ModelConfig
 from laffi.errors import LaffiError
 from laffi.feedback import headroom
 from laffi.feedback.reference import annotate as reference
+from laffi.files import write_json, write_jsonl
 from laffi.pipeline import stages
-from laffi.records import write_json, write_jsonl
 
 RECORD = headroom._EXAMPLE
 

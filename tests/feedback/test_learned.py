@@ -10,8 +10,9 @@ from laffi.errors import LaffiError
 from laffi.feedback import learned, llm
 from laffi.feedback.report import annotator_summary, answer_shares
 from laffi.feedback.simulated import simulated_human_feedback
+from laffi.files import write_jsonl
 from laffi.pipeline import stages
-from laffi.records import read_feedback, read_jsonl, write_jsonl
+from laffi.records import read_feedback, read_jsonl
 
 REPLY = "Verdict: incorrect\nFeedback: Wrong."
 

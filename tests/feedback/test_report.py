@@ -86,7 +86,7 @@ def test_annotators_compare_command(tmp_path, capsys):
     import json
 
     from laffi.cli import main
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     ref = [rec("a", "correct", "reference"), rec("b", "incorrect", "reference", pred="")]
     bad = [rec("a", "incorrect", "llm:m"), rec("b", "incorrect", "llm:m", pred="")]

@@ -21,9 +21,10 @@ from laffi.feedback.report import (
     stated_answer_agrees,
 )
 from laffi.feedback.simulated import simulated_human_feedback
+from laffi.files import write_jsonl
 from laffi.metrics import normalize_answer
 from laffi.pipeline import stages
-from laffi.records import FeedbackRecord, write_jsonl
+from laffi.records import FeedbackRecord
 
 
 def rec(verdict, feedback, gold=("911",), pred="1066", **meta):

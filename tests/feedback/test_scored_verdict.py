@@ -10,8 +10,8 @@ from laffi.config import AnnotateConfig, load_run_config
 from laffi.errors import LaffiError
 from laffi.feedback import llm
 from laffi.feedback.simulated import simulated_human_feedback
+from laffi.files import write_jsonl
 from laffi.pipeline import stages
-from laffi.records import write_jsonl
 
 
 @pytest.mark.parametrize("probs, threshold, share, expected", [

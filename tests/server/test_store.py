@@ -59,7 +59,7 @@ def test_import_csv_and_jsonl(store, excerpt_questions, tmp_path):
     assert store.import_file(csv_file) == 2
     got = {(r.id, r.annotator, r.feedback, r.meta["seconds"]) for r in store.export()}
     assert got == {(q0.id, "human:carol", "Right, as the passage says.", 42.0), (q1.id, "human:dave", "Wrong.", 0.0)}
-    from laffi.records import write_jsonl
+    from laffi.files import write_jsonl
 
     jsonl = tmp_path / "fb.jsonl"
     write_jsonl(jsonl, store.export("carol"))
