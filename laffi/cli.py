@@ -236,9 +236,10 @@ def annotate_export(
     if out.suffix == ".csv":
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["id", "verdict", "feedback", "annotator", "seconds", "predicted_answer"])
-        for r in records:
-            writer.writerow([r.id, r.verdict, r.feedback, r.annotator, r.meta.get("seconds", ""), r.predicted_answer])
+        writer.writerow(["id", "verdict", "feedback", "annotator", "seconds", "predicted_answer", "right_answer"])
+        for r in records:  # right_answer: '' = unanswerable; `annotate import` reads the other columns
+            writer.writerow([r.id, r.verdict, r.feedback, r.annotator, r.meta.get("seconds", ""), r.predicted_answer,
+                             r.meta.get("right_answer", "")])
         atomic_write_text(out, text.getvalue())
     else:
         write_jsonl(out, records)

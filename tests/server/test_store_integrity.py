@@ -430,7 +430,7 @@ def test_export_writes_csv_that_import_reads_back_and_takes_unsure_on_request(db
     csv_out, jsonl = tmp_path / "out.csv", tmp_path / "out.jsonl"
     assert laffi("annotate", "export", "--db", db, "--out", csv_out).returncode == 0
     lines = csv_out.read_text().splitlines()
-    assert lines[0] == "id,verdict,feedback,annotator,seconds,predicted_answer" and len(lines) == 2
+    assert lines[0] == "id,verdict,feedback,annotator,seconds,predicted_answer,right_answer" and len(lines) == 2
     assert lines[1].startswith(f'{qs[0].id},correct,"Yes, ""France"", right.",human:alice,1')
     assert laffi("annotate", "export", "--db", db, "--out", jsonl, "--unsure").returncode == 0
     assert [json.loads(line)["id"] for line in jsonl.read_text().splitlines()] == [qs[0].id, qs[1].id]
