@@ -161,7 +161,7 @@ def annotate(
     inputs = [("--data", data), ("--predictions", predictions), ("--examples", settings.examples or None),
               ("--model", settings.model)]
     if select_human is not None:
-        if not (settings.annotator == "llm" and learn_from_examples):
+        if not (runs_model and learn_from_examples):
             raise LaffiError("annotate: --select-human needs the learned annotator (--annotator llm "
                              "--learn-from-examples)")
         check_output_file(out_queue, "--out-queue", inputs)

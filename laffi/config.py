@@ -212,7 +212,8 @@ class AnnotateConfig:
     def __post_init__(self) -> None:
         # Checked here so that every way of making the config (YAML, --set, the CLI's flags, code) gets one line.
         check_device(self.device, "annotate.device")
-        if self.human_selection == "uncertain" and not (self.annotator == "llm" and self.learn_from_examples):
+        # learn_from_examples is the learned annotator (it needs annotate.annotator: llm, checked below)
+        if self.human_selection == "uncertain" and not self.learn_from_examples:
             raise LaffiError(f"annotate.human_selection: 'uncertain' needs the learned annotator (annotate.annotator: "
                              f"llm, annotate.learn_from_examples: true; got annotator '{self.annotator}', "
                              f"learn_from_examples {str(self.learn_from_examples).lower()})")

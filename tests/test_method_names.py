@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "laffi"
 ALLOWED = {
     ("attention.py", "base"): 1,  # `--adapters base`: the model without an adapter
     ("cli.py", "base"): 1,  # the same, as `laffi attention`'s default
-    ("cli.py", "laffi"): 1,  # the program's name
+    ("cli_process.py", "laffi"): 1,  # the program's name
     ("data.py", "laffi"): 1,  # the package whose resources hold the bundled data
     ("models.py", "laffi"): 1,  # the cache folder ~/.cache/laffi
     ("pipeline/provenance.py", "laffi"): 1,  # the package whose version environment.json records

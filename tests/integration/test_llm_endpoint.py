@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from laffi import prompts
 from laffi.data import load_squad
 
 REPLY = "Verdict: incorrect\nFeedback: The passage answers it."
@@ -112,8 +113,10 @@ def test_endpoint_backend_against_transformers_serve(taught_model, small_squad, 
     failures = [json.loads(line) for line in out.with_suffix(".failures.jsonl").read_text().splitlines()]
     assert len(records) + len(failures) == 4
     assert len(records) >= 3, failures  # the taught model replies in the annotator's form
-    for rec in records:
-        assert (rec["verdict"], rec["feedback"]) == ("incorrect", "The passage answers it.")
+    gold = {q.id: q.answers[0] if q.answers else "" for q in qs}
+    for rec in records:  # an incorrect verdict that states no answer ends with the gold one (llm.with_right_answer)
+        assert (rec["verdict"], rec["feedback"]) == (
+            "incorrect", f"The passage answers it. {prompts.right_answer_sentence(gold[rec['id']])}")
         assert rec["annotator"] == f"llm:{taught_model}" and rec["meta"]["backend"] == "endpoint"
         assert rec["meta"]["prompt_tokens"] > 300 and 0 < rec["meta"]["completion_tokens"] <= 24
         assert rec["meta"]["raw"].startswith("Verdict: incorrect") and not rec["meta"]["cached"]

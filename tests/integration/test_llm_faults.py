@@ -108,7 +108,9 @@ def test_faults_are_retried_then_recorded_and_a_rerun_retries_only_failures(serv
 
     # Every fault that clears within the retries gives a record; attempts = script length (1 for q9).
     assert sorted(r.id for r in records) == ["q0", "q1", "q2", "q3", "q4", "q5", "q9"]
-    assert all((r.verdict, r.feedback) == ("incorrect", "The passage says 1066.") for r in records)
+    # The verdict states no answer: the gold one is appended (llm.with_right_answer).
+    assert all((r.verdict, r.feedback) == ("incorrect", 'The passage says 1066. The right answer is "1066".')
+               for r in records)  # fmt: skip
     assert {q: len(t) for q, t in log.items()} == {"q0": 2, "q1": 2, "q2": 2, "q3": 2, "q4": 2, "q5": 2, "q6": 3,
                                                    "q7": 3, "q8": 3, "q9": 1}  # fmt: skip
     # Backoff: the client's for HTTP errors, laffi's own for bad completions; each retry waits longer than the last.
