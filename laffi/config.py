@@ -93,8 +93,8 @@ class DataConfig:
                         "fit: still n questions, and sizes still nested prefixes of one order. A different design, "
                         "not the same one faster: fewer passages with more questions each, so cheaper to train with "
                         "train.shared_prefix (a passage's questions share one row; 2.4-4.6x fewer tokens per epoch "
-                        "on passage-dense data, docs/performance.md) but less diverse. 'question' keeps the "
-                        "split's cache key of runs made before the setting.", choices=("question", "passage"))
+                        "on passage-dense data, docs/performance.md) but less diverse.",
+                        choices=("question", "passage"))
     eval_questions: int = _f(0, "Evaluation questions sampled from the held-out articles (0 = all).", min=0)
     calibration_questions: int = _f(100, "run/experiment: questions of the training articles kept out of every "
                                     "training size; each model answers them and the no-answer threshold that "

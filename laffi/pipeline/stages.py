@@ -142,7 +142,7 @@ def claim_partial_answers(questions: list[Question], out: Path, model: ModelConf
 
 def write_na_probs(out: Path, gens: list[Generation]) -> None:
     """The first answers' no-answer scores beside `out`; none (and no stale file) when an answer has no score: revised
-    answers (the score is about the first answer), or a resumed partial file written before scores existed."""
+    answers (the score is about the first answer)."""
     path = na_prob_path(out)
     if gens and all(g.na_prob is not None for g in gens):
         write_json(path, {g.id: g.na_prob for g in gens})
