@@ -82,3 +82,33 @@ def test_plan_shape_is_a_transformers_config(tmp_path):
     bad.write_text('{"hidden_size": 8}')
     with pytest.raises(LaffiError, match="not a transformers config"):
         model_shape(bad)
+
+
+def test_sdft_is_planned_with_its_sampling_and_teacher_passes(tmp_path, tiny_model_dir, grid_data):
+    """sdft cells count the positions its step computes beyond the student's prompt (`Method.step_positions`): each
+    example's sampling, completion and teacher pass, at the longest completion."""
+    from laffi import methods
+    from laffi.config import ExperimentConfig, load_run_config
+    from laffi.data import load_squad, sample_training
+    from laffi.feedback.reference import annotate
+    from laffi.models import load_tokenizer
+    from laffi.pipeline.plan import plan_grid
+    from laffi.pipeline.shared import train_and_eval
+
+    settings = [f"out_dir={tmp_path / 'p'}", f"model.name={tiny_model_dir}", "model.dtype=float32",
+                f"data.path={grid_data(2)}", "seeds=[0]", "train_sizes=[4]", "train.batch_size=2",
+                "train.micro_batch_size=2", "train.sdft_max_completion_length=5", "train.epochs=2",
+                "train.shared_prefix=false"]  # fmt: skip
+    plan = plan_grid(load_run_config(None, [*settings, "methods=[sdft]"], ExperimentConfig), probe=False,
+                     log=lambda m: None)  # fmt: skip
+    (cell,) = plan.cells
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+
+    cfg = load_run_config(None, [*settings, "methods=[sdft]"], ExperimentConfig)
+    train_all, _ = train_and_eval(cfg, load_squad(grid_data(2)))
+    questions = sample_training(train_all, 4, cfg.data.split_seed, cfg.data.sample_by)
+    examples = methods.build_examples("sdft", questions, [annotate(q, "") for q in questions], tokenizer, 2, 0)
+    m = methods.get("sdft")
+    extra = sum(m.step_positions(e, tokenizer, cfg.train) for e in examples)
+    assert cell.computed_tokens == cell.example_tokens + 2 * extra  # two epochs
+    assert extra > 4 * 3 * 5

@@ -44,6 +44,9 @@ class Method:
     judges: str = ""
     # The report's row for the data `prepare` made (laffi_train.json[name]): (data, detail) markdown cell texts.
     made_data: Callable[[dict[str, Any]], tuple[str, str]] | None = None
+    # For `--plan`: token positions one example costs a step beyond its tokenized row (sdft's sampling and teacher
+    # pass), from (example, tokenizer, train settings); its `build` then needs nothing `prepare` makes.
+    step_positions: Callable[[Example, Any, Any], int] | None = None
     order: int = 100  # position in listings
 
     @property

@@ -36,7 +36,7 @@ from laffi.config import ModelConfig, TrainConfig
 from laffi.errors import LaffiError
 from laffi.methods.common import Method, record_question, require_feedback
 from laffi.records import FeedbackRecord, Question
-from laffi.training.distill import check_settings
+from laffi.training.distill import check_settings, prompt_ids
 from laffi.training.examples import Example
 
 
@@ -71,6 +71,15 @@ def prepare(questions: list[Question], feedback: list[FeedbackRecord] | None, ou
     return records, None, None
 
 
+def step_positions(example: Example, tokenizer: Any, cfg: TrainConfig) -> int:
+    """Token positions one example costs a step beyond its row (the student's prompt), at the longest completion:
+    sampling (the prompt's prefill again and one position per new token), the completion in the student's forward
+    pass, and the teacher's forward pass over its prompt and the completion."""
+    student, teacher = prompt_ids([example.prompt, example.teacher_prompt or ""], tokenizer, cfg)
+    completion = cfg.sdft_max_completion_length
+    return (len(student) + completion) + completion + (len(teacher) + completion)
+
+
 METHOD = Method("sdft", title="SDFT", summary="on-policy self-distillation: the model with the feedback in its prompt "
                 "teaches the model without it, on the model's own samples", build=build, reads_feedback=True,
-                prepare=prepare, order=65)  # fmt: skip
+                prepare=prepare, step_positions=step_positions, order=65)  # fmt: skip

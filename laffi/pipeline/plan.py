@@ -8,7 +8,8 @@ the run directory and no model is trained or answers saved.
 Where the run's feedback is not made yet (laffi, laffi+sft, coh, critique, refine train on feedback on answers the
 run has not generated), each question's example is counted with the reference annotator's feedback on an abstention
 and marked "~": feedback on a real answer is about as long. Methods that make their own data (refine, critique) are
-counted from those feedback examples too, marked "~".
+counted from those feedback examples too, marked "~". A method that samples while it trains (sdft) adds what its
+`Method.step_positions` counts: its sampling and teacher passes, at the longest completion.
 
 Memory (`training_memory`): the model built on the `meta` device from its config (no weights read), with the run's
 LoRA settings applied to it, gives the exact parameter counts; bytes are base weights in the run's dtype, LoRA
@@ -136,8 +137,12 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
         cp = CellPlan(cell.path, questions=len(eval_qs) + len(calibration) * (1 if not method.revise else 2))
         if method.trains:
             tcfg = TrainConfig(**{**asdict(cfg.train), "method": cell.method, "seed": cell.seed})
-            rows, keys, exact = _rows(cell.method, train_qs[: cell.size], tokenizer, cfg, tcfg)
+            rows, keys, exact, examples = _rows(cell.method, train_qs[: cell.size], tokenizer, cfg, tcfg)
             _count(cp, rows, keys, tcfg, config)
+            if method.step_positions:  # sdft: sampling and the teacher's pass, each time an example is trained on
+                per_epoch = sum(method.step_positions(e, tokenizer, tcfg) for e in examples)
+                epochs = cp.example_tokens / max(1, sum(len(r["input_ids"]) for r in rows))
+                cp.computed_tokens += round(per_epoch * epochs)
             cp.exact = exact
             memory = memory or training_memory(config, tcfg, cfg.model.dtype)
             cp.peak_gib = memory.peak(cp) / GIB
@@ -199,7 +204,7 @@ def _model_config(path: str) -> Any:
 
 
 def _rows(method: str, questions: list, tokenizer: Any, cfg: ExperimentConfig,
-          tcfg: TrainConfig) -> tuple[list[dict], list | None, bool]:  # fmt: skip
+          tcfg: TrainConfig) -> tuple[list[dict], list | None, bool, list]:  # fmt: skip
     """Tokenized training rows of a cell, exactly as the run makes them where they need no generated data."""
     from laffi.feedback.reference import annotate as reference
     from laffi.training.examples import tokenize_example
@@ -212,10 +217,11 @@ def _rows(method: str, questions: list, tokenizer: Any, cfg: ExperimentConfig,
     # predicts feedback from the run's records (laffi): examples of the same shape, needing nothing generated.
     stand_in = next(n for n in methods.names(trained=True)
                     if methods.get(n).predicts_feedback and methods.get(n).reads_feedback)  # fmt: skip
-    build = method if m.prepare is None and m.answers_from != "judge" else stand_in
+    own = (m.prepare is None or m.step_positions is not None) and m.answers_from != "judge"
+    build = method if own else stand_in
     examples = methods.build_examples(build, questions, feedback, tokenizer, cfg.answer.shots, tcfg.seed)
     rows = [tokenize_example(e, tokenizer, tcfg.max_length) for e in examples]
-    return rows, group_keys(examples) if tcfg.shared_prefix else None, exact
+    return rows, group_keys(examples) if tcfg.shared_prefix else None, exact, examples
 
 
 def _count(cp: CellPlan, rows: list[dict], keys: list | None, tcfg: TrainConfig, config: Any) -> None:
