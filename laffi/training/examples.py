@@ -23,7 +23,7 @@ class Example:
     # (laffi/training/packing.py) orders them together and computes that start once. "": a group of its own.
     group: str = ""
     # On-policy self-distillation (sdft): the teacher's prompt; the student samples the completion from `prompt` while
-    # training (laffi.methods.sdft.SelfDistillation), so `completion` is unused. None: train on `completion`.
+    # training (laffi.training.distill.SelfDistillation), so `completion` is unused. None: train on `completion`.
     teacher_prompt: str | None = None
 
 
