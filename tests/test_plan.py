@@ -41,6 +41,29 @@ def test_planned_steps_and_tokens_are_those_the_run_trains(tiny_model_dir, grid_
         else:  # feedback on answers the run had not made yet: counted with stand-in feedback
             assert not planned.exact
     assert by_cell["base"].steps == 0 and by_cell["base"].questions == plan.cells[1].questions
+    # laffi's feedback judges the base model's answers on the largest training set: one answering row outside the cells
+    (answers,) = plan.stages
+    assert answers.questions == len(json.loads((tmp_path / "exp" / "base" / "train_answers.json").read_text())) == 6
+
+
+def test_the_plan_counts_the_headroom_probe_and_names_what_it_leaves_out(tiny_model_dir, grid_data, tmp_path):
+    data = grid_data(3)
+    common = [f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32",
+              f"data.path={data}", "seeds=[0]", "train_sizes=[3, 6]", "example_questions=0"]  # fmt: skip
+    sft_only = plan_grid(load_run_config(None, [*common, "methods=[base, sft]", "headroom=true"], ExperimentConfig),
+                         "here", probe=False, log=lambda m: None)  # fmt: skip
+    assert sft_only.stages == []  # no cell takes feedback: no training answers, nothing to probe
+    assert sft_only.notes[-1] == "Not counted: model loads."
+    hybrid = plan_grid(load_run_config(None, [*common, "methods=[base, laffi]", "headroom=true", "human_fraction=0.5",
+                                              "annotate.annotator=llm", "attention_questions=2"], ExperimentConfig),
+                       "here", probe=False, log=lambda m: None)  # fmt: skip
+    assert [(s.cell, s.questions) for s in hybrid.stages] == [
+        ("(base model on the training questions)", 6),
+        ("(headroom probe, ai feedback)", 24),
+        ("(headroom probe, human feedback)", 24),
+    ]
+    assert hybrid.notes[-1] == "Not counted: LLM annotation, attention analysis, model loads."
+    assert not (tmp_path / "exp").exists()
 
 
 @pytest.mark.skipif(not POOL.exists(), reason="needs ../shared/data")

@@ -86,6 +86,9 @@ class GridPlan:
     hardware: str
     dtype: str
     cells: list[CellPlan] = field(default_factory=list)
+    # Answering that belongs to no cell: the base model's training answers (what feedback judges) and the headroom
+    # probe's re-answers. Rows of the same table, after the cells.
+    stages: list[CellPlan] = field(default_factory=list)
     parameters: int = 0
     lora_parameters: int = 0
     probe: dict[str, float] = field(default_factory=dict)
@@ -97,7 +100,7 @@ class GridPlan:
 
     @property
     def answer_seconds(self) -> float:
-        return sum(c.answer_seconds for c in self.cells)
+        return sum(c.answer_seconds for c in [*self.cells, *self.stages])
 
 
 def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True, log: Any = print,
@@ -148,6 +151,7 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
             cp.peak_gib = memory.peak(cp) / GIB
             trained.append((cp, rows, tcfg))
         out.cells.append(cp)
+    out.stages = _stage_rows(cfg, main + ablation, len(train_qs))
     if memory is not None:
         out.parameters, out.lora_parameters = memory.parameters, memory.lora_parameters
     if hardware == "here":
@@ -157,6 +161,7 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
         rate_answer = out.probe.get("seconds_per_question")
         for cp in out.cells:
             cp.train_seconds = cp.computed_tokens * rate_train if rate_train else 0.0
+        for cp in [*out.cells, *out.stages]:
             cp.answer_seconds = cp.questions * rate_answer if rate_answer else 0.0
         if not out.probe:
             out.notes.append("no probe: times not estimated (run without --no-probe)")
@@ -169,14 +174,53 @@ def plan_grid(cfg: ExperimentConfig, hardware: str = "here", probe: bool = True,
         for cp in out.cells:
             # LoRA: forward 2N, backward to the inputs only 2N, checkpointing's recomputed forward 2N per position.
             cp.train_seconds = 6 * n * cp.computed_tokens / (flops * TRAIN_MFU)
+        for cp in [*out.cells, *out.stages]:
             batches = math.ceil(cp.questions / max(1, cfg.answer.batch_size))
             decode = batches * cfg.answer.max_new_tokens * weight_bytes / (hw.bandwidth * DECODE_BANDWIDTH)
             cp.answer_seconds = 2 * n * prompt * cp.questions / (flops * TRAIN_MFU) + decode
         out.notes.append(f"times from FLOPs ({TRAIN_MFU:.0%} of the {cfg.model.dtype} peak) and bandwidth "
                          f"({DECODE_BANDWIDTH:.0%}); engine start-up not counted")  # fmt: skip
-    out.notes.append("Not counted: the base model's answers on the training questions, LLM annotation, the learned "
-                     "annotator's training, attention analysis, model loads.")
+    out.notes.append(f"Not counted: {', '.join(_not_counted(cfg))}.")
     return out
+
+
+def _feedback_sources(cfg: ExperimentConfig, cells: list) -> list[str]:
+    """The feedback files on the base model's training answers that the cells need (as
+    `laffi.pipeline.shared.feedback_sources`, which makes them): 'ai' and/or 'human'."""
+    from laffi.pipeline.shared import learns
+
+    shares = {c.human_fraction for c in cells if c.human_fraction is not None}
+    sources = ["ai"] if any(p == 0 if learns(cfg) else p < 1 for p in shares) else []
+    return sources + (["human"] if any(p > 0 for p in shares) else [])
+
+
+def _stage_rows(cfg: ExperimentConfig, cells: list, n_train: int) -> list[CellPlan]:
+    """The answering outside the cells: the base model on the training questions (when a cell takes feedback) and,
+    with `headroom: true`, the probe's four re-answered conditions per feedback source (laffi/feedback/headroom.py;
+    `first` is the training answers themselves)."""
+    sources = _feedback_sources(cfg, cells)
+    if not sources:
+        return []
+    rows = [CellPlan("(base model on the training questions)", questions=n_train)]
+    if cfg.headroom:
+        rows += [CellPlan(f"(headroom probe, {s} feedback)", questions=4 * n_train) for s in sources]
+    return rows
+
+
+def _not_counted(cfg: ExperimentConfig) -> list[str]:
+    """What the plan leaves out for `cfg`: the stages it does not time, as far as the config turns them on."""
+    from laffi.pipeline.shared import learns
+
+    left = []
+    if cfg.annotate.annotator == "llm":
+        left.append("LLM annotation")
+    if learns(cfg):
+        left.append("the learned annotator's training")
+        if cfg.annotate.human_selection == "uncertain":
+            left.append(f"the {cfg.annotate.selection_rounds} human-selection rounds (a learned annotator each)")
+    if cfg.attention_questions:
+        left.append("attention analysis")
+    return [*left, "model loads"]
 
 
 def model_shape(path: Path) -> Any:
@@ -389,7 +433,7 @@ def markdown(p: GridPlan) -> str:
              f"parameters, LoRA {p.lora_parameters / 1e6:,.2f}M.", "",
              "| cell | examples | steps | example tokens | token positions computed | est. peak GiB | est. training "
              "| questions answered | est. answering |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for c in p.cells:
+    for c in [*p.cells, *p.stages]:
         mark = "" if c.exact else "~"
         peak = f"{c.peak_gib:.1f}" if c.steps else "-"
         lines.append(f"| {c.cell} | {mark}{c.examples or '-'} | {mark}{c.steps or '-'} | "
