@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random model built from a config (seconds), and small SQuAD files.
+"""Shared fixtures: a tiny random model built from a config (seconds), small SQuAD files, and for the annotation
+app's browser tests, chromium and logged-in pages (tests/browser_harness.py; each browser suite's conftest.py has its
+`site`).
 
 Nothing here downloads: HF_HUB_OFFLINE is set before transformers is imported. The tiny model borrows the bundled
 model's tokenizer (converted once into the laffi cache), so prompts tokenize exactly as in real use.
@@ -14,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from browser_harness import chromium, pages  # noqa: E402
 
 from laffi.data import bundled_data_path, load_squad, write_squad  # noqa: E402
 
@@ -73,3 +76,17 @@ def grid_data(tmp_path: Path, excerpt_questions):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    """Headless Debian chromium, one per test module."""
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(name="page_at")
+def page_at_fixture(browser, site):
+    """page_at(viewport) -> (page, annotator name), logged in to the `site` as a fresh annotator on item 1."""
+    with pages(browser, site) as make:
+        yield make

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import re
 
+from app_site import build, serve
+from browser_harness import login, needs_chromium, new_annotator
 from playwright.sync_api import expect
-from test_app_support import browser_fixture, build, login, needs_chromium, new_annotator, serve  # noqa: F401
 
 pytestmark = needs_chromium
 

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import time
 
+from app_site import LONG_WORD
+from browser_harness import DESKTOP, PHONE, annotations, needs_chromium, screenshot_dir
 from playwright.sync_api import expect
-from test_app_support import (  # noqa: F401  (fixtures)
-    DESKTOP,
-    LONG_WORD,
-    PHONE,
-    annotations,
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    screenshot_dir,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import json
 
+from app_site import DRAFT_FEEDBACK, build, serve
+from browser_harness import annotations, login, needs_chromium, new_annotator
 from playwright.sync_api import expect
-from test_app_support import (  # noqa: F401  (fixtures)
-    DRAFT_FEEDBACK,
-    annotations,
-    browser_fixture,
-    build,
-    login,
-    needs_chromium,
-    new_annotator,
-    page_at_fixture,
-    serve,
-    site_fixture,
-)
 
 from laffi.prompts import parse_feedback
 from laffi.server.store import levenshtein
@@ -114,9 +104,11 @@ def test_the_right_answer_field_closes_every_feedback_so_it_parses(page_at, site
 def test_guidelines_are_shown_and_rendered_safely(browser, tmp_path):
     paths = build(tmp_path)
     guidelines = tmp_path / "guide.md"
-    guidelines.write_text("## House rules\n\n**Partial answers** are incorrect.\n\n"
-                          "<script>window.__g = 1</script> <img src=x onerror=\"window.__g = 2\">\n\n"
-                          "[a link](javascript:window.__g=3) and [the paper](https://arxiv.org/abs/2401.00907)\n")
+    guidelines.write_text(
+        "## House rules\n\n**Partial answers** are incorrect.\n\n"
+        '<script>window.__g = 1</script> <img src=x onerror="window.__g = 2">\n\n'
+        "[a link](javascript:window.__g=3) and [the paper](https://arxiv.org/abs/2401.00907)\n"
+    )
     with serve(paths, "--guidelines", guidelines) as url:
         _, token = new_annotator(paths["db"])
         page = browser.new_page()

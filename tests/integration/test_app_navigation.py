@@ -6,17 +6,8 @@ from __future__ import annotations
 
 import json
 
+from browser_harness import DESKTOP, annotations, login, needs_chromium, new_annotator
 from playwright.sync_api import expect
-from test_app_support import (  # noqa: F401  (fixtures)
-    DESKTOP,
-    annotations,
-    browser_fixture,
-    login,
-    needs_chromium,
-    new_annotator,
-    page_at_fixture,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 
@@ -43,7 +34,7 @@ def test_item_list_statuses_jump_and_next_to_do(page_at, site):
     items = page.locator("#item-list button")
     expect(items).to_have_count(8)
     assert [items.nth(k).get_attribute("data-status") for k in range(8)] == \
-        ["annotated", "skipped", "unsure"] + ["todo"] * 5
+        ["annotated", "skipped", "unsure"] + ["todo"] * 5  # fmt: skip
     expect(page.locator("#items-counts")).to_have_text("1 annotated, 1 unsure, 1 skipped, 5 to do")
     items.nth(1).click()  # back to the skipped item: its reason is shown
     expect(page.locator("#item-index")).to_have_text("2")

@@ -5,26 +5,15 @@ autosave of typed text (a real chromium against the app). Screenshots of the dis
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sqlite3
 import time
 from pathlib import Path
 
+from browser_harness import DESKTOP, PHONE, annotations, login, needs_chromium, new_annotator, screenshot_dir
 from playwright.sync_api import expect
 
 from laffi.server.store import Store
-
-from .browser_support import (  # noqa: F401  (fixtures)
-    DESKTOP,
-    PHONE,
-    browser_fixture,
-    needs_chromium,
-    new_annotator,
-    page_at_fixture,
-    rows,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 RIGHT = ' The right answer is "Rollo".'
@@ -105,7 +94,7 @@ def test_an_item_shows_its_history_of_earlier_answers_and_content(page_at, site)
         content = con.execute("SELECT content FROM items WHERE id='q0'").fetchone()[0]
         for predicted, verdict, text, kept, when in (
                 ("Emma", "incorrect", "Emma is the bride.", content, time.time() - 100),
-                ("Cnut", "correct", "Older wording.", "older-content", time.time() - 5000)):
+                ("Cnut", "correct", "Older wording.", "older-content", time.time() - 5000)):  # fmt: skip
             con.execute("INSERT INTO annotations (annotator, item_id, predicted, verdict, feedback, seconds, created, "
                         "updated, content) VALUES (?,?,?,?,?,?,?,?,?)",
                         (name, "q0", predicted, verdict, text, 12.0, when, when, kept))  # fmt: skip
@@ -150,7 +139,7 @@ def test_typed_text_is_restored_after_a_reload_and_forgotten_once_saved(page_at,
     expect(page.locator("#autosave-note")).to_be_visible()
     page.keyboard.press("Control+Enter")
     expect(page.locator("#item-index")).to_have_text("2")
-    (row,) = rows(site["db"], name)
+    (row,) = annotations(site["db"], name)
     assert row["feedback"] == 'Cnut is right but I was interrupted The right answer is "Cnut the Great".'
     page.keyboard.press("p")
     expect(page.locator("#saved-mark")).to_have_text("saved")
@@ -185,16 +174,12 @@ def test_screenshots_of_the_disagreement_list(browser, site, tmp_path):
                         "The passage says they crossed the river, so the answer fits.": "correct",
                         "The duke led them; the river is a place.": "incorrect"}, qid="q1",
            right=' The right answer is "The duke".')  # fmt: skip
-    folder = Path(os.environ.get("LAFFI_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = screenshot_dir(tmp_path)
     _, token = new_annotator(site["db"], admin=True)
     for viewport, name in ((DESKTOP, "disagreements-1366x768.png"), (PHONE, "disagreements-390x844.png")):
         context = browser.new_context(viewport=viewport)
         page = context.new_page()
-        page.goto(site["url"])
-        page.fill("#token", token)
-        page.click("#login")
-        expect(page.locator("#item-view")).to_be_visible()
+        login(page, site["url"], token)
         page.click("#admin-btn")
         expect(page.locator("#admin-progress tbody tr").first).to_be_visible()
         page.screenshot(path=str(folder / name.replace("disagreements", "admin")))

@@ -3,17 +3,10 @@ admin tables on a phone, login focus, resuming, a skipped item's draft and aria-
 
 from __future__ import annotations
 
+from browser_harness import PHONE, annotations, needs_chromium
 from playwright.sync_api import expect
 
-from .browser_support import (  # noqa: F401  (fixtures)
-    PHONE,
-    RAW_DRAFT,
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    rows,
-    site_fixture,
-)
+from .page_site import RAW_DRAFT
 
 pytestmark = needs_chromium
 
@@ -42,7 +35,7 @@ def test_an_open_panel_takes_the_focus_and_the_item_keys_wait(page_at, site):
     page.keyboard.press("n")
     page.keyboard.press("Control+Enter")
     expect(page.locator("#item-index")).to_have_text("1")  # neither moved nor saved the item behind
-    assert rows(site["db"], name) == []
+    assert annotations(site["db"], name) == []
     page.keyboard.press("Escape")
     expect(page.locator("#items-panel")).to_be_hidden()
     page.click("#guidelines-btn")

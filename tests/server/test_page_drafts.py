@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
+from browser_harness import annotations, needs_chromium
 from playwright.sync_api import expect
 
-from .browser_support import (  # noqa: F401  (fixtures)
-    RAW_DRAFT,
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    rows,
-    site_fixture,
-)
+from .page_site import RAW_DRAFT
 
 pytestmark = needs_chromium
 
@@ -24,6 +18,6 @@ def test_a_real_llm_draft_accepted_unchanged_is_recorded_as_accepted(page_at, si
     expect(page.locator("#right-answer")).to_have_value("The duke")
     page.keyboard.press("Control+Enter")
     expect(page.locator("#item-index")).to_have_text("3")
-    (row,) = rows(site["db"], name)
+    (row,) = annotations(site["db"], name)
     assert row["feedback"] == RAW_DRAFT + ' The right answer is "The duke".'
     assert (row["draft_shown"], row["draft_accepted"], row["draft_distance"]) == (1, 1, 0)

@@ -3,14 +3,8 @@
 
 from __future__ import annotations
 
+from browser_harness import needs_chromium
 from playwright.sync_api import expect
-
-from .browser_support import (  # noqa: F401  (fixtures)
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
+from browser_harness import PHONE, annotations, needs_chromium
 from playwright.sync_api import expect
-
-from .browser_support import (  # noqa: F401  (fixtures)
-    PHONE,
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    rows,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 
@@ -50,9 +42,9 @@ def test_save_does_not_accept_a_draft_that_was_never_on_screen(page_at, site):
     page.click("#save")
     expect(page.locator("#status")).to_contain_text("Read the AI draft")
     expect(page.locator("#item-index")).to_have_text("7")  # not saved
-    assert rows(site["db"], name) == []
+    assert annotations(site["db"], name) == []
     assert above_the_bar(page, "#feedback") and above_the_bar(page, ".verdict")
     page.click("#save")  # seen: the second tap saves (the last item: then no more items)
     expect(page.locator("#done-view")).to_be_visible()
-    (row,) = rows(site["db"], name)
+    (row,) = annotations(site["db"], name)
     assert row["item_id"] == "q6" and row["draft_shown"] == 1

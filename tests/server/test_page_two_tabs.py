@@ -3,15 +3,8 @@ written over the other tab's work (a real chromium against the app)."""
 
 from __future__ import annotations
 
+from browser_harness import annotations, needs_chromium
 from playwright.sync_api import expect
-
-from .browser_support import (  # noqa: F401  (fixtures)
-    browser_fixture,
-    needs_chromium,
-    page_at_fixture,
-    rows,
-    site_fixture,
-)
 
 pytestmark = needs_chromium
 
@@ -33,7 +26,7 @@ def test_a_second_tab_does_not_overwrite_the_first_tabs_save(page_at, site):
     expect(second.locator("#status")).to_contain_text("another tab or window saved it")
     expect(second.locator("#item-index")).to_have_text("1")  # stays, with its text
     expect(second.locator("#feedback")).to_have_value("Saved in the second tab.")
-    (row,) = rows(site["db"], name)
+    (row,) = annotations(site["db"], name)
     assert row["feedback"].startswith("Saved in the first tab.")
     # Opened again, the item shows the saved version, and saving over it works.
     second.on("dialog", lambda dialog: dialog.accept())  # leave the unsaved text
@@ -45,5 +38,5 @@ def test_a_second_tab_does_not_overwrite_the_first_tabs_save(page_at, site):
     second.fill("#feedback", "Edited after reloading.")
     second.keyboard.press("Control+Enter")
     expect(second.locator("#item-index")).to_have_text("2")
-    (row,) = rows(site["db"], name)
+    (row,) = annotations(site["db"], name)
     assert row["feedback"].startswith("Edited after reloading.")

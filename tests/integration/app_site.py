@@ -1,30 +1,17 @@
-"""Shared by the tests/integration/test_app_*.py browser tests (no tests here): a small purpose-built data set, the
-real server (`laffi annotate-server`, with any extra flags) and headless Debian chromium driven by Playwright.
-
-One server per test module; each test logs in as its own annotator, so tests do not see each other's work."""
+"""The data set of the tests/integration/test_app_*.py browser tests (no tests here), a small purpose-built one, and
+the real server on it (`laffi annotate-server`, with any extra flags). tests/integration/conftest.py serves it with
+its drafts (`site`)."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from laffi.data import write_squad
 from laffi.records import FeedbackRecord, Question, to_dict
-from laffi.server.store import Store
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make install runs apt-get "
-                                    "install -y chromium; it could not be had here)")  # fmt: skip
-DESKTOP = {"width": 1366, "height": 768}
-PHONE = {"width": 390, "height": 844}
 LONG_WORD = "x" * 10_000
 DRAFT_FEEDBACK = 'The passage says the duke led them, not the river. The right answer is "The duke".'
 
@@ -92,76 +79,3 @@ def serve(paths: dict[str, Path], *extra: object) -> Iterator[str]:
 
     with annotation_server(paths["data"], paths["preds"], paths["db"], paths["log"], *extra) as (url, _):
         yield url
-
-
-_names = itertools.count()
-
-
-def new_annotator(db: Path, admin: bool = False, name: str | None = None) -> tuple[str, str]:
-    """A fresh annotator in the running server's database: (name, token)."""
-    name = name or f"ann{next(_names)}"
-    store = Store(db)
-    token = store.add_annotator(name, admin)
-    store.close()
-    return name, token
-
-
-def login(page, url: str, token: str) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(url)
-    page.fill("#token", token)
-    page.click("#login")
-    expect(page.locator("#item-view")).to_be_visible()
-
-
-def annotations(db: Path, annotator: str) -> list[dict]:
-    """The annotator's rows as the database holds them."""
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        con.row_factory = sqlite3.Row
-        return [dict(r) for r in con.execute("SELECT * FROM annotations WHERE annotator=? ORDER BY item_id",
-                                             (annotator,))]  # fmt: skip
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    """Where tests save screenshots: $LAFFI_SCREENSHOTS, else the test's own tmp dir."""
-    folder = Path(os.environ.get("LAFFI_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-# Fixtures are named with `name=`: a test module imports `browser_fixture` and asks for `browser` (no shadowing).
-@pytest.fixture(scope="module", name="browser")
-def browser_fixture():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module", name="site")
-def site_fixture(tmp_path_factory):
-    """The server with drafts and the default guidelines; yields the URL and the file paths."""
-    paths = build(tmp_path_factory.mktemp("app"))
-    with serve(paths, "--drafts", paths["drafts"]) as url:
-        yield {"url": url, **paths}
-
-
-@pytest.fixture(name="page_at")
-def page_at_fixture(browser, site):
-    """page_at(viewport) -> (page, annotator name) logged in as a fresh annotator on item 1."""
-    contexts = []
-
-    def make(viewport: dict | None = None, admin: bool = False):
-        context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
-        contexts.append(context)
-        page = context.new_page()
-        name, token = new_annotator(site["db"], admin)
-        login(page, site["url"], token)
-        return page, name
-
-    yield make
-    for c in contexts:
-        c.close()
