@@ -102,6 +102,37 @@ def test_a_reload_and_a_second_tab_resume_where_the_annotator_was(browser, site)
     context.close()
 
 
+def test_a_slow_request_for_an_item_passed_over_does_not_move_the_position_back(browser, site):
+    """The server takes the position from the item requested. The request for item 2 is held until item 4 is
+    requested: had the page sent its requests side by side, item 2's would land last and a reload resume there."""
+    name, token = new_annotator(site["db"])
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    login(page, site["url"], token)
+    expect(page.locator("#item-index")).to_have_text("1")
+    held = []
+
+    def hold(route):  # item 2 (index 1): paused until continued
+        held.append(route)
+
+    page.route("**/api/items/1", hold)
+    for _ in range(3):
+        page.keyboard.press("n")
+    for _ in range(250):  # the route handler runs as the page's events are processed
+        if held:
+            break
+        page.wait_for_timeout(20)
+    assert len(held) == 1
+    with page.expect_response("**/api/items/1"):
+        held[0].continue_()
+    page.unroute("**/api/items/1", hold)
+    expect(page.locator("#item-index")).to_have_text("4")
+    page.wait_for_load_state("networkidle")
+    page.reload()
+    expect(page.locator("#item-index")).to_have_text("4")
+    context.close()
+
+
 def test_leaving_unsaved_feedback_asks_first(page_at):
     page, _ = page_at()
     answers = ["dismiss"]
