@@ -282,7 +282,8 @@ def annotators_add(
     admin: bool = typer.Option(False, help="May export everyone's annotations from the app."),
 ) -> None:
     """Create an annotator and print their token (shown only once)."""
-    from laffi.server.store import Store, check_annotator_name
+    from laffi.server.imports import check_annotator_name
+    from laffi.server.store import Store
 
     check_annotator_name(name)  # before the database is created: a refused name leaves no file behind
     store = Store(db)

@@ -48,9 +48,9 @@ from pydantic_core import PydanticCustomError
 from laffi.errors import LaffiError
 from laffi.files import has_lone_surrogate
 from laffi.records import to_dict
+from laffi.server.imports import MAX_SECONDS
 from laffi.server.store import (
     MAX_NOTE_CHARS,
-    MAX_SECONDS,
     AnswerChanged,
     NotAssigned,
     StaleVersion,

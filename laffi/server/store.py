@@ -29,14 +29,15 @@ final record of that answer (`Store.adjudicate`, listed by `Store.disagreements`
 one record, `annotator = human:<admin>` and `meta.adjudication` naming who adjudicated and the annotations it
 replaces, in place of the annotations of that answer. Every exported record states its right answer apart in
 `meta.right_answer` (read from the feedback's closing sentence; "" is unanswerable).
+
+What a feedback's text says (its closing sentence, a draft as the page shows it, the edit distance) is in
+feedback_text.py; import files are read and checked in imports.py, and `Store.import_file` writes the rows they pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -51,17 +52,23 @@ from pathlib import Path
 from typing import Any
 
 from laffi.errors import LaffiError
-from laffi.files import printable, read_input_bytes
-from laffi.records import FeedbackRecord, Question, read_jsonl
+from laffi.files import printable
+from laffi.records import FeedbackRecord, Question
+from laffi.server.feedback_text import draft_as_shown, levenshtein, quoted_answer, right_answer_field, same_text
+from laffi.server.imports import (
+    MAX_SECONDS,
+    check_annotator_name,
+    check_judgement,
+    check_seconds,
+    checked_import,
+    content_hash,
+)
 
 TEMPLATE_VERSION = "human-app-v1"
 APPLICATION_ID = 0x4C414646  # "LAFF", in the SQLite header (PRAGMA application_id): this database is laffi's
 SQLITE_HEADER = b"SQLite format 3\x00"
 LAFFI_TABLES = {"items", "annotators", "annotations"}
 KNOWN_TABLES = LAFFI_TABLES | {"drafts", "assignments", "settings", "adjudications", "annotations_v1", "annotations_v3"}
-# Time on one item, per visit and summed over visits. A day is far beyond any real annotation; more means a clock or a
-# client is wrong, and unbounded sums could reach inf, which the JSONL export could not write.
-MAX_SECONDS = 24 * 3600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -111,8 +118,10 @@ ADDED_COLUMNS = {
 }  # fmt: skip
 # Databases written before annotations were bound to the item's content: the key gains the content, and each
 # annotation takes its item's current content (the only one the database knows).
-ANNOTATION_COLUMNS = ("annotator, item_id, predicted, verdict, feedback, seconds, created, updated, status, note, "
-                      "draft_shown, draft_accepted, draft_distance")
+ANNOTATION_COLUMNS = (
+    "annotator, item_id, predicted, verdict, feedback, seconds, created, updated, status, note, "
+    "draft_shown, draft_accepted, draft_distance"
+)
 _FROM_V3 = ", ".join("a." + c.strip() for c in ANNOTATION_COLUMNS.split(","))
 MIGRATE_V4 = f"""
 ALTER TABLE annotations RENAME TO annotations_v3;
@@ -132,86 +141,8 @@ ANY_VERSION = object()  # `Store.save` without a version: the save replaces what
 MAX_NOTE_CHARS = 500
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance in characters (insertions, deletions, substitutions), bit-parallel (Myers 1999 / Hyyrö 2001):
-    two 5,000-character texts take ~15 ms, where the textbook table would take seconds."""
-    if len(a) < len(b):
-        a, b = b, a
-    m = len(b)
-    if m == 0:
-        return len(a)
-    peq: dict[str, int] = {}
-    for i, c in enumerate(b):
-        peq[c] = peq.get(c, 0) | (1 << i)
-    full, top = (1 << m) - 1, 1 << (m - 1)
-    pv, mv, score = full, 0, m
-    for c in a:
-        eq = peq.get(c, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | (~(xh | pv) & full)
-        mh = pv & xh
-        if ph & top:
-            score += 1
-        elif mh & top:
-            score -= 1
-        ph = ((ph << 1) | 1) & full
-        mh = (mh << 1) & full
-        pv = mh | (~(xv | ph) & full)
-        mv = ph & xv
-    return score
-
-
-def closing_sentence(answer: str) -> str:
-    """The sentence the page ends every feedback with (what `prompts.parse_feedback` reads): '' is unanswerable; a
-    double quote inside the answer would end the quotation early, so it becomes a single quote."""
-    if not answer.strip():
-        return "The right answer is unanswerable."
-    return 'The right answer is "' + answer.strip().replace('"', "'") + '".'
-
-
-def draft_as_shown(feedback: str, verdict: str, predicted: str, gold: list[str]) -> str:
-    """An AI draft's feedback as the page shows it and saves it when accepted unchanged: its text, then the closing
-    sentence with the right answer. A draft that states the right answer (`The right answer is "X".`) keeps that
-    answer, in one closing sentence at the end; one that does not gets the answer the page prefills for its verdict
-    (correct: the model's answer, or unanswerable for an abstention; incorrect: the first gold answer, or
-    unanswerable when there is none). Real LLM drafts seldom end with the sentence: without this, an accepted draft
-    would never equal the text saved."""
-    from laffi import prompts
-
-    stated = prompts.parse_feedback(feedback)[1]
-    if stated is not None:
-        text, answer = prompts.without_right_answer(feedback), stated
-    else:
-        text = feedback.strip()
-        abstained = not predicted.strip()
-        if verdict == "correct":
-            answer = "" if abstained else predicted
-        elif gold:
-            answer = gold[0]
-        elif not abstained:
-            answer = ""
-        else:
-            return text  # "incorrect" for an abstention on an unanswerable question: no right answer to add
-    return (text + " " + closing_sentence(answer)).strip()
-
-
-def _answer(predicted: str) -> str:
-    """A model's answer for a message, quoted; '' is named: '' (an abstention: no answer)."""
-    return f"'{predicted[:100]}'" if predicted.strip() else f"'{predicted}' (an abstention: no answer)"
-
-
-def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()) == " ".join(b.split())
-
-
 def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def content_hash(question: str, context: str, gold: list[str]) -> str:
-    """What an annotation is about besides the answer: the question, the passage and the gold answers."""
-    return _sha(json.dumps([question, context, list(gold)], ensure_ascii=False))
 
 
 class StoreUnavailable(LaffiError):
@@ -221,6 +152,18 @@ class StoreUnavailable(LaffiError):
     def __init__(self, message: str, status: int = 503):
         super().__init__(message)
         self.status = status
+
+
+class AnswerChanged(LaffiError):
+    """An annotation was sent for an answer that is no longer the item's answer."""
+
+
+class StaleVersion(LaffiError):
+    """A save based on a version of the annotation that has been replaced since (another tab saved it)."""
+
+
+class NotAssigned(LaffiError):
+    """An annotation was sent for an item not assigned to the annotator (with --overlap)."""
 
 
 def _check_sqlite_file(path: Path) -> None:
@@ -244,27 +187,6 @@ def _check_sqlite_file(path: Path) -> None:
         raise LaffiError(f"{printable(path)}: cannot open ({(e.strerror or str(e)).lower()})") from None
     if header != SQLITE_HEADER:
         raise LaffiError(f"{printable(path)}: not a laffi annotation database (not a SQLite file); give a new path")
-
-
-def check_annotator_name(name: str) -> None:
-    """Raise unless `name` is a valid annotator name (letters, digits, '-', '_', '.')."""
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise LaffiError(f"annotator name '{name}': use letters, digits, '-', '_' or '.'")
-
-
-def check_seconds(value: Any, where: str) -> float:
-    """Time spent on an item as a float in [0, MAX_SECONDS]; empty means 0. `where` names the field in errors."""
-    if value is None or value == "":
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise LaffiError(f"{where}: expected a number of seconds, got {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise LaffiError(f"{where}: '{str(value)[:40]}' is not a number") from None
-    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        raise LaffiError(f"{where}: {str(value)[:40]} is not between 0 and {MAX_SECONDS:.0f} seconds (24 h)")
-    return seconds
 
 
 def _check_location(path: Path) -> None:
@@ -536,9 +458,11 @@ class Store:
         join, params = self._scope(annotator)
         out = {"annotated": 0, "unsure": 0, "skipped": 0, "todo": 0}
         for status, n in self.db.execute(
-                f"SELECT COALESCE(a.status, 'todo'), COUNT(*) FROM items i {join} LEFT JOIN annotations a ON "
-                "a.item_id = i.id AND a.predicted = i.predicted AND a.content = i.content AND a.annotator = ? "
-                "WHERE i.active = 1 GROUP BY 1", (*params, annotator)):
+            f"SELECT COALESCE(a.status, 'todo'), COUNT(*) FROM items i {join} LEFT JOIN annotations a ON "
+            "a.item_id = i.id AND a.predicted = i.predicted AND a.content = i.content AND a.annotator = ? "
+            "WHERE i.active = 1 GROUP BY 1",
+            (*params, annotator),
+        ):
             out[status] = n  # fmt: skip
         return out
 
@@ -585,8 +509,12 @@ class Store:
             return 0
         seed = int(self.setting("assign_seed") or 0)
         with self._write():
-            names = [r[0] for r in self.db.execute(
-                "SELECT name FROM annotators WHERE is_admin = 0 AND token_sha256 IS NOT NULL ORDER BY name")]
+            names = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT name FROM annotators WHERE is_admin = 0 AND token_sha256 IS NOT NULL ORDER BY name"
+                )
+            ]
             if not names:
                 return 0
             items = [r[0] for r in self.db.execute("SELECT id FROM items WHERE active = 1 ORDER BY position")]
@@ -611,10 +539,13 @@ class Store:
                     new.append((name, item))
             if dealt_before and newcomers:
                 share = -(-len(items) * k // len(names))
-                done = dict(self.db.execute(
-                    "SELECT a.item_id, COUNT(*) FROM annotations a JOIN items i ON i.id = a.item_id AND "
-                    "i.predicted = a.predicted AND i.content = a.content WHERE a.status != 'skipped' GROUP BY "
-                    "a.item_id").fetchall())
+                done = dict(
+                    self.db.execute(
+                        "SELECT a.item_id, COUNT(*) FROM annotations a JOIN items i ON i.id = a.item_id AND "
+                        "i.predicted = a.predicted AND i.content = a.content WHERE a.status != 'skipped' GROUP BY "
+                        "a.item_id"
+                    ).fetchall()
+                )
                 order = {item: i for i, item in enumerate(items)}
                 open_items = sorted((it for it in items if done.get(it, 0) < k),
                                     key=lambda it: (done.get(it, 0), order[it]))  # fmt: skip
@@ -714,8 +645,9 @@ class Store:
         current = {r[0]: r[1] for r in self.db.execute("SELECT id, predicted FROM items")}
         out = {"matching": 0, "other_answer": 0, "unknown": 0}
         for item_id, predicted, *_ in rows:
-            key = "unknown" if item_id not in current else "matching" if current[item_id] == predicted else \
-                "other_answer"
+            key = (
+                "unknown" if item_id not in current else "matching" if current[item_id] == predicted else "other_answer"
+            )
             out[key] += 1
         return out
 
@@ -757,7 +689,7 @@ class Store:
                 raise LaffiError("a skip needs a reason (note)")
             verdict, feedback = "", ""
         else:
-            verdict, feedback = _check_judgement(verdict, feedback, "")
+            verdict, feedback = check_judgement(verdict, feedback, "")
         seconds = check_seconds(seconds, "seconds")
         with self._write():
             item = self.item(item_id)
@@ -766,8 +698,10 @@ class Store:
             if not self.may_annotate(annotator, item_id):
                 raise NotAssigned(f"item '{item_id[:100]}' is not assigned to {annotator}")
             if predicted is not None and predicted != item["predicted"]:
-                raise AnswerChanged(f"item '{item_id[:100]}': its answer is now {_answer(item['predicted'])}, not "
-                                    f"{_answer(predicted)} (the predictions changed; reload the item)")  # fmt: skip
+                raise AnswerChanged(
+                    f"item '{item_id[:100]}': its answer is now {quoted_answer(item['predicted'])}, not "
+                    f"{quoted_answer(predicted)} (the predictions changed; reload the item)"
+                )
             old = self.db.execute("SELECT draft_shown, updated FROM annotations WHERE annotator=? AND item_id=? AND "
                                   "predicted=? AND content=?", (annotator, item_id, item["predicted"],
                                                                 item["content"])).fetchone()  # fmt: skip
@@ -778,7 +712,7 @@ class Store:
             draft = self.draft(item_id) if shown else None
             accepted, distance = False, None
             if draft is not None and status != "skipped":
-                accepted = verdict == draft["verdict"] and _same_text(feedback, draft["feedback"])
+                accepted = verdict == draft["verdict"] and same_text(feedback, draft["feedback"])
                 distance = levenshtein(draft["feedback"], feedback)
             now = time.time()
             self.db.execute(
@@ -841,7 +775,7 @@ class Store:
                               "edit_distance": row["draft_distance"]}}  # fmt: skip
             if row["note"]:
                 meta["note"] = row["note"]
-            meta.update(_right_answer(row["feedback"]))
+            meta.update(right_answer_field(row["feedback"]))
             keyed.append(((row["position"], 1), FeedbackRecord(
                 id=row["item_id"], question=row["question"], context=row["context"], predicted_answer=row["predicted"],
                 gold_answers=gold, verdict=row["verdict"], feedback=row["feedback"],
@@ -862,13 +796,14 @@ class Store:
 
         verdicts: dict[str, dict[tuple[str, str], str]] = {}
         for name, item, predicted, verdict in self.db.execute(
-                "SELECT a.annotator, a.item_id, a.predicted, a.verdict FROM annotations a JOIN items i ON i.id = "
-                "a.item_id AND i.content = a.content WHERE a.status != 'skipped'"):
+            "SELECT a.annotator, a.item_id, a.predicted, a.verdict FROM annotations a JOIN items i ON i.id = "
+            "a.item_id AND i.content = a.content WHERE a.status != 'skipped'"
+        ):
             verdicts.setdefault(name, {})[(item, predicted)] = verdict  # fmt: skip
         pairs = []
         names = sorted(verdicts)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 common = sorted(set(verdicts[a]) & set(verdicts[b]))
                 if common:
                     kappa = cohen_kappa([verdicts[a][k] for k in common], [verdicts[b][k] for k in common])
@@ -897,12 +832,12 @@ class Store:
         """Write (or replace) the final record of one answer of an item: `admin`'s verdict and feedback, which the
         full export gives in place of the annotations of that answer. The answer must have annotations of the item's
         current content."""
-        verdict, feedback = _check_judgement(verdict, feedback, "")
+        verdict, feedback = check_judgement(verdict, feedback, "")
         with self._write():
             item = self._answer_key(item_id)
             if self.db.execute("SELECT 1 FROM annotations WHERE item_id=? AND predicted=? AND content=? LIMIT 1",
                                (item_id, predicted, item["content"])).fetchone() is None:  # fmt: skip
-                raise LaffiError(f"item '{item_id[:100]}': no annotations of the answer {_answer(predicted)}")
+                raise LaffiError(f"item '{item_id[:100]}': no annotations of the answer {quoted_answer(predicted)}")
             now = time.time()
             self.db.execute(
                 "INSERT INTO adjudications (item_id, predicted, content, verdict, feedback, admin, created, updated) "
@@ -930,7 +865,7 @@ class Store:
                 "adjudication": {"by": adj["admin"], "annotations": [
                     {"annotator": f"human:{r['annotator']}", "verdict": r["verdict"], "status": r["status"]}
                     for r in replaced]},
-                **_right_answer(adj["feedback"])}  # fmt: skip
+                **right_answer_field(adj["feedback"])}  # fmt: skip
         return FeedbackRecord(id=adj["item_id"], question=adj["question"], context=adj["context"],
                               predicted_answer=adj["predicted"], gold_answers=gold, verdict=adj["verdict"],
                               feedback=adj["feedback"], annotator=f"human:{adj['admin']}",
@@ -945,10 +880,11 @@ class Store:
         adjudicated = self._adjudications()
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for r in self.db.execute(
-                "SELECT a.annotator, a.item_id, a.predicted, a.verdict, a.feedback, a.status, a.note, a.seconds, "
-                "a.updated, i.position, i.title, i.question, i.context, i.gold, i.predicted AS current, i.active "
-                "FROM annotations a JOIN items i ON i.id = a.item_id AND i.content = a.content "
-                "ORDER BY i.position, a.predicted, a.annotator"):
+            "SELECT a.annotator, a.item_id, a.predicted, a.verdict, a.feedback, a.status, a.note, a.seconds, "
+            "a.updated, i.position, i.title, i.question, i.context, i.gold, i.predicted AS current, i.active "
+            "FROM annotations a JOIN items i ON i.id = a.item_id AND i.content = a.content "
+            "ORDER BY i.position, a.predicted, a.annotator"
+        ):
             key = (r["item_id"], r["predicted"])
             if key not in groups:
                 groups[key] = {"id": r["item_id"], "title": r["title"], "question": r["question"],
@@ -1019,38 +955,7 @@ class Store:
         All or nothing: every row is checked first, then all are written in one transaction. Idempotent: a row
         replaces the annotation of the same annotator, item and answer (its verdict, feedback and seconds), so
         importing a file again changes nothing. The same annotator, item and answer twice in one file is an error."""
-        path = Path(path)
-        rows = []
-        seen: dict[tuple[str, str, str], int] = {}
-        for no, row in enumerate(_read_import(path), start=1):
-            qid = str(row.get("id") or "")
-            where = f"{path}: row {no} ('{qid[:100]}')"
-            name = (annotator or row.get("annotator") or "").removeprefix("human:")
-            if not name:
-                raise LaffiError(f"{where}: no annotator (add a column 'annotator' or pass --annotator)")
-            try:
-                check_annotator_name(name)
-            except LaffiError as e:
-                raise LaffiError(f"{where}: {e}") from None
-            item = self.item(qid)
-            if item is None:
-                raise LaffiError(f"{where}: question id is not an item of {self.path}")
-            verdict, feedback = _check_judgement(row.get("verdict"), row.get("feedback"), f"{where}: ")
-            seconds = check_seconds(row.get("seconds"), f"{where}: {row['seconds_field']}")
-            predicted = row.get("predicted_answer")
-            if row.get("blank_cells") and predicted == "" and item["predicted"] != "":
-                # A spreadsheet's empty cell is not an abstention: binding the verdict to '' would mislabel it.
-                raise LaffiError(f"{where}: predicted_answer is blank but the item's answer is "
-                                 f"'{item['predicted'][:100]}'; write the answer that was judged")  # fmt: skip
-            predicted = item["predicted"] if predicted is None else predicted
-            if row.get("content") is not None and row["content"] != item["content"]:
-                raise LaffiError(f"{where}: its question, passage or gold answers differ from the item's in "
-                                 f"{self.path} (the data changed since it was written)")  # fmt: skip
-            key = (name, qid, predicted)
-            if key in seen:
-                raise LaffiError(f"{where}: same annotator, id and answer as row {seen[key]}")
-            seen[key] = no
-            rows.append((name, qid, predicted, verdict, feedback, seconds, item["content"]))
+        rows = checked_import(Path(path), annotator, self.item, self.path)
         now = time.time()
         with self._write():
             for name, qid, predicted, verdict, feedback, seconds, content in rows:
@@ -1060,68 +965,6 @@ class Store:
                     "updated, content) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(annotator, item_id, predicted, content) "
                     "DO UPDATE SET verdict=excluded.verdict, feedback=excluded.feedback, seconds=excluded.seconds, "
                     "updated=excluded.updated, status='annotated', note=''",
-                    (name, qid, predicted, verdict, feedback, seconds, now, now, content))
+                    (name, qid, predicted, verdict, feedback, seconds, now, now, content),
+                )
         return len(rows)
-
-
-class AnswerChanged(LaffiError):
-    """An annotation was sent for an answer that is no longer the item's answer."""
-
-
-class StaleVersion(LaffiError):
-    """A save based on a version of the annotation that has been replaced since (another tab saved it)."""
-
-
-class NotAssigned(LaffiError):
-    """An annotation was sent for an item not assigned to the annotator (with --overlap)."""
-
-
-def _right_answer(feedback: str) -> dict[str, str]:
-    """{"right_answer": X} for the answer the feedback's closing sentence states ("" for unanswerable), or {}."""
-    from laffi import prompts
-
-    answer = prompts.parse_feedback(feedback)[1] if feedback else None
-    return {} if answer is None else {"right_answer": answer}
-
-
-def _check_judgement(verdict: Any, feedback: Any, where: str) -> tuple[str, str]:
-    if verdict not in ("correct", "incorrect"):
-        raise LaffiError(f"{where}verdict must be 'correct' or 'incorrect', got '{str(verdict)[:40]}'")
-    if not isinstance(feedback, str) or not feedback.strip():
-        raise LaffiError(f"{where}feedback is empty")
-    return verdict, feedback.strip()
-
-
-def _read_import(path: Path) -> list[dict[str, Any]]:
-    """The rows of an import file as dicts (id, verdict, feedback, annotator, seconds, predicted_answer when given),
-    each with `seconds_field`, the name of its seconds field for error messages; a CSV's rows with `blank_cells` (an
-    empty cell there is a cell left blank), a JSONL record's with the `content` hash of what it judged."""
-    if path.is_dir():
-        raise LaffiError(f"{path}: is a directory, expected a CSV or JSONL feedback file")
-    if path.suffix.lower() == ".csv":
-        raw = read_input_bytes(path, "CSV")  # a FIFO, a device, a file over the size cap: one line, never a hang
-        try:
-            text = raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the first column's name
-        except UnicodeDecodeError as e:
-            raise LaffiError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            rows = list(reader)
-        except csv.Error as e:
-            raise LaffiError(f"{path}: not valid CSV (line {reader.line_num}: {e})") from None
-        missing = {"id", "verdict", "feedback"} - set(reader.fieldnames or [])
-        if missing:
-            header = text.split("\n", 1)[0].rstrip("\r")
-            shown = printable(header if len(header) <= 80 else header[:80] + "...")
-            for sep in (";", "\t", "|"):
-                if {"id", "verdict", "feedback"} <= {c.strip() for c in header.split(sep)}:
-                    # A spreadsheet saved with the separator of its locale: say so, not "missing column".
-                    raise LaffiError(f"{path}: columns separated by {sep!r}, not ',' (header '{shown}'); save the CSV "
-                                     "comma-separated")  # fmt: skip
-            raise LaffiError(f"{path}: missing column '{sorted(missing)[0]}' (header '{shown}')")
-        return [{**row, "seconds_field": "seconds", "blank_cells": True} for row in rows]
-    records = read_jsonl(path, FeedbackRecord)
-    return [{"id": r.id, "verdict": r.verdict, "feedback": r.feedback, "annotator": r.annotator,
-             "seconds": r.meta.get("seconds"), "predicted_answer": r.predicted_answer, "seconds_field": "meta.seconds",
-             "content": content_hash(r.question, r.context, r.gold_answers)}
-            for r in records]  # fmt: skip

@@ -10,7 +10,7 @@ from browser_harness import annotations, login, needs_chromium, new_annotator
 from playwright.sync_api import expect
 
 from laffi.prompts import parse_feedback
-from laffi.server.store import levenshtein
+from laffi.server.feedback_text import levenshtein
 
 pytestmark = needs_chromium
 

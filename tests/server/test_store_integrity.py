@@ -23,7 +23,8 @@ from integration.server_helper import annotation_server  # tests/ is on sys.path
 from laffi.data import write_squad
 from laffi.errors import LaffiError
 from laffi.server.app import create_app
-from laffi.server.store import MAX_SECONDS, Store, StoreUnavailable
+from laffi.server.imports import MAX_SECONDS
+from laffi.server.store import Store, StoreUnavailable
 
 
 def laffi(*args: object) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from laffi.errors import LaffiError
 from laffi.records import FeedbackRecord, to_dict
 from laffi.server.app import create_app, render_guidelines
-from laffi.server.store import Store, levenshtein
+from laffi.server.feedback_text import levenshtein
+from laffi.server.store import Store
 
 
 @pytest.fixture()
