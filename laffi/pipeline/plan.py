@@ -209,10 +209,11 @@ def _stage_rows(cfg: ExperimentConfig, cells: list, n_train: int) -> list[CellPl
 
 def _not_counted(cfg: ExperimentConfig) -> list[str]:
     """What the plan leaves out for `cfg`: the stages it does not time, as far as the config turns them on."""
+    from laffi.feedback import annotators
     from laffi.pipeline.shared import learns
 
     left = []
-    if cfg.annotate.annotator == "llm":
+    if annotators.get(cfg.annotate.annotator).runs_model:
         left.append("LLM annotation")
     if learns(cfg):
         left.append("the learned annotator's training")
