@@ -1,7 +1,7 @@
 """The annotation app's browser test harness (no tests here), shared by tests/server/test_page_*.py (the app served in
-a thread of the test process) and tests/integration/test_app_*.py (the real `laffi annotate-server`): headless Debian
-chromium driven by Playwright, fresh annotators and their login, the annotations the database holds, and the folder
-for screenshots.
+a thread of the test process) and the browser tests of tests/integration (the real `laffi annotate-server`, started by
+tests/integration/server_helper.py): headless Debian chromium driven by Playwright, fresh annotators and their login,
+the annotations the database holds, and the folder for screenshots.
 
 The `browser` and `page_at` fixtures (tests/conftest.py) are `chromium` and `pages`; each suite's conftest.py has its
 own `site` (its data set and its server, one per test module). Each test logs in as its own annotator, so tests do

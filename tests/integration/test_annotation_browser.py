@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser_harness import login, needs_chromium
+from server_helper import annotation_server
 
 from laffi.data import load_squad
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make install runs apt-get "
-                                "install -y chromium; it could not be had here)")  # fmt: skip
+pytestmark = needs_chromium
 
 
 def closing(answer: str) -> str:
@@ -36,12 +30,6 @@ def laffi(*args: object) -> subprocess.CompletedProcess:
     return r
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(tmp_path, small_squad):
     qs = load_squad(small_squad)[:5]
@@ -50,86 +38,65 @@ def server(tmp_path, small_squad):
     db = tmp_path / "fb.sqlite"
     token = laffi("annotators", "add", "ann", "--db", db).stdout.strip()
     admin = laffi("annotators", "add", "boss", "--admin", "--db", db).stdout.strip()
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([sys.executable, "-m", "laffi", "annotate-server", "--data", small_squad, "--predictions",
-                             preds, "--db", db, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"annotation server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-    yield {"url": url, "token": token, "admin": admin, "db": db, "questions": qs,
-           "preds": json.loads(preds.read_text())}
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with annotation_server(small_squad, preds, db, tmp_path / "server.log") as (url, _):
+        yield {"url": url, "token": token, "admin": admin, "db": db, "questions": qs,
+               "preds": json.loads(preds.read_text())}  # fmt: skip
 
 
-def test_annotate_in_browser_edit_and_export(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_annotate_in_browser_edit_and_export(server, tmp_path, browser):
+    from playwright.sync_api import expect
 
     qs = server["questions"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page()
-        page.goto(server["url"])
-        page.fill("#token", server["token"])
-        page.click("#login")
-        expect(page.locator("#question")).to_have_text(qs[0].question)
-        expect(page.locator("#who")).to_have_text("ann")
-        expect(page.locator("#progress")).to_have_text("0 / 5")
-        if qs[0].answers:  # the gold span is highlighted in the passage
-            expect(page.locator("#passage mark.gold").first).to_have_text(qs[0].answers[0])
+    page = browser.new_page()
+    login(page, server["url"], server["token"])
+    expect(page.locator("#question")).to_have_text(qs[0].question)
+    expect(page.locator("#who")).to_have_text("ann")
+    expect(page.locator("#progress")).to_have_text("0 / 5")
+    if qs[0].answers:  # the gold span is highlighted in the passage
+        expect(page.locator("#passage mark.gold").first).to_have_text(qs[0].answers[0])
 
-        # Item 1 with keyboard shortcuts only: i = incorrect, f = focus feedback, Ctrl+Enter = save and next.
-        page.keyboard.press("i")
-        page.keyboard.press("f")
-        page.keyboard.type("Wrong: first item.")
-        page.keyboard.press("Control+Enter")
-        expect(page.locator("#question")).to_have_text(qs[1].question)
-        expect(page.locator("#progress")).to_have_text("1 / 5")
-        expect(page.locator("#predicted")).to_have_text("Normandy")
+    # Item 1 with keyboard shortcuts only: i = incorrect, f = focus feedback, Ctrl+Enter = save and next.
+    page.keyboard.press("i")
+    page.keyboard.press("f")
+    page.keyboard.type("Wrong: first item.")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#question")).to_have_text(qs[1].question)
+    expect(page.locator("#progress")).to_have_text("1 / 5")
+    expect(page.locator("#predicted")).to_have_text("Normandy")
 
-        # Item 2 with the buttons.
-        page.click("#btn-correct")
-        page.fill("#feedback", "Right: second item.")
-        page.click("#save")
-        expect(page.locator("#question")).to_have_text(qs[2].question)
+    # Item 2 with the buttons.
+    page.click("#btn-correct")
+    page.fill("#feedback", "Right: second item.")
+    page.click("#save")
+    expect(page.locator("#question")).to_have_text(qs[2].question)
 
-        # Item 3: skip (n); item 4: annotate.
-        page.keyboard.press("n")
-        expect(page.locator("#question")).to_have_text(qs[3].question)
-        page.keyboard.press("c")
-        page.fill("#feedback", "Right: fourth item.")
-        page.keyboard.press("Control+Enter")
-        expect(page.locator("#progress")).to_have_text("3 / 5")
+    # Item 3: skip (n); item 4: annotate.
+    page.keyboard.press("n")
+    expect(page.locator("#question")).to_have_text(qs[3].question)
+    page.keyboard.press("c")
+    page.fill("#feedback", "Right: fourth item.")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#progress")).to_have_text("3 / 5")
 
-        # Back three times (p) to item 2: the saved annotation is shown; edit it.
-        for _ in range(3):
-            page.keyboard.press("p")
-        expect(page.locator("#question")).to_have_text(qs[1].question)
-        expect(page.locator("#feedback")).to_have_value("Right: second item.")
-        expect(page.locator("#btn-correct")).to_have_class("on")
-        page.click("#btn-incorrect")  # the right answer the annotator confirmed stays when the verdict changes
-        expect(page.locator("#right-answer")).to_have_value("Normandy")
-        page.fill("#feedback", "Edited: the second answer is wrong after all.")
-        page.click("#save")
-        expect(page.locator("#question")).to_have_text(qs[2].question)
-        expect(page.locator("#progress")).to_have_text("3 / 5")
+    # Back three times (p) to item 2: the saved annotation is shown; edit it.
+    for _ in range(3):
+        page.keyboard.press("p")
+    expect(page.locator("#question")).to_have_text(qs[1].question)
+    expect(page.locator("#feedback")).to_have_value("Right: second item.")
+    expect(page.locator("#btn-correct")).to_have_class("on")
+    page.click("#btn-incorrect")  # the right answer the annotator confirmed stays when the verdict changes
+    expect(page.locator("#right-answer")).to_have_value("Normandy")
+    page.fill("#feedback", "Edited: the second answer is wrong after all.")
+    page.click("#save")
+    expect(page.locator("#question")).to_have_text(qs[2].question)
+    expect(page.locator("#progress")).to_have_text("3 / 5")
 
-        # Export over HTTP: only with the admin token.
-        denied = page.request.get(server["url"] + "api/export", headers={"Authorization": f"Bearer {server['token']}"})
-        assert denied.status == 403
-        http_export = page.request.get(server["url"] + "api/export",
-                                       headers={"Authorization": f"Bearer {server['admin']}"}).text()  # fmt: skip
-        browser.close()
+    # Export over HTTP: only with the admin token.
+    denied = page.request.get(server["url"] + "api/export", headers={"Authorization": f"Bearer {server['token']}"})
+    assert denied.status == 403
+    http_export = page.request.get(server["url"] + "api/export",
+                                   headers={"Authorization": f"Bearer {server['admin']}"}).text()  # fmt: skip
+    page.close()
 
     out = tmp_path / "human.jsonl"
     laffi("annotate", "export", "--db", server["db"], "--out", out)

@@ -6,23 +6,18 @@ unset, no dialog opens, no element is created from it)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
+from browser_harness import login, needs_chromium, new_annotator
 from server_helper import annotation_server
 
 from laffi.data import write_squad
 from laffi.records import Question
 from laffi.server.store import Store
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make install runs apt-get "
-                                "install -y chromium; it could not be had here)")  # fmt: skip
+pytestmark = needs_chromium
 
 # Each payload, if parsed as HTML, runs script that sets window.__pwned (and the last two open a dialog).
-IMG = '<img src=x onerror="window.__pwned=\'img\'">'
+IMG = "<img src=x onerror=\"window.__pwned='img'\">"
 SCRIPT = "<script>window.__pwned='script'</script>"
 SVG = '"><svg onload="window.__pwned=\'svg\';alert(1)">'
 BOLD = "<b onmouseover=\"window.__pwned='b'\">Rollo</b>"
@@ -35,29 +30,26 @@ def hostile_question() -> Question:
                     answers=[BOLD], answer_starts=[context.index(BOLD)])  # fmt: skip
 
 
-def test_html_and_script_are_inert_in_the_page(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_html_and_script_are_inert_in_the_page(tmp_path, browser):
+    from playwright.sync_api import expect
 
     q = hostile_question()
     data, preds, db = tmp_path / "hostile.json", tmp_path / "preds.json", tmp_path / "fb.sqlite"
     write_squad([q], data)
     preds.write_text(json.dumps({q.id: SVG}))  # the model "answered" with markup that also occurs in the passage
-    store = Store(db)
-    token = store.add_annotator("ann")
+    _, token = new_annotator(db, name="ann")
     feedback = f"Wrong. {IMG} {SCRIPT} {IFRAME}"
-    with annotation_server(data, preds, db, tmp_path / "server.log") as (url, _), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with annotation_server(data, preds, db, tmp_path / "server.log") as (url, _):
         page = browser.new_page()
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(url)
-        page.fill("#token", token)
-        page.click("#login")
+        login(page, url, token)
         expect(page.locator("#question")).to_have_text(q.question)
         expect(page.locator("#title")).to_have_text(q.title.replace("_", " "))
         expect(page.locator("#predicted")).to_have_text(SVG)
         expect(page.locator("#gold")).to_have_text(BOLD)
-        assert page.locator("#passage").text_content() == q.context
+        expect(page.locator("#passage")).to_have_text(q.context)
+        assert page.locator("#passage").text_content() == q.context  # exactly, not only up to whitespace
         # The gold span and the model's answer are highlighted as text, not as the markup they contain.
         expect(page.locator("#passage mark.gold")).to_have_text(BOLD)
         expect(page.locator("#passage mark.pred")).to_have_text(SVG)
@@ -81,7 +73,7 @@ def test_html_and_script_are_inert_in_the_page(tmp_path):
         page.evaluate("h => { const d = document.createElement('div'); d.innerHTML = h; document.body.append(d); }",
                       IMG)  # fmt: skip
         page.wait_for_function("window.__pwned === 'img'", timeout=5000)
-        browser.close()
+        page.close()
     # The page closes the feedback with the right answer (the gold one, prefilled; its '"' made "'" to stay parseable).
     closing = f'The right answer is "{BOLD.replace(chr(34), chr(39))}".'
     assert [(r.feedback, r.question) for r in Store(db).export()] == [(f"{feedback} {closing}", q.question)]
