@@ -353,5 +353,7 @@ def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_pa
     assert (row["method"], row["size"], row["source"]) == ("sdft", 2, "ai")
     assert row["headroom"] == summary.headroom["ai"]["headroom"]["f1"]
     assert row["gain"] == summary.paired["n=2"]["sdft vs base"]["mean_diff"]
+    h = json.loads((tmp_path / "exp" / "headroom" / "ai" / "H.json").read_text())
+    assert row["feedback_vs_first"] == 100 * h["conditions"]["feedback"]["vs_first"]["mean_diff"]
     assert (tmp_path / "exp" / "plots" / "gain_vs_headroom.png").stat().st_size > 0
     assert "| sdft | 2 | 1 | ai |" in (tmp_path / "exp" / "results.md").read_text()

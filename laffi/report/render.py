@@ -83,7 +83,10 @@ def render_markdown(cfg: ExperimentConfig, s: Summary) -> str:
         if s.gain_vs_headroom:
             lines += ["", "Each method's gain over the model as loaded (paired bootstrap over the evaluation "
                       "questions) beside the headroom of the feedback it trained on. Self-distillation's predictive "
-                      "law (arXiv 2605.30070) expects the gain to grow with the headroom.", "",
+                      "law (arXiv 2605.30070) expects the gain to grow with the in-context gap: for sdft that is "
+                      "the teacher's prompt against the student's, feedback - first (the refinement prompt with "
+                      "the feedback against the first answers), which the headroom (feedback - no_feedback) "
+                      "overstates when revising alone loses F1.", "",
                       gain_table(s.gain_vs_headroom), "", "(plots/gain_vs_headroom.png draws it.)"]
     lines += ["", "## Cells", "", cells_table(s.cells)]
     if s.examples:
@@ -251,12 +254,13 @@ def headroom_table(h: dict[str, Any]) -> str:
 
 
 def gain_table(rows: list[dict]) -> str:
-    lines = ["| method | n | seeds | feedback | headroom (95 % CI) | gain over base F1 (95 % CI) | p |",
-             "|---|---:|---:|---|---:|---:|---:|"]
+    lines = ["| method | n | seeds | feedback | headroom (95 % CI) | feedback - first (95 % CI) "
+             "| gain over base F1 (95 % CI) | p |", "|---|---:|---:|---|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        (hl, hh), (gl, gh) = r["headroom_ci95"], r["gain_ci95"]
+        (hl, hh), (fl, fh), (gl, gh) = r["headroom_ci95"], r["feedback_vs_first_ci95"], r["gain_ci95"]
         lines.append(f"| {r['method']} | {r['size']} | {r['seeds']} | {r['source']} | {r['headroom']:+.1f} "
-                     f"({hl:+.1f} to {hh:+.1f}) | {r['gain']:+.1f} ({gl:+.1f} to {gh:+.1f}) | {r['p_value']:.3f} |")
+                     f"({hl:+.1f} to {hh:+.1f}) | {r['feedback_vs_first']:+.1f} ({fl:+.1f} to {fh:+.1f}) | "
+                     f"{r['gain']:+.1f} ({gl:+.1f} to {gh:+.1f}) | {r['p_value']:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
 

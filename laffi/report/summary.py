@@ -110,8 +110,10 @@ def summarise(done: Finished) -> Summary:
 def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dict[str, Any] | None) -> list[dict]:
     """Each feedback-trained method's gain over the model as loaded (F1, paired bootstrap) beside the headroom of the
     feedback it trained on (`headroom: true`): the predictive law of on-policy self-distillation (arXiv 2605.30070)
-    says the gain grows with it. A cell trained on the AI share alone (human fraction 0) reads the 'ai' probe, one on
-    the human share alone (1) the 'human' probe; mixed shares have no probe of their own and are left out."""
+    says the gain grows with it. Beside it the gap between the two prompts sdft distils from: feedback in the
+    teacher's refinement prompt against the first answers of the student's QA prompt (`feedback` - `first`). A cell
+    trained on the AI share alone (human fraction 0) reads the 'ai' probe, one on the human share alone (1) the
+    'human' probe; mixed shares have no probe of their own and are left out."""
     if not headroom:
         return []
     untrained = [g["method"] for g in groups_ if not g["size"] and not g["method"].endswith(CALIBRATED)]
@@ -129,6 +131,9 @@ def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dic
         rows.append({"method": g["method"], "size": g["size"], "source": source, "seeds": len(g["seeds"]),
                      "headroom": h["headroom"]["f1"], "headroom_ci95": [100 * h["headroom"]["ci_low"],
                                                                         100 * h["headroom"]["ci_high"]],
+                     "feedback_vs_first": 100 * h["feedback_vs_first"]["mean_diff"],
+                     "feedback_vs_first_ci95": [100 * h["feedback_vs_first"]["ci_low"],
+                                                100 * h["feedback_vs_first"]["ci_high"]],
                      "gain": test["mean_diff"], "gain_ci95": [test["ci_low"], test["ci_high"]],
                      "p_value": test["p_value"]})  # fmt: skip
     return rows
@@ -428,7 +433,8 @@ def headroom_summary(run: RunDir) -> dict[str, Any] | None:
                          "agreement": quality["agreement"], "questions": h["questions"],
                          "abstain_f1": h["abstain"]["f1"],
                          "f1": {c: v["scores"]["f1"] for c, v in h["conditions"].items()},
-                         "headroom": h["headroom"]}  # fmt: skip
+                         "headroom": h["headroom"],
+                         "feedback_vs_first": h["conditions"]["feedback"]["vs_first"]}  # fmt: skip
     return found or None
 
 
