@@ -100,18 +100,22 @@ def losses(logs: dict[str, list[dict]], path: Path) -> None:
 
 
 def gain_vs_headroom(rows: list[dict], path: Path) -> None:
-    """Each method's gain over base (F1, 95 % interval) against the headroom of the feedback it trained on."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    for r in rows:
-        (gl, gh), (hl, hh) = r["gain_ci95"], r["headroom_ci95"]
-        ax.errorbar(r["headroom"], r["gain"], xerr=[[r["headroom"] - hl], [hh - r["headroom"]]],
-                    yerr=[[r["gain"] - gl], [gh - r["gain"]]], fmt="o", capsize=3)  # fmt: skip
-        ax.annotate(f"{r['method']} n={r['size']} ({r['source']})", (r["headroom"], r["gain"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    ax.axhline(0, color="grey", linestyle="--", linewidth=1, label="no gain over base")
-    ax.set_xlabel("headroom of the feedback: F1 with it in the prompt - without (training answers)")
-    ax.set_ylabel("gain over base: F1 (evaluation questions)")
-    ax.legend(fontsize=7)
+    """Each method's gain over base (F1, 95 % interval) against the headroom of the feedback it trained on (left) and
+    against feedback - first, the gap between sdft's teacher and student prompts (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2), sharey=True)
+    gaps = [("headroom", "headroom: feedback - no_feedback (F1)"), ("feedback_vs_first", "feedback - first (F1)")]
+    for ax, (key, label) in zip(axes, gaps, strict=True):
+        for i, r in enumerate(rows):
+            (gl, gh), (xl, xh) = r["gain_ci95"], r[f"{key}_ci95"]
+            ax.errorbar(r[key], r["gain"], xerr=[[r[key] - xl], [xh - r[key]]],
+                        yerr=[[r["gain"] - gl], [gh - r["gain"]]], fmt="o", capsize=3)  # fmt: skip
+            # Methods trained on the same feedback share an x: their labels are stacked, not drawn over each other.
+            ax.annotate(f"{r['method']} n={r['size']} ({r['source']})", (r[key], r["gain"]), fontsize=7,
+                        xytext=(4, 4 + 9 * (i % 3)), textcoords="offset points")  # fmt: skip
+        ax.axhline(0, color="grey", linestyle="--", linewidth=1, label="no gain over base")
+        ax.set_xlabel(f"{label}, base model's training answers")
+    axes[0].set_ylabel("gain over base: F1 (evaluation questions)")
+    axes[0].legend(fontsize=7)
     _save(fig, path)
 
 
