@@ -189,12 +189,15 @@ def test_gain_over_base_is_set_beside_the_headroom_of_the_feedback_trained_on():
               g("laffi", 4, 1.0), g("laffi+sft", 4, 0.5), g("sdft (calibrated)", 4, 0.0)]
     test = {"mean_diff": 2.5, "ci_low": -1.0, "ci_high": 6.0, "p_value": 0.2}
     paired = {"n=4": {f"{m} vs base": test for m in ("sft", "sdft", "laffi", "laffi+sft")}}
-    probe = {"headroom": {"f1": 12.0, "ci_low": 0.08, "ci_high": 0.16, "p_value": 0.001}}
+    probe = {"headroom": {"f1": 12.0, "ci_low": 0.08, "ci_high": 0.16, "p_value": 0.001},
+             "feedback_vs_first": {"mean_diff": 0.05, "ci_low": -0.01, "ci_high": 0.11, "p_value": 0.1}}
     rows = gain_vs_headroom(groups, paired, {"ai": probe, "human": {**probe, "headroom": {**probe["headroom"],
                                                                                           "f1": -3.0}}})
     # sft reads no feedback, laffi+sft's mixed share has no probe, calibrated rows are left out
     assert [(r["method"], r["source"], r["headroom"], r["gain"]) for r in rows] == [
         ("sdft", "ai", 12.0, 2.5), ("laffi", "human", -3.0, 2.5)]
     assert rows[0]["headroom_ci95"] == [8.0, 16.0] and rows[0]["seeds"] == 2
-    assert "| sdft | 4 | 2 | ai | +12.0 (+8.0 to +16.0) | +2.5 (-1.0 to +6.0) | 0.200 |" in gain_table(rows)
+    assert rows[0]["feedback_vs_first"] == 5.0 and rows[0]["feedback_vs_first_ci95"] == [-1.0, 11.0]
+    assert ("| sdft | 4 | 2 | ai | +12.0 (+8.0 to +16.0) | +5.0 (-1.0 to +11.0) | +2.5 (-1.0 to +6.0) | 0.200 |"
+            in gain_table(rows))  # fmt: skip
     assert gain_vs_headroom(groups, paired, None) == []
