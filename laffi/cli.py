@@ -564,7 +564,8 @@ def _mix(human: list, ai: list, fraction: float, seed: int, out: Path) -> tuple[
 
 @app.command()
 @config_options({"model": ["name", "dtype", "device"],
-                 "answer": ["max_new_tokens", "batch_size", "workers", "draft_tokens"]},
+                 "answer": ["shots", "max_new_tokens", "batch_size", "workers", "draft_tokens"],
+                 "train": ["sdft_teacher_prompt"]},
                 flags={"model.name": "model"})  # fmt: skip
 def headroom(
     data: Path = typer.Option(..., help="SQuAD 2.0 JSON file with the gold answers ('bundled' for the excerpt)."),
@@ -577,10 +578,11 @@ def headroom(
     progress: bool = typer.Option(True, help="Show progress bars."),
     cfg: Any = None,
 ) -> None:
-    """How much better the model answers with the feedback in its prompt: the refinement prompt with the first answer
-    and no feedback, the verdict alone, the feedback minus its right-answer sentence, and the whole feedback, each
-    scored as the official script scores, with paired bootstrap tests (laffi/feedback/headroom.py). Questions
-    without a feedback record are listed and skipped. Resumable; settings from the options, --set and --config."""
+    """How much better the model answers with the feedback in its prompt: the refinement prompt (or, with
+    --sdft-teacher-prompt qa, the QA prompt with --shots) with the first answer and no feedback, the verdict alone,
+    the feedback minus its right-answer sentence, and the whole feedback, each scored as the official script scores,
+    with paired bootstrap tests (laffi/feedback/headroom.py). Questions without a feedback record are listed and
+    skipped. Resumable; settings from the options, --set and --config."""
     from dataclasses import replace
 
     from laffi.data import load_squad, resolve_data_path
@@ -601,7 +603,8 @@ def headroom(
     data_file = resolve_data_path(str(data))
     questions = load_squad(data_file)
     result = stages.headroom(questions, predictions, feedback, out, cfg.model, cfg.answer,
-                             str(adapter) if adapter else None, progress, data_file)  # fmt: skip
+                             str(adapter) if adapter else None, progress, data_file,
+                             cfg.train.sdft_teacher_prompt)  # fmt: skip
     typer.echo(markdown(result))
     if result["skipped"]:
         typer.echo(f"skipped {len(result['skipped'])} questions without a feedback record (listed in {out})", err=True)

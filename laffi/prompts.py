@@ -17,6 +17,7 @@ QA_TEMPLATE_VERSION = "qa-v1"
 FEEDBACK_TEMPLATE_VERSION = "feedback-v1"
 COH_TEMPLATE_VERSION = "coh-v1"
 REFINE_TEMPLATE_VERSION = "refine-v1"
+QA_REVISE_TEMPLATE_VERSION = "qa-revise-v1"
 
 # What the model is taught to say to abstain, in the shots and in the SFT targets.
 ABSTAIN_PHRASE = "unanswerable"
@@ -131,6 +132,36 @@ def refine_messages(q: Question, first_answer: str, feedback: str) -> list[dict[
     user = (f"{qa_user_text(q.context, q.question)}\n\nYour answer: {answer_as_text(first_answer)}\n\n"
             f"Feedback: {feedback}")
     return [{"role": "system", "content": REFINE_SYSTEM}, {"role": "user", "content": user}]
+
+
+# The QA prompt with the first answer and a feedback text added to the question's turn: the layout of SDFT's teacher
+# (the student's prompt plus privileged context), so that it differs from the QA prompt only by what was added. Its
+# system text and shots are the QA prompt's: the answer form they set (a span or the abstention phrase) is the same.
+QA_REVISE_INSTRUCTION = "Answer the question again, using the feedback."
+
+
+def qa_revise_messages(q: Question, shots: int, first_answer: str, feedback: str) -> list[dict[str, str]]:
+    """`qa_messages(q, shots)` with the first answer, the feedback on it and `QA_REVISE_INSTRUCTION` after the
+    question."""
+    messages = qa_messages(q, shots)
+    messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n\nYour answer: "
+                    f"{answer_as_text(first_answer)}\n\nFeedback: {feedback}\n\n{QA_REVISE_INSTRUCTION}"}  # fmt: skip
+    return messages
+
+
+def revise_messages(layout: str, q: Question, shots: int, first_answer: str, feedback: str) -> list[dict[str, str]]:
+    """The prompt that shows a model its first answer and feedback on it: 'refine' (`refine_messages`, no shots) or
+    'qa' (`qa_revise_messages`, the QA prompt's shots)."""
+    if layout == "refine":
+        return refine_messages(q, first_answer, feedback)
+    if layout == "qa":
+        return qa_revise_messages(q, shots, first_answer, feedback)
+    raise ValueError(f"no revision prompt layout {layout!r} (known: refine, qa)")
+
+
+def revise_version(layout: str) -> str:
+    """The template version of `revise_messages(layout, ...)` ('qa': also the QA prompt's, whose shots it shows)."""
+    return REFINE_TEMPLATE_VERSION if layout == "refine" else f"{QA_REVISE_TEMPLATE_VERSION}/{QA_TEMPLATE_VERSION}"
 
 
 def render(messages: list[dict[str, str]], tokenizer: Any = None) -> str:

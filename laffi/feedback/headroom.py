@@ -2,7 +2,8 @@
 
 Training a model to predict feedback can only teach it what it can use when the feedback is in its context. For every
 question with a feedback record, the same model answers again with the refinement prompt (`prompts.refine_messages`:
-the passage, the question, its first answer and a feedback text), in these conditions:
+the passage, the question, its first answer and a feedback text; or, with `train.sdft_teacher_prompt: qa`, the QA
+prompt with its shots and those added, `prompts.qa_revise_messages`: sdft's teacher prompt), in these conditions:
 
 - `first`: the first answers as given (not generated again);
 - `no_feedback`: the first answer and no feedback (`NO_FEEDBACK`): what revising alone does;
@@ -51,9 +52,11 @@ def condition_feedback(condition: str, record: FeedbackRecord) -> str:
     raise ValueError(f"headroom: no prompt for condition {condition!r}")
 
 
-def condition_prompt(condition: str, q: Question, record: FeedbackRecord, tokenizer: Any) -> str:
-    return prompts.render(prompts.refine_messages(q, record.predicted_answer, condition_feedback(condition, record)),
-                          tokenizer)  # fmt: skip
+def condition_prompt(condition: str, q: Question, record: FeedbackRecord, tokenizer: Any, layout: str = "refine",
+                     shots: int = 0) -> str:  # fmt: skip
+    """A generated condition's prompt in `layout` (`prompts.revise_messages`: 'refine', or 'qa' with `shots`)."""
+    return prompts.render(prompts.revise_messages(layout, q, shots, record.predicted_answer,
+                                                  condition_feedback(condition, record)), tokenizer)  # fmt: skip
 
 
 def condition_path(out: Path, condition: str) -> Path:
@@ -87,8 +90,10 @@ def pair(questions: list[Question], preds: dict[str, str], records: list[Feedbac
 
 def probe(load: Any, tokenizer: Any, questions: list[Question], preds: dict[str, str], records: list[FeedbackRecord],
           out: Path, settings: Any, first_na: dict[str, float] | None = None, identity: dict[str, Any] | None = None,
-          progress: Any = None, where: str = "feedback") -> dict[str, Any]:  # fmt: skip
-    """Run the probe, write every condition's files and `out` (H.json); returns its content.
+          progress: Any = None, where: str = "feedback", layout: str = "refine",
+          shots: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Run the probe, write every condition's files and `out` (H.json); returns its content. `layout` and `shots`:
+    the prompt of the generated conditions (`condition_prompt`); `identity` must name them.
 
     `load()` returns the model (`laffi.models.load_model`); it is called only when a condition's file is not made
     yet with the same `identity` (model, adapter, decoding settings, inputs). `settings`: a DecodeSettings."""
@@ -121,7 +126,8 @@ def probe(load: Any, tokenizer: Any, questions: list[Question], preds: dict[str,
         if partial.exists() and (not partial_record.exists() or read_json(partial_record) != identity):
             partial.unlink()  # made with other settings: its answers are not this probe's
         write_json(partial_record, identity)
-        jobs = [(qid, condition_prompt(condition, by_q[qid], by_id[qid], tokenizer)) for qid in by_id]
+        jobs = [(qid, condition_prompt(condition, by_q[qid], by_id[qid], tokenizer, layout, shots))
+                for qid in by_id]  # fmt: skip
         done = generate_records(model, tokenizer, jobs, settings, parse, partial=partial, progress=progress,
                                 na_scores=True)  # fmt: skip
         answers[condition] = {q.id: done[q.id].answer for q in probed}

@@ -45,14 +45,16 @@ def get(name: str, where: str = "method") -> Method:
 
 
 def build_examples(method: str, questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any,
-                   shots: int, seed: int, answers: dict[str, str] | None = None) -> list[Example]:  # fmt: skip
+                   shots: int, seed: int, answers: dict[str, str] | None = None,
+                   train: Any = None) -> list[Example]:  # fmt: skip
     """The training examples of one method, in a seeded order.
 
     `feedback`: the run's feedback records (or, for critique, feedback on other answers); `answers`: what the method's
-    `prepare` made (refine: the kept revised answers)."""
+    `prepare` made (refine: the kept revised answers); `train`: the run's TrainConfig (sdft's teacher prompt), None for
+    its defaults."""
     m = get(method)
     if not m.trains:
         raise LaffiError(f"method: '{method}' trains nothing ({m.summary})")
-    examples = m.build(questions, feedback, tokenizer, shots, seed, answers)
+    examples = m.build(questions, feedback, tokenizer, shots, seed, answers, train)
     random.Random(seed).shuffle(examples)
     return examples

@@ -14,7 +14,7 @@ from laffi.training.examples import Example
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     """Each marker phrasing is drawn with `seed` and the question id, so one example's draw never depends on others."""
     out = []
     for r in require_feedback("coh", feedback):

@@ -17,8 +17,10 @@ from laffi.files import write_json, write_jsonl
 from laffi.records import FeedbackRecord, Generation, Question, read_jsonl
 from laffi.training.examples import Example
 
-# build(questions, feedback, tokenizer, shots, seed, answers) -> examples (unshuffled: the registry shuffles).
-Build = Callable[[list[Question], "list[FeedbackRecord] | None", Any, int, int, "dict[str, str] | None"], list[Example]]
+# build(questions, feedback, tokenizer, shots, seed, answers, train) -> examples (unshuffled: the registry shuffles);
+# `train` is the run's TrainConfig, or None for its defaults.
+Build = Callable[[list[Question], "list[FeedbackRecord] | None", Any, int, int, "dict[str, str] | None", Any],
+                 list[Example]]
 # prepare(questions, feedback, out, model, train_cfg, shots, progress) -> (feedback, answers, report or None)
 Prepare = Callable[..., tuple[Any, Any, Any]]
 

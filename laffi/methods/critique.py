@@ -78,7 +78,7 @@ def prepare(questions: list[Question], feedback: list[FeedbackRecord] | None, ou
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     return feedback_examples("critique", require_feedback("critique", feedback), tokenizer)
 
 

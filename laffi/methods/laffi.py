@@ -14,7 +14,7 @@ from laffi.training.examples import Example
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     return feedback_examples("laffi", require_feedback("laffi", feedback), tokenizer)
 
 

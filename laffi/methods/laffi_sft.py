@@ -15,11 +15,11 @@ from laffi.training.examples import Example
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     if not feedback:
-        laffi.build(questions, feedback, tokenizer, shots, seed, answers)  # raises the one-line error
-    return (sft.build(questions, feedback, tokenizer, shots, seed, answers)
-            + laffi.build(questions, feedback, tokenizer, shots, seed, answers))  # fmt: skip
+        laffi.build(questions, feedback, tokenizer, shots, seed, answers, train)  # raises the one-line error
+    return (sft.build(questions, feedback, tokenizer, shots, seed, answers, train)
+            + laffi.build(questions, feedback, tokenizer, shots, seed, answers, train))  # fmt: skip
 
 
 METHOD = Method("laffi+sft", "both laffi and sft examples, shuffled together", build=build, reads_feedback=True,

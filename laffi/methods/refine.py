@@ -112,7 +112,7 @@ def prepare(questions: list[Question], feedback: list[FeedbackRecord] | None, ou
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     if not feedback:
         raise LaffiError("feedback: method 'refine' needs feedback records (--feedback FEEDBACK.jsonl)")
     if answers is None:

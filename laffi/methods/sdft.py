@@ -2,8 +2,11 @@
 Continual Learning", arXiv 2601.19897; TRL's `trl.experimental.sdft.SDFTTrainer`).
 
 Each training example is one feedback record. The *student* sees the plain QA prompt (the run's shots, as at answer
-time); the *teacher* is the same model shown the refinement prompt with the model's first answer and the feedback on
-it (`prompts.refine_messages`: the prompt `refine` and the headroom probe's `feedback` condition use). At every step
+time); the *teacher* is the same model shown the model's first answer and the feedback on it, in one of two layouts
+(`train.sdft_teacher_prompt`): the refinement prompt (`prompts.refine_messages`, refine's prompt, no shots; the
+default) or the student's QA prompt with the first answer and the feedback added to the question's turn
+(`prompts.qa_revise_messages`: SDFT's own layout, which keeps the student's shots and so its answer form). The
+headroom probe of the same run uses the same layout for its conditions. At every step
 the student samples a completion of its own prompt (on-policy, `train.sdft_temperature`); both read that completion,
 each after its own prompt, and the loss is the divergence between the teacher's next-token distribution and the
 student's at every completion token (`train.sdft_distillation_*`), averaged over each completion's tokens and then
@@ -13,7 +16,8 @@ average of the adapter (`ema`). docs/methods.md shows the exact student and teac
 
 Why laffi's own loop and not TRL's SDFTTrainer (whose loss this reproduces; tests/test_sdft.py compares the two on one
 batch): TRL builds the teacher prompt as `teacher_prompt_template.format(prompt=..., privileged_context=...)` and
-requires the student prompt inside it, while laffi's teacher prompt is the refinement prompt, a chat of its own; and
+requires the student prompt inside it as text, while laffi's teacher prompts are chats (the refinement prompt, or the
+QA chat with an extended last turn, which a format string over the rendered student prompt cannot make); and
 laffi's stage trains every method through `laffi.training.loop.train` (its resumable `ADAPTER.partial/` checkpoint,
 settings record and cache keys, LoRA in the base model's bf16, shared checkpointing policy, one-line errors, progress
 bar and TensorBoard events), which an HF Trainer would replace with its own. The loop runs
@@ -45,18 +49,21 @@ def student_prompt(r: FeedbackRecord, tokenizer: Any, shots: int) -> str:
     return prompts.render(prompts.qa_messages(record_question(r), shots), tokenizer)
 
 
-def teacher_prompt(r: FeedbackRecord, tokenizer: Any) -> str:
-    """The refinement prompt with the model's first answer and the feedback on it (`refine`'s prompt, the headroom
-    probe's `feedback` condition)."""
-    return prompts.render(prompts.refine_messages(record_question(r), r.predicted_answer, r.feedback), tokenizer)
+def teacher_prompt(r: FeedbackRecord, tokenizer: Any, shots: int = 0, layout: str = "refine") -> str:
+    """The model's first answer and the feedback on it, in the layout `train.sdft_teacher_prompt` names: 'refine' the
+    refinement prompt (`refine`'s prompt), 'qa' the student's QA prompt with them added (`prompts.revise_messages`;
+    the headroom probe's `feedback` condition in the same layout)."""
+    return prompts.render(prompts.revise_messages(layout, record_question(r), shots, r.predicted_answer, r.feedback),
+                          tokenizer)  # fmt: skip
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     """One example per feedback record: the student prompt, no fixed completion (the student samples it), the
     teacher prompt."""
+    layout = (train or TrainConfig()).sdft_teacher_prompt
     return [Example("sdft", r.id, student_prompt(r, tokenizer, shots), "", group=r.context,
-                    teacher_prompt=teacher_prompt(r, tokenizer))
+                    teacher_prompt=teacher_prompt(r, tokenizer, shots, layout))
             for r in require_feedback("sdft", feedback)]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ def sft_examples(questions: list[Question], tokenizer: Any, shots: int) -> list[
 
 
 def build(questions: list[Question], feedback: list[FeedbackRecord] | None, tokenizer: Any, shots: int, seed: int,
-          answers: dict[str, str] | None) -> list[Example]:  # fmt: skip
+          answers: dict[str, str] | None, train: Any = None) -> list[Example]:  # fmt: skip
     return sft_examples(questions, tokenizer, shots)
 
 

@@ -69,18 +69,19 @@ def headroom_stage(cfg: ExperimentConfig, run: RunDir, feedback: dict[str, Path]
                    log: Log, progress: bool) -> list[Path]:  # fmt: skip
     """headroom/<source>/H.json: the feedback-headroom probe of the base model on its training answers with each
     feedback source the run made (laffi/feedback/headroom.py), cached under its own key."""
-    made = []
+    made, layout = [], cfg.train.sdft_teacher_prompt  # the in-context gap of sdft's teacher
     for source in FEEDBACK_SOURCES:
         if source not in feedback:
             continue
         output = run.headroom(source)
         key = stage_key(answers=file_hash(feedback["answers"]), feedback=file_hash(feedback[source]),
-                        model=key_settings(cfg.model), answer=key_settings(cfg.answer), probe=stages.prompts_version())
+                        model=key_settings(cfg.model), answer=key_settings(cfg.answer),
+                        probe=stages.prompts_version(layout, cfg.answer.shots))  # fmt: skip
         if not cached(output, key):
             begin(output, key)
             log(f"headroom: the base model with {source} feedback on its {len(train_qs)} training answers")
             stages.headroom(train_qs, feedback["answers"], feedback[source], output, cfg.model, cfg.answer,
-                            None, progress, train_file)  # fmt: skip
+                            None, progress, train_file, layout)  # fmt: skip
             finish(output, key)
         made.append(output)
     return made

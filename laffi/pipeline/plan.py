@@ -264,7 +264,8 @@ def _rows(method: str, questions: list, tokenizer: Any, cfg: ExperimentConfig,
                     if methods.get(n).predicts_feedback and methods.get(n).reads_feedback)  # fmt: skip
     own = (m.prepare is None or m.step_positions is not None) and m.answers_from != "judge"
     build = method if own else stand_in
-    examples = methods.build_examples(build, questions, feedback, tokenizer, cfg.answer.shots, tcfg.seed)
+    examples = methods.build_examples(build, questions, feedback, tokenizer, cfg.answer.shots, tcfg.seed,
+                                      train=tcfg)
     rows = [tokenize_example(e, tokenizer, tcfg.max_length) for e in examples]
     return rows, group_keys(examples) if tcfg.shared_prefix else None, exact, examples
 

@@ -356,7 +356,7 @@ def train(
     answers, report = None, None
     if method.prepare is not None:
         feedback, answers, report = method.prepare(questions, feedback, out, model, cfg, shots, progress)
-    examples = methods.build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers)
+    examples = methods.build_examples(cfg.method, questions, feedback, tokenizer, shots, cfg.seed, answers, cfg)
     info = run_training(model.name, model.dtype, examples, cfg, out, progress=progress, tokenizer=tokenizer,
                         answer_prefix=method.answer_prefix, device=model.device)  # fmt: skip
     if report is not None:
@@ -468,9 +468,10 @@ def score(data: Path, predictions: Path, na_prob_file: Path | None = None, na_pr
 
 def headroom(questions: list[Question], preds_file: Path, feedback_file: Path, out: Path, model: ModelConfig,
              settings: AnswerConfig, adapter: str | None = None, progress: bool = True,
-             data_file: Path | None = None) -> dict[str, Any]:  # fmt: skip
+             data_file: Path | None = None, layout: str = "refine") -> dict[str, Any]:  # fmt: skip
     """The feedback-headroom probe (laffi/feedback/headroom.py) of `model` (+ `adapter`) on the first answers in
-    `preds_file` and the feedback on them in `feedback_file`; writes `out` (H.json) and each condition's files."""
+    `preds_file` and the feedback on them in `feedback_file`, in the prompt `layout` (`train.sdft_teacher_prompt`;
+    'qa' with `settings.shots`); writes `out` (H.json) and each condition's files."""
     from tqdm.auto import tqdm
 
     from laffi.config import key_settings
@@ -488,16 +489,18 @@ def headroom(questions: list[Question], preds_file: Path, feedback_file: Path, o
     identity = {"model": key_settings(model), "adapter": file_hash(Path(adapter)) if adapter else None,
                 "decode": {"max_new_tokens": decode.max_new_tokens, "draft_tokens": decode.draft_tokens},
                 "data": file_hash(data_file) if data_file else None, "predictions": file_hash(preds_file),
-                "feedback": file_hash(feedback_file), "prompt": prompts_version()}  # fmt: skip
+                "feedback": file_hash(feedback_file), "prompt": prompts_version(layout, settings.shots)}  # fmt: skip
     tokenizer = load_tokenizer(model.name)
     with tqdm(desc=f"headroom {out.name}", unit="q", disable=not progress) as bar:
         return probe.probe(lambda: load_model(model.name, dtype=model.dtype, adapter=adapter, device=model.device),
                            tokenizer, questions, preds, records, out, decode, first_na, identity, bar.update,
-                           where=str(feedback_file))  # fmt: skip
+                           where=str(feedback_file), layout=layout, shots=settings.shots)  # fmt: skip
 
 
-def prompts_version() -> str:
+def prompts_version(layout: str = "refine", shots: int = 0) -> str:
+    """The headroom probe's prompts, for cache keys ('qa': with its shots; 'refine' shows none)."""
     from laffi import prompts
     from laffi.feedback.headroom import NO_FEEDBACK
 
-    return f"{prompts.REFINE_TEMPLATE_VERSION}; no feedback: {NO_FEEDBACK}"
+    shown = "" if layout == "refine" else f" ({shots} shots)"
+    return f"{prompts.revise_version(layout)}{shown}; no feedback: {NO_FEEDBACK}"

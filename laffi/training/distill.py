@@ -249,7 +249,8 @@ class SelfDistillation:
         cfg = self.cfg
         return {"teacher": cfg.sdft_teacher_model_kind, "distillation_mode": cfg.sdft_distillation_mode,
                 "distillation_alpha": cfg.sdft_distillation_alpha, "examples": len(self.student),
+                "teacher_prompt": cfg.sdft_teacher_prompt,
                 "template_versions": {"student": prompts.QA_TEMPLATE_VERSION,
-                                      "teacher": prompts.REFINE_TEMPLATE_VERSION}}  # fmt: skip
+                                      "teacher": prompts.revise_version(cfg.sdft_teacher_prompt)}}  # fmt: skip
 
 
