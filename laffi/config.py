@@ -306,12 +306,12 @@ class TrainConfig:
                                       "the adapter being trained), 'live' (the student itself, adapter and all) or "
                                       "'ema' (an exponential moving average of the adapter, starting from zero).",
                                       choices=("base", "live", "ema"), method="sdft")
-    sdft_teacher_prompt: str = _f("refine", "sdft: what the teacher reads, and the prompt of the feedback-headroom "
-                                  "probe of `headroom: true` and `laffi headroom`: 'refine' (the refinement prompt "
+    sdft_teacher_prompt: str = _f("refinement", "sdft: what the teacher reads, and the prompt of the feedback-headroom "
+                                  "probe of `headroom: true` and `laffi headroom`: 'refinement' (the refinement prompt "
                                   "with the first answer and the feedback, no shots: refine's prompt) or 'qa' (the "
                                   "student's QA prompt, its shots included, with the first answer and the feedback "
                                   "added to the question's turn: SDFT's layout, the same answer form as the student).",
-                                  choices=("refine", "qa"), method="sdft")
+                                  choices=("refinement", "qa"), method="sdft")
     sdft_teacher_update_rate: float = _f(0.05, "sdft with teacher 'ema': the share of the adapter's weights the "
                                          "teacher takes at each update (1: a copy).", min=0.0, max=1.0,
                                          method="sdft")

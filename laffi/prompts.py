@@ -150,18 +150,18 @@ def qa_revise_messages(q: Question, shots: int, first_answer: str, feedback: str
 
 
 def revise_messages(layout: str, q: Question, shots: int, first_answer: str, feedback: str) -> list[dict[str, str]]:
-    """The prompt that shows a model its first answer and feedback on it: 'refine' (`refine_messages`, no shots) or
+    """The prompt that shows a model its first answer and feedback on it: 'refinement' (`refine_messages`, no shots) or
     'qa' (`qa_revise_messages`, the QA prompt's shots)."""
-    if layout == "refine":
+    if layout == "refinement":
         return refine_messages(q, first_answer, feedback)
     if layout == "qa":
         return qa_revise_messages(q, shots, first_answer, feedback)
-    raise ValueError(f"no revision prompt layout {layout!r} (known: refine, qa)")
+    raise ValueError(f"no revision prompt layout {layout!r} (known: refinement, qa)")
 
 
 def revise_version(layout: str) -> str:
     """The template version of `revise_messages(layout, ...)` ('qa': also the QA prompt's, whose shots it shows)."""
-    return REFINE_TEMPLATE_VERSION if layout == "refine" else f"{QA_REVISE_TEMPLATE_VERSION}/{QA_TEMPLATE_VERSION}"
+    return REFINE_TEMPLATE_VERSION if layout == "refinement" else f"{QA_REVISE_TEMPLATE_VERSION}/{QA_TEMPLATE_VERSION}"
 
 
 def render(messages: list[dict[str, str]], tokenizer: Any = None) -> str:

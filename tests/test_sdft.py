@@ -44,6 +44,27 @@ def test_student_prompt_is_the_qa_prompt_and_teacher_prompt_the_refinement_promp
         build_examples("sdft", [QA], None, tokenizer, shots=0, seed=0)
 
 
+def test_teacher_prompt_qa_is_the_students_prompt_with_the_first_answer_and_the_feedback(tokenizer):
+    """`train.sdft_teacher_prompt: qa`: the teacher's chat is the student's (system text, shots) up to the question's
+    turn, which adds the first answer, the feedback and the instruction; the headroom probe's `feedback` condition in
+    the same layout is the same text."""
+    fb = reference.annotate(QA, "911")
+    (ex,) = build_examples("sdft", [QA], [fb], tokenizer, shots=2, seed=0, train=TrainConfig(sdft_teacher_prompt="qa"))
+    assert ex.prompt == prompts.render(prompts.qa_messages(QA, 2), tokenizer)
+    assert ex.teacher_prompt == headroom.condition_prompt("feedback", QA, fb, tokenizer, "qa", 2)
+    student = prompts.qa_messages(QA, 2)
+    teacher = prompts.qa_revise_messages(QA, 2, "911", fb.feedback)
+    assert teacher[:-1] == student[:-1] and teacher[-1]["content"].startswith(student[-1]["content"])
+    assert teacher[-1]["content"][len(student[-1]["content"]):] == (
+        f"\n\nYour answer: 911\n\nFeedback: {fb.feedback}\n\nAnswer the question again, using the feedback.")
+    assert prompts.SHOTS[1][2] in ex.teacher_prompt and fb.feedback not in ex.prompt
+    # The default is the refinement prompt (no shots), the probe's default layout.
+    (default,) = build_examples("sdft", [QA], [fb], tokenizer, shots=2, seed=0, train=TrainConfig())
+    assert default.teacher_prompt == headroom.condition_prompt("feedback", QA, fb, tokenizer)
+    with pytest.raises(ValueError, match="no revision prompt layout"):
+        prompts.revise_messages("chat", QA, 2, "911", fb.feedback)
+
+
 def test_in_training_the_teacher_reads_the_feedback_and_the_student_does_not(tmp_path, tiny_model_dir, tokenizer,
                                                                               monkeypatch):  # fmt: skip
     """The token rows each forward pass of a step runs: the student's are its QA prompt + the sampled completion,
@@ -206,23 +227,25 @@ def _train_log(out):
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_seeded_sdft_run_has_these_per_step_losses(tmp_path, tiny_model_dir, tokenizer, excerpt_questions):
+# Four steps of 4 examples on 6 questions (an epoch is 2 steps): every completion reaches the 6-token limit.
+PINNED_LOSSES = {"refinement": [0.07613848522305489, 0.0767480880022049, 0.0697999857366085, 0.05565158650279045],
+                 "qa": [0.07196569815278053, 0.07410147786140442, 0.08248819410800934, 0.06902498751878738]}
+PINNED_TOKENS = [24, 12, 24, 12]
+
+
+@pytest.mark.parametrize("layout", ["refinement", "qa"])
+def test_seeded_sdft_run_has_these_per_step_losses(tmp_path, tiny_model_dir, tokenizer, excerpt_questions, layout):
     from laffi.training.loop import train
 
     qs = excerpt_questions[:6]
-    examples = build_examples("sdft", qs, _records(qs), tokenizer, shots=0, seed=0)
-    info = train(str(tiny_model_dir), "float32", examples, TrainConfig(**{**SMALL, "max_steps": 4}), tmp_path / "a",
-                 progress=False)  # fmt: skip
+    cfg = TrainConfig(**{**SMALL, "max_steps": 4, "sdft_teacher_prompt": layout})
+    examples = build_examples("sdft", qs, _records(qs), tokenizer, shots=0, seed=0, train=cfg)
+    info = train(str(tiny_model_dir), "float32", examples, cfg, tmp_path / "a", progress=False)
     log = _train_log(tmp_path / "a")
-    assert [e["loss"] for e in log] == pytest.approx(PINNED_LOSSES, abs=1e-6)
+    assert [e["loss"] for e in log] == pytest.approx(PINNED_LOSSES[layout], abs=1e-6)
     assert [e["loss_tokens"] for e in log] == PINNED_TOKENS
     assert info["sdft"]["teacher"] == "base" and info["loss_tokens"] == sum(PINNED_TOKENS)
-    assert info["examples_by_kind"] == {"sdft": 6}
-
-
-# Four steps of 4 examples on 6 questions (an epoch is 2 steps): every completion reaches the 6-token limit.
-PINNED_LOSSES = [0.07613848522305489, 0.0767480880022049, 0.0697999857366085, 0.05565158650279045]
-PINNED_TOKENS = [24, 12, 24, 12]
+    assert info["sdft"]["teacher_prompt"] == layout and info["examples_by_kind"] == {"sdft": 6}
 
 
 def test_interrupted_sdft_run_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, tokenizer, excerpt_questions,
@@ -270,6 +293,9 @@ def test_sdft_settings_key_sdft_training_only():
     sdft = train_cache_settings(TrainConfig(method="sdft"))
     assert sdft["sdft_distillation_mode"] == "topk_logits" and sdft["sdft_teacher_model_kind"] == "base"
     assert train_cache_settings(TrainConfig(method="sdft", sdft_distillation_alpha=0.1)) != sdft
+    assert sdft["sdft_teacher_prompt"] == "refinement"
+    assert train_cache_settings(TrainConfig(method="sdft", sdft_teacher_prompt="qa")) != sdft
+    assert train_cache_settings(TrainConfig(method="sft", sdft_teacher_prompt="qa")) == plain
 
 
 def test_laffi_train_method_sdft_on_the_tiny_model(tmp_path, small_squad, tiny_model_dir):
@@ -336,19 +362,31 @@ def test_laffi_run_trains_an_sdft_cell_on_the_run_feedback(tmp_path, tiny_model_
     assert f"sdft/{cell.name}" in json.loads((run / "results.json").read_text())["cells"]
 
 
-def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_path, tiny_model_dir, grid_data):
+def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_path, tiny_model_dir, grid_data,
+                                                                          monkeypatch):  # fmt: skip
     """`laffi experiment` with methods [base, sdft] and the headroom probe: the report sets sdft's gain over base
-    beside the headroom of the AI feedback it trained on (table and plot)."""
+    beside the headroom of the AI feedback it trained on (table and plot). With the 'qa' teacher prompt, sdft trains
+    again and the probe asks in that layout; nothing else is made again."""
     from laffi.config import ExperimentConfig, load_run_config
     from laffi.experiment import run_and_report
+    from laffi.feedback import headroom as probe
 
-    cfg = load_run_config(None, [
+    layouts = []
+    real = probe.condition_prompt
+
+    def record(*args):
+        layouts.append(args[4:])
+        return real(*args)
+
+    monkeypatch.setattr(probe, "condition_prompt", record)
+    settings = [
         f"out_dir={tmp_path / 'exp'}", f"model.name={tiny_model_dir}", "model.dtype=float32",
         f"data.path={grid_data(1)}", "methods=[base, sdft]", "seeds=[0]", "train_sizes=[2]", "headroom=true",
         "example_questions=0", "data.calibration_questions=0", "answer.max_new_tokens=3", "train.max_steps=1",
         "train.lora_r=2", "train.batch_size=2", "train.micro_batch_size=2", "train.sdft_max_completion_length=4",
-    ], ExperimentConfig)  # fmt: skip
-    summary = run_and_report(cfg, log=lambda m: None, progress=False)
+    ]  # fmt: skip
+    summary = run_and_report(load_run_config(None, settings, ExperimentConfig), log=lambda m: None, progress=False)
+    assert layouts and {layout for layout, _ in layouts} == {"refinement"}
     (row,) = summary.gain_vs_headroom
     assert (row["method"], row["size"], row["source"]) == ("sdft", 2, "ai")
     assert row["headroom"] == summary.headroom["ai"]["headroom"]["f1"]
@@ -357,3 +395,10 @@ def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_pa
     assert row["feedback_vs_first"] == 100 * h["conditions"]["feedback"]["vs_first"]["mean_diff"]
     assert (tmp_path / "exp" / "plots" / "gain_vs_headroom.png").stat().st_size > 0
     assert "| sdft | 2 | 1 | ai |" in (tmp_path / "exp" / "results.md").read_text()
+    layouts.clear()
+    logs = []
+    qa = load_run_config(None, [*settings, "train.sdft_teacher_prompt=qa"], ExperimentConfig)
+    run_and_report(qa, log=logs.append, progress=False)
+    assert layouts and set(layouts) == {("qa", 2)}
+    made = [m for m in logs if not m.startswith("[") and not m.endswith("is up to date")]
+    assert [m.split(":")[0] for m in made] == ["train sdft/n2-seed0-human0", "headroom"], logs

@@ -52,9 +52,9 @@ def condition_feedback(condition: str, record: FeedbackRecord) -> str:
     raise ValueError(f"headroom: no prompt for condition {condition!r}")
 
 
-def condition_prompt(condition: str, q: Question, record: FeedbackRecord, tokenizer: Any, layout: str = "refine",
+def condition_prompt(condition: str, q: Question, record: FeedbackRecord, tokenizer: Any, layout: str = "refinement",
                      shots: int = 0) -> str:  # fmt: skip
-    """A generated condition's prompt in `layout` (`prompts.revise_messages`: 'refine', or 'qa' with `shots`)."""
+    """A generated condition's prompt in `layout` (`prompts.revise_messages`: 'refinement', or 'qa' with `shots`)."""
     return prompts.render(prompts.revise_messages(layout, q, shots, record.predicted_answer,
                                                   condition_feedback(condition, record)), tokenizer)  # fmt: skip
 
@@ -90,7 +90,7 @@ def pair(questions: list[Question], preds: dict[str, str], records: list[Feedbac
 
 def probe(load: Any, tokenizer: Any, questions: list[Question], preds: dict[str, str], records: list[FeedbackRecord],
           out: Path, settings: Any, first_na: dict[str, float] | None = None, identity: dict[str, Any] | None = None,
-          progress: Any = None, where: str = "feedback", layout: str = "refine",
+          progress: Any = None, where: str = "feedback", layout: str = "refinement",
           shots: int = 0) -> dict[str, Any]:  # fmt: skip
     """Run the probe, write every condition's files and `out` (H.json); returns its content. `layout` and `shots`:
     the prompt of the generated conditions (`condition_prompt`); `identity` must name them.

@@ -49,10 +49,10 @@ def student_prompt(r: FeedbackRecord, tokenizer: Any, shots: int) -> str:
     return prompts.render(prompts.qa_messages(record_question(r), shots), tokenizer)
 
 
-def teacher_prompt(r: FeedbackRecord, tokenizer: Any, shots: int = 0, layout: str = "refine") -> str:
-    """The model's first answer and the feedback on it, in the layout `train.sdft_teacher_prompt` names: 'refine' the
-    refinement prompt (`refine`'s prompt), 'qa' the student's QA prompt with them added (`prompts.revise_messages`;
-    the headroom probe's `feedback` condition in the same layout)."""
+def teacher_prompt(r: FeedbackRecord, tokenizer: Any, shots: int = 0, layout: str = "refinement") -> str:
+    """The model's first answer and the feedback on it, in the layout `train.sdft_teacher_prompt` names:
+    'refinement' the refinement prompt (`refine`'s prompt), 'qa' the student's QA prompt with them added
+    (`prompts.revise_messages`; the headroom probe's `feedback` condition in the same layout)."""
     return prompts.render(prompts.revise_messages(layout, record_question(r), shots, r.predicted_answer, r.feedback),
                           tokenizer)  # fmt: skip
 

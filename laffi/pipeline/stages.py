@@ -468,7 +468,7 @@ def score(data: Path, predictions: Path, na_prob_file: Path | None = None, na_pr
 
 def headroom(questions: list[Question], preds_file: Path, feedback_file: Path, out: Path, model: ModelConfig,
              settings: AnswerConfig, adapter: str | None = None, progress: bool = True,
-             data_file: Path | None = None, layout: str = "refine") -> dict[str, Any]:  # fmt: skip
+             data_file: Path | None = None, layout: str = "refinement") -> dict[str, Any]:  # fmt: skip
     """The feedback-headroom probe (laffi/feedback/headroom.py) of `model` (+ `adapter`) on the first answers in
     `preds_file` and the feedback on them in `feedback_file`, in the prompt `layout` (`train.sdft_teacher_prompt`;
     'qa' with `settings.shots`); writes `out` (H.json) and each condition's files."""
@@ -497,10 +497,10 @@ def headroom(questions: list[Question], preds_file: Path, feedback_file: Path, o
                            where=str(feedback_file), layout=layout, shots=settings.shots)  # fmt: skip
 
 
-def prompts_version(layout: str = "refine", shots: int = 0) -> str:
-    """The headroom probe's prompts, for cache keys ('qa': with its shots; 'refine' shows none)."""
+def prompts_version(layout: str = "refinement", shots: int = 0) -> str:
+    """The headroom probe's prompts, for cache keys ('qa': with its shots; 'refinement' shows none)."""
     from laffi import prompts
     from laffi.feedback.headroom import NO_FEEDBACK
 
-    shown = "" if layout == "refine" else f" ({shots} shots)"
+    shown = "" if layout == "refinement" else f" ({shots} shots)"
     return f"{prompts.revise_version(layout)}{shown}; no feedback: {NO_FEEDBACK}"

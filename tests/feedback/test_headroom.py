@@ -33,6 +33,24 @@ def test_the_prompt_is_the_refinement_prompt_with_the_first_answer(excerpt_quest
     assert "Your answer: 1931\n\nFeedback: Verdict: incorrect." in user
 
 
+def test_the_qa_layout_is_the_qa_prompt_with_its_shots_and_the_first_answer(excerpt_questions):
+    q = excerpt_questions[0]
+    user = headroom.condition_prompt("no_feedback", q, RECORD, None, "qa", 2)
+    assert user == prompts.render(prompts.qa_revise_messages(q, 2, "1931", "(none)"))
+    assert user.startswith(prompts.render(prompts.qa_messages(q, 2)).removesuffix("Assistant:").rstrip("\n"))
+    assert "Your answer: 1931\n\nFeedback: (none)\n\nAnswer the question again" in user
+
+
+def test_the_probe_key_names_its_layout_and_keeps_the_refinement_prompts():
+    """The 'refinement' probe's key text is what the probes made before the layout setting existed (their caches stay
+    valid); 'qa' names its template and its shots."""
+    from laffi.pipeline.stages import prompts_version
+
+    assert prompts_version() == prompts_version("refinement", 2) == "refine-v1; no feedback: (none)"
+    assert prompts_version("qa", 2) == "qa-revise-v1/qa-v1 (2 shots); no feedback: (none)"
+    assert prompts_version("qa", 0) != prompts_version("qa", 2)
+
+
 @pytest.mark.parametrize("text, expected", [
     ('Verdict: incorrect. Wrong. The right answer is "y". Then more.', "Verdict: incorrect. Wrong. Then more."),
     ("Verdict: correct. Abstaining is right. The right answer is unanswerable.",
