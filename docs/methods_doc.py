@@ -68,12 +68,13 @@ def sdft_sequences(tokenizer, x) -> dict[str, str]:
     from laffi.training.distill import prompt_ids
 
     (example,) = build_examples("sdft", [x["question"]], [x["own_wrong"]], tokenizer, 0, 0)
-    student, teacher = prompt_ids([example.prompt, example.teacher_prompt], tokenizer, TrainConfig())
+    (qa,) = build_examples("sdft", [x["question"]], [x["own_wrong"]], tokenizer, 0, 0,
+                           train=TrainConfig(sdft_teacher_prompt="qa"))  # fmt: skip
+    student, teacher, teacher_qa = prompt_ids([example.prompt, example.teacher_prompt, qa.teacher_prompt], tokenizer,
+                                              TrainConfig())  # fmt: skip
     completion = tokenizer(x["sampled"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return {
-        "sdft-student": show_row(student + completion, [0] * len(student) + [1] * len(completion), tokenizer),
-        "sdft-teacher": show_row(teacher + completion, [0] * len(teacher) + [1] * len(completion), tokenizer),
-    }
+    return {name: show_row(row + completion, [0] * len(row) + [1] * len(completion), tokenizer)
+            for name, row in (("sdft-student", student), ("sdft-teacher", teacher), ("sdft-teacher-qa", teacher_qa))}
 
 
 def show(example, tokenizer) -> str:
