@@ -395,6 +395,8 @@ def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_pa
     assert row["feedback_vs_first"] == 100 * h["conditions"]["feedback"]["vs_first"]["mean_diff"]
     assert (tmp_path / "exp" / "plots" / "gain_vs_headroom.png").stat().st_size > 0
     assert "| sdft | 2 | 1 | ai |" in (tmp_path / "exp" / "results.md").read_text()
+    assert h["layout"] == {"prompt": "refinement", "shots": 0}
+    assert "training questions again with the refinement prompt" in (tmp_path / "exp" / "results.md").read_text()
     layouts.clear()
     logs = []
     qa = load_run_config(None, [*settings, "train.sdft_teacher_prompt=qa"], ExperimentConfig)
@@ -402,3 +404,8 @@ def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_pa
     assert layouts and set(layouts) == {("qa", 2)}
     made = [m for m in logs if not m.startswith("[") and not m.endswith("is up to date")]
     assert [m.split(":")[0] for m in made] == ["train sdft/n2-seed0-human0", "headroom"], logs
+    h = json.loads((tmp_path / "exp" / "headroom" / "ai" / "H.json").read_text())
+    assert h["layout"] == {"prompt": "qa", "shots": 2}
+    text = (tmp_path / "exp" / "results.md").read_text()
+    assert "training questions again with the 2-shot QA prompt as sdft's `qa` teacher reads it" in text
+    assert "feedback - first (the 2-shot QA prompt as sdft's `qa` teacher reads it with the feedback" in text

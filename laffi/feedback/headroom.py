@@ -158,12 +158,19 @@ def probe(load: Any, tokenizer: Any, questions: list[Question], preds: dict[str,
         }  # fmt: skip
     result: dict[str, Any] = {"questions": len(probed), "skipped": skipped, "conditions": conditions,
                               "abstain": squad_v2_scores(probed, {q.id: "" for q in probed}),
-                              "prompts": {c: condition_feedback(c, _EXAMPLE) for c in GENERATED}}  # fmt: skip
+                              "prompts": {c: condition_feedback(c, _EXAMPLE) for c in GENERATED},
+                              "layout": layout_of(layout, shots)}  # fmt: skip
     a, b = HEADLINE
     result["headroom"] = {"f1": result["conditions"][a]["scores"]["f1"] - result["conditions"][b]["scores"]["f1"],
                           **paired_bootstrap(f1[a], f1[b])}  # fmt: skip
     write_json(out, result)
     return result
+
+
+def layout_of(layout: str, shots: int) -> dict[str, Any]:
+    """H.json's "layout": the prompt the generated conditions used ('qa': with its shots; 'refinement' shows none).
+    A file without it was made with the refinement prompt."""
+    return {"prompt": layout, "shots": shots if layout == "qa" else 0}
 
 
 def _subset(values: dict[str, float] | None, questions: list[Question]) -> dict[str, float] | None:

@@ -76,17 +76,18 @@ def render_markdown(cfg: ExperimentConfig, s: Summary) -> str:
                   "from answerable ones, and the F1 of the answers under the threshold it gets on the calibration "
                   "questions.", "", compared]  # fmt: skip
     if s.headroom:
-        lines += ["", "## Feedback headroom", "", "The base model answering its training questions again with the "
-                  "refinement prompt and its first answer, without feedback and with each source's feedback "
+        prompt = layout_words(next(iter(s.headroom.values()))["layout"])
+        lines += ["", "## Feedback headroom", "", f"The base model answering its training questions again with "
+                  f"{prompt} and its first answer, without feedback and with each source's feedback "
                   "(laffi/feedback/headroom.py; F1 on those questions, official scoring; kappa: the source's "
                   "verdicts against the gold answers'):", "", headroom_table(s.headroom)]  # fmt: skip
         if s.gain_vs_headroom:
             lines += ["", "Each method's gain over the model as loaded (paired bootstrap over the evaluation "
                       "questions) beside the headroom of the feedback it trained on. Self-distillation's predictive "
                       "law (arXiv 2605.30070) expects the gain to grow with the in-context gap: for sdft that is "
-                      "the teacher's prompt against the student's, feedback - first (the refinement prompt with "
-                      "the feedback against the first answers), which the headroom (feedback - no_feedback) "
-                      "overstates when revising alone loses F1.", "",
+                      f"the teacher's prompt against the student's, feedback - first ({prompt} with the feedback "
+                      "against the first answers), which the headroom (feedback - no_feedback) overstates when "
+                      "revising alone loses F1.", "",
                       gain_table(s.gain_vs_headroom), "", "(plots/gain_vs_headroom.png draws it.)"]
     lines += ["", "## Cells", "", cells_table(s.cells)]
     if s.examples:
@@ -236,6 +237,13 @@ def render_html(markdown_text: str, out: Path) -> str:
              "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em}img{max-width:100%}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>laffi experiment</title><style>{style}"
             f"</style></head><body>{body}</body></html>\n")  # fmt: skip
+
+
+def layout_words(layout: dict[str, Any]) -> str:
+    """The headroom probe's prompt (H.json "layout", train.sdft_teacher_prompt) in words."""
+    if layout["prompt"] == "qa":
+        return f"the {layout['shots']}-shot QA prompt as sdft's `qa` teacher reads it"
+    return "the refinement prompt"
 
 
 def headroom_table(h: dict[str, Any]) -> str:

@@ -111,7 +111,7 @@ def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dic
     """Each feedback-trained method's gain over the model as loaded (F1, paired bootstrap) beside the headroom of the
     feedback it trained on (`headroom: true`): the predictive law of on-policy self-distillation (arXiv 2605.30070)
     says the gain grows with it. Beside it the gap between the two prompts sdft distils from: feedback in the
-    teacher's refinement prompt against the first answers of the student's QA prompt (`feedback` - `first`). A cell
+    teacher's prompt against the first answers of the student's QA prompt (`feedback` - `first`). A cell
     trained on the AI share alone (human fraction 0) reads the 'ai' probe, one on the human share alone (1) the
     'human' probe; mixed shares have no probe of their own and are left out."""
     if not headroom:
@@ -420,6 +420,7 @@ def attention_summary(run: RunDir) -> dict[str, Any] | None:
 def headroom_summary(run: RunDir) -> dict[str, Any] | None:
     """The feedback-headroom probe of each feedback source (headroom/<source>/H.json, `headroom: true`), with the
     source's verdicts against the gold answers (agreement, Cohen's kappa) from its feedback file."""
+    from laffi.feedback.headroom import layout_of
     from laffi.feedback.report import annotator_summary
 
     found = {}
@@ -433,7 +434,7 @@ def headroom_summary(run: RunDir) -> dict[str, Any] | None:
                          "agreement": quality["agreement"], "questions": h["questions"],
                          "abstain_f1": h["abstain"]["f1"],
                          "f1": {c: v["scores"]["f1"] for c, v in h["conditions"].items()},
-                         "headroom": h["headroom"],
+                         "headroom": h["headroom"], "layout": h.get("layout", layout_of("refinement", 0)),
                          "feedback_vs_first": h["conditions"]["feedback"]["vs_first"]}  # fmt: skip
     return found or None
 
