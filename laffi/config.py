@@ -416,8 +416,10 @@ class ExperimentConfig(RunConfig):
                                 "feedback the LaFFi model predicts for its own answer.", min=0)
     headroom: bool = _f(False, "The feedback-headroom probe (`laffi headroom`, laffi/feedback/headroom.py) on the "
                         "base model's training answers for every feedback source the run makes (the `annotate` "
-                        "annotator's, the human or simulated-human share): how much better the model answers with "
-                        "each source's feedback in its prompt; a table in the report beside each source's kappa.")
+                        "annotator's, the human or simulated-human share) and for the records each cell on a mixed "
+                        "share trained on: how much better the model answers with that feedback in its prompt (in "
+                        "the layout of train.sdft_teacher_prompt); a table in the report beside each source's kappa, "
+                        "and each method's gain over base beside the headroom of its feedback.")
     attention_questions: int = _f(0, "Evaluation questions on which `laffi attention` measures base and the sft / "
                                   "laffi / laffi+sft adapters (largest size, first seed) for the report; 0: skip. "
                                   "About 2-3 s per question and model on 2 CPU cores (eager attention).", min=0)

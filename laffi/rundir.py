@@ -179,7 +179,13 @@ class RunDir:
         return self.root / "attention" / "attention.json"
 
     def headroom(self, source: str) -> Path:
+        """The probe of a feedback source ('ai', 'human') or of a mixed share's feedback file (its stem)."""
         return self.root / "headroom" / source / "H.json"
+
+    @property
+    def headroom_mixes(self) -> Path:
+        """{stem of a cell's mixed-share feedback file: the probe of its records} (several files can hold the same)."""
+        return self.root / "headroom" / "mixes.json"
 
     # --------------------------------------------------------------------------------------------- report
     @property

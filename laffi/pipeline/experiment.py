@@ -80,7 +80,7 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress: bool = Tru
     if cfg.attention_questions:
         attention_stage(cfg, run, main, eval_file, log, progress)
     if cfg.headroom:
-        headroom_stage(cfg, run, feedback, train_qs, train_file, log, progress)
+        headroom_stage(cfg, run, feedback, train_qs, train_file, log, progress, main)
     return Finished(cfg, run.root, main, ablation)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from laffi import methods
 from laffi.config import ExperimentConfig, key_settings
+from laffi.files import write_json
 from laffi.grid import FEEDBACK_SOURCES, Cell, feedback_predictor, reference_cell
 from laffi.pipeline import stages
 from laffi.pipeline.cache import begin, cached, file_hash, finish, stage_key
@@ -66,24 +67,39 @@ def attention_stage(cfg: ExperimentConfig, run: RunDir, main: list[Cell], eval_f
 
 
 def headroom_stage(cfg: ExperimentConfig, run: RunDir, feedback: dict[str, Path], train_qs: list, train_file: Path,
-                   log: Log, progress: bool) -> list[Path]:  # fmt: skip
+                   log: Log, progress: bool, cells: list[Cell] | None = None) -> list[Path]:  # fmt: skip
     """headroom/<source>/H.json: the feedback-headroom probe of the base model on its training answers with each
-    feedback source the run made (laffi/feedback/headroom.py), cached under its own key."""
+    feedback source the run made (laffi/feedback/headroom.py), cached under its own key. A cell of `cells` trained on
+    a mixed share (part human, part AI) trained on a feedback file of its own: each distinct such file gets a probe
+    too (headroom/<file stem>/, the first cell's stem for records that several cells share), and
+    headroom/mixes.json maps every cell's file to its probe."""
     made, layout = [], cfg.train.sdft_teacher_prompt  # the in-context gap of sdft's teacher
-    for source in FEEDBACK_SOURCES:
-        if source not in feedback:
+    probes = [(source, feedback[source]) for source in FEEDBACK_SOURCES if source in feedback]
+    mixes: dict[str, str] = {}
+    first_of: dict[str, str] = {}  # records' hash -> the probe's name
+    for cell in cells or []:
+        mix = run.mix(cell)
+        if not (cell.human_fraction and cell.human_fraction < 1 and mix.exists()):
             continue
+        digest = file_hash(mix)
+        if digest not in first_of:
+            first_of[digest] = mix.stem
+            probes.append((mix.stem, mix))
+        mixes[mix.stem] = first_of[digest]
+    for source, records in probes:
         output = run.headroom(source)
-        key = stage_key(answers=file_hash(feedback["answers"]), feedback=file_hash(feedback[source]),
+        key = stage_key(answers=file_hash(feedback["answers"]), feedback=file_hash(records),
                         model=key_settings(cfg.model), answer=key_settings(cfg.answer),
                         probe=stages.prompts_version(layout, cfg.answer.shots))  # fmt: skip
         if not cached(output, key):
             begin(output, key)
             log(f"headroom: the base model with {source} feedback on its {len(train_qs)} training answers")
-            stages.headroom(train_qs, feedback["answers"], feedback[source], output, cfg.model, cfg.answer,
+            stages.headroom(train_qs, feedback["answers"], records, output, cfg.model, cfg.answer,
                             None, progress, train_file, layout)  # fmt: skip
             finish(output, key)
         made.append(output)
+    if mixes:
+        write_json(run.headroom_mixes, mixes)
     return made
 
 

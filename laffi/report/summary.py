@@ -103,31 +103,35 @@ def summarise(done: Finished) -> Summary:
     s.examples = examples(run, main, eval_qs)
     s.attention = attention_summary(run)
     s.headroom = headroom_summary(run)
-    s.gain_vs_headroom = gain_vs_headroom(s.groups, s.paired, s.headroom)
+    s.gain_vs_headroom = gain_vs_headroom(s.groups, s.paired, s.headroom, mixed_headroom(run, main, train_qs))
     return s
 
 
-def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dict[str, Any] | None) -> list[dict]:
+def gain_vs_headroom(groups_: list[dict], paired: dict[str, dict], headroom: dict[str, Any] | None,
+                     mixed: dict[tuple, dict[str, Any]] | None = None) -> list[dict]:  # fmt: skip
     """Each feedback-trained method's gain over the model as loaded (F1, paired bootstrap) beside the headroom of the
     feedback it trained on (`headroom: true`): the predictive law of on-policy self-distillation (arXiv 2605.30070)
     says the gain grows with it. Beside it the gap between the two prompts sdft distils from: feedback in the
     teacher's prompt against the first answers of the student's QA prompt (`feedback` - `first`). A cell
     trained on the AI share alone (human fraction 0) reads the 'ai' probe, one on the human share alone (1) the
-    'human' probe; mixed shares have no probe of their own and are left out."""
+    'human' probe; a group on a mixed share reads `mixed[(method, size, human_fraction)]` (`mixed_headroom`)."""
     if not headroom:
         return []
     untrained = [g["method"] for g in groups_ if not g["size"] and not g["method"].endswith(CALIBRATED)]
     rows = []
     for g in groups_:
-        source = {0.0: "ai", 1.0: "human"}.get(g["human_fraction"]) if g["human_fraction"] is not None else None
-        if not (g["size"] and untrained and source in headroom) or g["method"].endswith(CALIBRATED):
+        share = g["human_fraction"]
+        source = {0.0: "ai", 1.0: "human"}.get(share) if share is not None else None
+        h = headroom.get(source) if source else (mixed or {}).get((g["method"], g["size"], share))
+        if source is None and h is not None:
+            source = f"{round(100 * share)} % human + ai"
+        if not (g["size"] and untrained and h) or g["method"].endswith(CALIBRATED):
             continue
         tests = paired.get(f"n={g['size']}", {})
         name = f"{g['method']} vs {untrained[0]}"
         test = tests.get(name)
         if test is None:
             continue
-        h = headroom[source]
         rows.append({"method": g["method"], "size": g["size"], "source": source, "seeds": len(g["seeds"]),
                      "headroom": h["headroom"]["f1"], "headroom_ci95": [100 * h["headroom"]["ci_low"],
                                                                         100 * h["headroom"]["ci_high"]],
@@ -417,14 +421,46 @@ def attention_summary(run: RunDir) -> dict[str, Any] | None:
             "pngs": sorted(p.name for p in path.parent.glob("*.png"))}  # fmt: skip
 
 
+def mixed_headroom(run: RunDir, cells: list[Cell], train_qs: list) -> dict[tuple, dict[str, Any]]:
+    """(method, size, human_fraction) -> the headroom of the feedback a group of cells on a mixed share trained on:
+    each seed's own records have their probe (headroom/mixes.json), and, as for the gain, a question's F1 in each
+    condition is averaged over the group's seeds before the paired bootstrap over questions."""
+    from laffi.feedback.headroom import condition_path
+
+    if not run.headroom_mixes.exists():
+        return {}
+    mixes, by_id, out = read_json(run.headroom_mixes), {q.id: q for q in train_qs}, {}
+    for group in groups([c for c in cells if c.size and c.human_fraction and c.human_fraction < 1]):
+        probes = [mixes.get(run.mix(c).stem) for c in group]
+        if not all(probes) or not all(run.headroom(p).exists() for p in probes):
+            continue
+        f1 = {}
+        for condition in ("first", "no_feedback", "feedback"):
+            per_probe = []
+            for p in probes:
+                answers = read_json(condition_path(run.headroom(p), condition))
+                per_probe.append({qid: score_one(by_id[qid], a)[1] for qid, a in answers.items()})
+            ids = sorted(set.intersection(*(set(x) for x in per_probe)))
+            f1[condition] = [sum(x[qid] for x in per_probe) / len(per_probe) for qid in ids]
+        fb, nf, first = f1["feedback"], f1["no_feedback"], f1["first"]
+        c = group[0]
+        out[(c.method, c.size, c.human_fraction)] = {
+            "probes": probes, "questions": len(fb),
+            "headroom": {"f1": 100 * (sum(fb) - sum(nf)) / len(fb), **paired_bootstrap(fb, nf)},
+            "feedback_vs_first": paired_bootstrap(fb, first)}  # fmt: skip
+    return out
+
+
 def headroom_summary(run: RunDir) -> dict[str, Any] | None:
-    """The feedback-headroom probe of each feedback source (headroom/<source>/H.json, `headroom: true`), with the
-    source's verdicts against the gold answers (agreement, Cohen's kappa) from its feedback file."""
+    """The feedback-headroom probe of each feedback source (headroom/<source>/H.json, `headroom: true`) and of each
+    mixed share's records (headroom/mixes.json), with the verdicts of the records probed against the gold answers
+    (agreement, Cohen's kappa) from their feedback file."""
     from laffi.feedback.headroom import layout_of
     from laffi.feedback.report import annotator_summary
 
     found = {}
-    for source in FEEDBACK_SOURCES:
+    mixes = sorted(set(read_json(run.headroom_mixes).values())) if run.headroom_mixes.exists() else []
+    for source in [*FEEDBACK_SOURCES, *mixes]:
         path = run.headroom(source)
         if not path.exists():
             continue

@@ -13,6 +13,7 @@ from laffi.feedback import headroom
 from laffi.feedback.reference import annotate as reference
 from laffi.files import write_json, write_jsonl
 from laffi.pipeline import stages
+from laffi.records import Question
 
 RECORD = headroom._EXAMPLE
 
@@ -185,6 +186,16 @@ def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_mo
         assert summary.headroom[source]["f1"] == {c: v["scores"]["f1"] for c, v in h["conditions"].items()}
     assert summary.headroom["human"]["annotators"] == ["simulated-human:paraphrase-v1"]
     assert "## Feedback headroom" in (out / "results.md").read_text()
+    # The laffi cell trained on a 50 % share: its own records have a probe, and the gain table reads it.
+    mixes = json.loads((out / "headroom" / "mixes.json").read_text())
+    assert mixes == {"laffi-n4-seed0-human50": "laffi-n4-seed0-human50"}
+    mix = json.loads((out / "headroom" / "laffi-n4-seed0-human50" / "H.json").read_text())
+    assert mix["questions"] == 4 and "laffi-n4-seed0-human50" in summary.headroom
+    (row,) = summary.gain_vs_headroom
+    assert (row["method"], row["size"], row["source"]) == ("laffi", 4, "50 % human + ai")
+    assert row["headroom"] == pytest.approx(mix["headroom"]["f1"])
+    assert row["feedback_vs_first"] == pytest.approx(100 * mix["conditions"]["feedback"]["vs_first"]["mean_diff"])
+    assert "| laffi | 4 | 1 | 50 % human + ai |" in (out / "results.md").read_text()
     assert "## Feedback headroom" not in (tmp_path / "off" / "results.md").read_text()
     # The probe is a stage of its own: no other stage's key changes when it is on.
     for stage in ("base/train_answers.json", "cells/base/eval_answers.json", "cells/laffi/n4-seed0-human50/adapter"):
@@ -219,3 +230,39 @@ def test_gain_over_base_is_set_beside_the_headroom_of_the_feedback_trained_on():
     assert ("| sdft | 4 | 2 | ai | +12.0 (+8.0 to +16.0) | +5.0 (-1.0 to +11.0) | +2.5 (-1.0 to +6.0) | 0.200 |"
             in gain_table(rows))  # fmt: skip
     assert gain_vs_headroom(groups, paired, None) == []
+    mixed = {("laffi+sft", 4, 0.5): {**probe, "headroom": {**probe["headroom"], "f1": 7.0}}}
+    rows = gain_vs_headroom(groups, paired, {"ai": probe}, mixed)
+    assert [(r["method"], r["source"], r["headroom"]) for r in rows] == [("sdft", "ai", 12.0),
+                                                                          ("laffi+sft", "50 % human + ai", 7.0)]
+
+
+def test_a_mixed_share_reads_each_seeds_probe_averaged_per_question(tmp_path):
+    """Two seeds of a 50 % share, each trained on its own records with its own probe: a question's F1 in each
+    condition is the mean over the seeds' probes, as the gain averages the seeds' answers."""
+    from laffi.grid import Cell
+    from laffi.report.summary import mixed_headroom
+    from laffi.rundir import RunDir
+
+    qs = [Question(id=i, title="T", context="The bridge opened in 1932.", question="When?", answers=["1932"],
+                   answer_starts=[23]) for i in ("a", "b")]  # fmt: skip
+    run = RunDir(tmp_path)
+    cells = [Cell("laffi", 2, seed, 0.5) for seed in (0, 1)]
+    answers = {  # per seed: first, no_feedback, feedback
+        0: {"first": {"a": "x", "b": "x"}, "no_feedback": {"a": "x", "b": "x"}, "feedback": {"a": "1932", "b": "x"}},
+        1: {"first": {"a": "x", "b": "x"}, "no_feedback": {"a": "1932", "b": "x"},
+            "feedback": {"a": "1932", "b": "1932"}},
+    }  # fmt: skip
+    for seed, by_condition in answers.items():
+        out = run.headroom(f"laffi-n2-seed{seed}-human50")
+        out.parent.mkdir(parents=True)
+        out.write_text("{}")
+        for condition, preds in by_condition.items():
+            headroom.condition_path(out, condition).write_text(json.dumps(preds))
+    run.headroom_mixes.write_text(json.dumps({f"laffi-n2-seed{s}-human50": f"laffi-n2-seed{s}-human50"
+                                              for s in (0, 1)}))  # fmt: skip
+    (h,) = mixed_headroom(run, [Cell("base"), *cells], qs).values()
+    # feedback: a 1.0, b 0.5; no_feedback: a 0.5, b 0.0; first: 0, 0
+    assert h["questions"] == 2 and h["probes"] == ["laffi-n2-seed0-human50", "laffi-n2-seed1-human50"]
+    assert h["headroom"]["f1"] == 50.0 and h["headroom"]["mean_diff"] == 0.5
+    assert h["feedback_vs_first"]["mean_diff"] == 0.75
+    assert mixed_headroom(RunDir(tmp_path / "none"), cells, qs) == {}
