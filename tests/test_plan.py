@@ -61,6 +61,8 @@ def test_the_plan_counts_the_headroom_probe_and_names_what_it_leaves_out(tiny_mo
         ("(base model on the training questions)", 6),
         ("(headroom probe, ai feedback)", 24),
         ("(headroom probe, human feedback)", 24),
+        ("(headroom probe, n3-seed0-human50 records)", 12),
+        ("(headroom probe, n6-seed0-human50 records)", 24),
     ]
     assert hybrid.notes[-1] == "Not counted: LLM annotation, attention analysis, model loads."
     assert not (tmp_path / "exp").exists()

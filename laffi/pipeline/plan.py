@@ -197,13 +197,16 @@ def _feedback_sources(cfg: ExperimentConfig, cells: list) -> list[str]:
 def _stage_rows(cfg: ExperimentConfig, cells: list, n_train: int) -> list[CellPlan]:
     """The answering outside the cells: the base model on the training questions (when a cell takes feedback) and,
     with `headroom: true`, the probe's four re-answered conditions per feedback source (laffi/feedback/headroom.py;
-    `first` is the training answers themselves)."""
+    `first` is the training answers themselves) and per mixed share's records (one per size, seed and share: the
+    methods of a cell share its records)."""
     sources = _feedback_sources(cfg, cells)
     if not sources:
         return []
     rows = [CellPlan("(base model on the training questions)", questions=n_train)]
     if cfg.headroom:
         rows += [CellPlan(f"(headroom probe, {s} feedback)", questions=4 * n_train) for s in sources]
+        mixed = {c.name: c.size for c in cells if c.size and c.human_fraction and c.human_fraction < 1}
+        rows += [CellPlan(f"(headroom probe, {name} records)", questions=4 * size) for name, size in mixed.items()]
     return rows
 
 
