@@ -3,6 +3,7 @@ the feedback-headroom probe of each feedback source. Each is cached under its ow
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -81,7 +82,7 @@ def headroom_stage(cfg: ExperimentConfig, run: RunDir, feedback: dict[str, Path]
         mix = run.mix(cell)
         if not (cell.human_fraction and cell.human_fraction < 1 and mix.exists()):
             continue
-        digest = file_hash(mix)
+        digest = hashlib.sha256(mix.read_bytes()).hexdigest()  # the records alone (file_hash adds the file's name)
         if digest not in first_of:
             first_of[digest] = mix.stem
             probes.append((mix.stem, mix))

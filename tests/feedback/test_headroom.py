@@ -170,7 +170,7 @@ def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_mo
     from laffi.pipeline.cache import marker
 
     data = grid_data(2)
-    base = [f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}", "methods=[base, laffi]",
+    base = [f"model.name={tiny_model_dir}", "model.dtype=float32", f"data.path={data}", "methods=[base, laffi, coh]",
             "seeds=[0]", "train_sizes=[4]", "human_fraction=0.5", "example_questions=0", "answer.max_new_tokens=3",
             "answer.workers=1", "train.max_steps=1", "train.lora_r=2", "train.batch_size=2",
             "train.micro_batch_size=2", "data.calibration_questions=0"]  # fmt: skip
@@ -188,11 +188,17 @@ def test_experiment_probes_each_feedback_source_and_reports_it(tmp_path, tiny_mo
     assert "## Feedback headroom" in (out / "results.md").read_text()
     # The laffi cell trained on a 50 % share: its own records have a probe, and the gain table reads it.
     mixes = json.loads((out / "headroom" / "mixes.json").read_text())
-    assert mixes == {"laffi-n4-seed0-human50": "laffi-n4-seed0-human50"}
+    # coh's cell trains on the same records under its own file name: one probe for both
+    assert (out / "feedback" / "coh-n4-seed0-human50.jsonl").read_bytes() == \
+        (out / "feedback" / "laffi-n4-seed0-human50.jsonl").read_bytes()
+    assert mixes == {"laffi-n4-seed0-human50": "laffi-n4-seed0-human50",
+                     "coh-n4-seed0-human50": "laffi-n4-seed0-human50"}
+    assert not (out / "headroom" / "coh-n4-seed0-human50").exists()
     mix = json.loads((out / "headroom" / "laffi-n4-seed0-human50" / "H.json").read_text())
     assert mix["questions"] == 4 and "laffi-n4-seed0-human50" in summary.headroom
-    (row,) = summary.gain_vs_headroom
+    row, coh = summary.gain_vs_headroom
     assert (row["method"], row["size"], row["source"]) == ("laffi", 4, "50 % human + ai")
+    assert (coh["method"], coh["headroom"]) == ("coh", row["headroom"])
     assert row["headroom"] == pytest.approx(mix["headroom"]["f1"])
     assert row["feedback_vs_first"] == pytest.approx(100 * mix["conditions"]["feedback"]["vs_first"]["mean_diff"])
     assert "| laffi | 4 | 1 | 50 % human + ai |" in (out / "results.md").read_text()
