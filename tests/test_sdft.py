@@ -395,6 +395,9 @@ def test_an_experiment_sets_sdft_gain_beside_the_headroom_of_its_feedback(tmp_pa
     assert row["feedback_vs_first"] == 100 * h["conditions"]["feedback"]["vs_first"]["mean_diff"]
     assert (tmp_path / "exp" / "plots" / "gain_vs_headroom.png").stat().st_size > 0
     assert "| sdft | 2 | 1 | ai |" in (tmp_path / "exp" / "results.md").read_text()
+    to_abstain = summary.paired["n=2"]["base vs abstain"]
+    assert (f"| abstain on every question | - | - | - | - | - | {-to_abstain['mean_diff']:+.1f} "
+            in (tmp_path / "exp" / "results.md").read_text())
     assert h["layout"] == {"prompt": "refinement", "shots": 0}
     assert "training questions again with the refinement prompt" in (tmp_path / "exp" / "results.md").read_text()
     layouts.clear()

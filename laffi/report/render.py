@@ -11,7 +11,7 @@ from typing import Any
 from laffi import methods
 from laffi.config import ExperimentConfig
 from laffi.feedback import annotators
-from laffi.report.summary import ALPHA, Summary
+from laffi.report.summary import ALPHA, CALIBRATED, Summary
 
 
 def _auc(x: float | None) -> str:
@@ -88,7 +88,8 @@ def render_markdown(cfg: ExperimentConfig, s: Summary) -> str:
                       f"the teacher's prompt against the student's, feedback - first ({prompt} with the feedback "
                       "against the first answers), which the headroom (feedback - no_feedback) overstates when "
                       "revising alone loses F1.", "",
-                      gain_table(s.gain_vs_headroom), "", "(plots/gain_vs_headroom.png draws it.)"]
+                      gain_table(s.gain_vs_headroom, abstain_vs_untrained(s)), "",
+                      "(plots/gain_vs_headroom.png draws it.)"]
     lines += ["", "## Cells", "", cells_table(s.cells)]
     if s.examples:
         lines += ["", "## Examples", "", examples_markdown(s.examples)]
@@ -261,9 +262,21 @@ def headroom_table(h: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def gain_table(rows: list[dict]) -> str:
+def abstain_vs_untrained(s: Summary) -> dict[str, float] | None:
+    """The paired test of the untrained model (base) against abstaining on every question, from any size's tests."""
+    untrained = [g["method"] for g in s.groups if not g["size"] and not g["method"].endswith(CALIBRATED)]
+    name = f"{untrained[0]} vs abstain" if untrained else None
+    return next((tests[name] for tests in s.paired.values() if name in tests), None)
+
+
+def gain_table(rows: list[dict], abstain: dict[str, float] | None = None) -> str:
+    """The gain-vs-headroom rows; first, when `abstain` (base vs abstain) is given, abstaining on every question's
+    gain over base, the sign of that test turned."""
     lines = ["| method | n | seeds | feedback | headroom (95 % CI) | feedback - first (95 % CI) "
              "| gain over base F1 (95 % CI) | p |", "|---|---:|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    if abstain is not None:
+        lines.append(f"| abstain on every question | - | - | - | - | - | {-abstain['mean_diff']:+.1f} "
+                     f"({-abstain['ci_high']:+.1f} to {-abstain['ci_low']:+.1f}) | {abstain['p_value']:.3f} |")
     for r in rows:
         (hl, hh), (fl, fh), (gl, gh) = r["headroom_ci95"], r["feedback_vs_first_ci95"], r["gain_ci95"]
         lines.append(f"| {r['method']} | {r['size']} | {r['seeds']} | {r['source']} | {r['headroom']:+.1f} "

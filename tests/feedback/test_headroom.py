@@ -236,6 +236,9 @@ def test_gain_over_base_is_set_beside_the_headroom_of_the_feedback_trained_on():
     assert ("| sdft | 4 | 2 | ai | +12.0 (+8.0 to +16.0) | +5.0 (-1.0 to +11.0) | +2.5 (-1.0 to +6.0) | 0.200 |"
             in gain_table(rows))  # fmt: skip
     assert gain_vs_headroom(groups, paired, None) == []
+    abstain = {"mean_diff": -6.1, "ci_low": -9.0, "ci_high": -3.4, "p_value": 0.0}  # base vs abstain
+    assert gain_table(rows, abstain).splitlines()[2] == \
+        "| abstain on every question | - | - | - | - | - | +6.1 (+3.4 to +9.0) | 0.000 |"
     mixed = {("laffi+sft", 4, 0.5): {**probe, "headroom": {**probe["headroom"], "f1": 7.0}}}
     rows = gain_vs_headroom(groups, paired, {"ai": probe}, mixed)
     assert [(r["method"], r["source"], r["headroom"]) for r in rows] == [("sdft", "ai", 12.0),
